@@ -1,0 +1,106 @@
+"""``aiis`` — the command line (``python -m engine`` is the same)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from engine.errors import EngineError
+from engine.settings import Settings
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValueError as exc:  # pydantic ValidationError: name the variable
+        first = str(exc).splitlines()
+        raise EngineError(f"bad AIIS_* setting: {' '.join(first[:3])}") from None
+
+
+def _param(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="aiis", description="ai-integration-service")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="embedded Redis (unless AIIS_REDIS_URL) + workers")
+    serve.add_argument("--workers", type=int, default=2, help="worker processes (default 2)")
+    serve.add_argument("--concurrency", type=int, default=None, help="calls in flight per worker")
+
+    worker = sub.add_parser("worker", help="run worker processes")
+    worker.add_argument("--processes", type=int, default=1)
+    worker.add_argument("--concurrency", type=int, default=None)
+
+    submit = sub.add_parser("submit", help="submit a task; prints its id")
+    submit.add_argument("prompt", help="the prompt (for --kind chat: one user message)")
+    submit.add_argument("--kind", default="text", choices=["text", "chat", "image"])
+    submit.add_argument("--priority", default="normal", choices=["high", "normal", "low"])
+    submit.add_argument("--tenant", default="default")
+    submit.add_argument("--idempotency-key", default=None)
+    submit.add_argument("--param", action="append", type=_param, default=[], metavar="K=V")
+    submit.add_argument("--deadline", type=float, default=None, metavar="SECONDS")
+    submit.add_argument("--wait", action="store_true", help="follow progress to the end")
+
+    get = sub.add_parser("get", help="show a task's state")
+    get.add_argument("task_id")
+    cancel = sub.add_parser("cancel", help="cancel a task")
+    cancel.add_argument("task_id")
+
+    dlq = sub.add_parser("dlq", help="dead letters")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
+    dlist = dsub.add_parser("list")
+    dlist.add_argument("--limit", type=int, default=50)
+    dretry = dsub.add_parser("retry", help="submit a dead-lettered task again, as a new task")
+    dretry.add_argument("task_id")
+    dsub.add_parser("purge", help="delete every dead-letter entry")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return _dispatch(args)
+    except EngineError as exc:
+        print(f"aiis: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from engine import commands
+
+    settings = _settings()
+    if args.command == "serve":
+        return commands.serve(settings, args.workers, args.concurrency)
+    if args.command == "worker":
+        return commands.worker(settings, args.processes, args.concurrency)
+    if args.command == "submit":
+        return asyncio.run(commands.submit(settings, args))
+    if args.command == "get":
+        return asyncio.run(commands.get(settings, args.task_id))
+    if args.command == "cancel":
+        return asyncio.run(commands.cancel(settings, args.task_id))
+    if args.command == "dlq":
+        return asyncio.run(commands.dlq(settings, args))
+    raise AssertionError(args.command)
+

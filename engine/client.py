@@ -1,0 +1,263 @@
+"""The producer API: ``Client.from_url(url)``, ``submit``, ``get``, ``cancel``, ``watch``.
+
+Concurrent ``submit`` calls are group-committed: whatever accumulates while one batch is in
+flight goes to Redis as the next single script call, so a busy producer pays one round trip
+per batch, not per task, and a lone submit still costs exactly one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from engine import mapper
+from engine.errors import InvalidTask, QueueFull, TaskNotFound
+from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData
+from engine.keys import new_task_id, partition_for_key, partition_of
+from engine.settings import Settings
+from engine.store import StateWord, Store, id_before, translate_errors
+from engine.task import TaskSpec, input_json, validate_task
+
+MAX_BATCH = 256
+
+STATUS_OF_CODE = {
+    "Q": Status.QUEUED,
+    "R": Status.RUNNING,
+    "D": Status.RETRY_SCHEDULED,
+    "S": Status.SUCCEEDED,
+    "F": Status.FAILED,
+    "X": Status.DEAD_LETTERED,
+    "C": Status.CANCELLED,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TaskView:
+    """A task as the engine holds it right now."""
+
+    task_id: str
+    status: Status
+    attempts: int
+    tenant: str
+    priority: str
+    kind: str
+    created_ms: int
+    deadline_ms: int
+    terminal: Event | None  # the terminal event, once there is one
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "status": self.status.value,
+            "attempts": self.attempts,
+            "tenant": self.tenant,
+            "priority": self.priority,
+            "kind": self.kind,
+            "created_ms": self.created_ms,
+            "deadline_ms": self.deadline_ms,
+            "terminal": self.terminal.model_dump(mode="json") if self.terminal else None,
+        }
+
+
+@dataclass(slots=True)
+class _Pending:
+    item: tuple[str, ...]
+    future: asyncio.Future[str]
+    priority: str
+
+
+class Client:
+    """Submit and follow tasks. One per process is plenty; it is safe for concurrent use."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings()
+        self.store = Store(redis, self.settings)
+        self._pending: dict[int, list[_Pending]] = {}
+        self._flushers: dict[int, asyncio.Task[None]] = {}
+
+    @classmethod
+    def from_url(cls, url: str, settings: Settings | None = None) -> Client:
+        return cls(aioredis.Redis.from_url(url, max_connections=64), settings)
+
+    async def aclose(self) -> None:
+        for task in list(self._flushers.values()):
+            await task
+        await self.store.redis.aclose()
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # --- submit ----------------------------------------------------------------------------
+
+    async def submit(
+        self,
+        input: str | list[dict[str, str]],
+        *,
+        kind: str = "text",
+        priority: str = "normal",
+        tenant: str = "default",
+        idempotency_key: str | None = None,
+        params: dict[str, Any] | None = None,
+        deadline_s: float | None = None,
+    ) -> str:
+        """Accept a task and return its id at once. Raises ``InvalidTask`` or ``QueueFull``."""
+        raw: dict[str, Any] = {"kind": kind, "input": input, "priority": priority, "tenant": tenant}
+        if idempotency_key is not None:
+            raw["idempotency_key"] = idempotency_key
+        if params is not None:
+            raw["params"] = params
+        if deadline_s is not None:
+            raw["deadline_s"] = deadline_s
+        return await self.submit_spec(validate_task(raw, self.settings))
+
+    async def submit_spec(self, spec: TaskSpec, *, retry_of: str | None = None) -> str:
+        n = self.settings.partitions
+        if spec.idempotency_key is not None:
+            partition = partition_for_key(spec.tenant, spec.idempotency_key, n)
+        else:
+            partition = self._next_partition()
+        task_id = new_task_id(partition, n)
+        now = int(time.time() * 1000)
+        deadline_ms = now + int((spec.deadline_s or self.settings.task_deadline_s) * 1000)
+        requested = TaskRequestedData(
+            kind=spec.kind,
+            input=spec.input,
+            params=spec.params,
+            priority=spec.priority,
+            idempotency_key=spec.idempotency_key,
+            deadline_ms=deadline_ms,
+            retry_of=retry_of,
+        )
+        record = {
+            "tenant": spec.tenant,
+            "kind": spec.kind,
+            "input": input_json(spec),
+            "params": spec.params,
+            "priority": spec.priority,
+            "created": now,
+            "deadline": deadline_ms,
+            "idem": spec.idempotency_key,
+        }
+        item = (
+            task_id,
+            spec.tenant,
+            spec.priority,
+            spec.idempotency_key or "",
+            orjson.dumps(record).decode(),
+            requested.model_dump_json(),
+        )
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(partition, []).append(_Pending(item, future, spec.priority))
+        if partition not in self._flushers:
+            self._flushers[partition] = asyncio.create_task(self._flush(partition))
+        return await future
+
+    _rr = 0
+
+    def _next_partition(self) -> int:
+        self._rr = (self._rr + 1) % self.settings.partitions
+        return self._rr
+
+    async def _flush(self, partition: int) -> None:
+        try:
+            queue = self._pending[partition]
+            while queue:
+                batch, queue[:] = queue[:MAX_BATCH], queue[MAX_BATCH:]
+                try:
+                    results = await self.store.submit(partition, [p.item for p in batch])
+                except Exception as exc:
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(exc)
+                    continue
+                for p, (status, value) in zip(batch, results, strict=True):
+                    if status == "full":
+                        depth = int(value)
+                        limit = self.settings.queue_max_depth
+                        p.future.set_exception(QueueFull(p.priority, depth, limit))
+                    else:
+                        p.future.set_result(value)
+        finally:
+            del self._flushers[partition]
+
+    # --- read, cancel, watch ---------------------------------------------------------------
+
+    def _partition(self, task_id: str) -> int:
+        if not task_id or len(task_id) > 64:
+            raise InvalidTask("task_id", "not a task id")
+        return partition_of(task_id, self.settings.partitions)
+
+    async def get(self, task_id: str) -> TaskView:
+        """The task's current state, with its terminal event once it has one."""
+        partition = self._partition(task_id)
+        found = await self.store.state(partition, task_id)
+        if found is None:
+            raise TaskNotFound(task_id)
+        word, raw_record = found
+        record = orjson.loads(raw_record) if raw_record else {}
+        terminal = None
+        if word.code in "SFXC":
+            entry = await self.store.event_at(partition, word.ref)
+            if entry is not None:
+                terminal = mapper.decode(*entry)
+        return TaskView(
+            task_id=task_id,
+            status=STATUS_OF_CODE[word.code],
+            attempts=word.attempt,
+            tenant=word.tenant,
+            priority=word.priority,
+            kind=record.get("kind", ""),
+            created_ms=record.get("created", 0),
+            deadline_ms=record.get("deadline", 0),
+            terminal=terminal,
+        )
+
+    async def cancel(self, task_id: str, *, tenant: str = "") -> Status:
+        """Cancel the task unless it already ended; returns its status afterwards."""
+        reply = await self.store.cancel(self._partition(task_id), task_id, tenant)
+        if reply[0] == "missing":
+            raise TaskNotFound(task_id)
+        if reply[0] == "terminal":
+            return STATUS_OF_CODE[reply[1]]
+        return Status.CANCELLED
+
+    async def state_word(self, task_id: str) -> StateWord | None:
+        found = await self.store.state(self._partition(task_id), task_id)
+        return found[0] if found else None
+
+    async def watch(self, task_id: str, since: str | None = None) -> AsyncIterator[Event]:
+        """The task's events from the start (or after ``since``), live, until its terminal one."""
+        partition = self._partition(task_id)
+        if since is None:
+            word = await self.state_word(task_id)
+            if word is None:
+                raise TaskNotFound(task_id)
+            since = id_before(word.requested_id)
+        cursor = since
+        while True:
+            for eid, fields in await self.store.read_log(partition, cursor, block_ms=1000):
+                cursor = eid.decode()
+                if fields.get(b"task") != task_id.encode():
+                    continue
+                event = mapper.decode(eid, fields)
+                yield event
+                if event.type in TERMINAL_EVENTS:
+                    return
+
+    async def ping(self) -> None:
+        with translate_errors():
+            await self.store.redis.ping()
+
+
+async def submit_many(client: Client, specs: Sequence[dict[str, Any]]) -> list[str]:
+    """Submit many tasks concurrently (they are group-committed in batches)."""
+    return list(await asyncio.gather(*(client.submit(**s) for s in specs)))

@@ -1,0 +1,118 @@
+"""Every Redis key the service uses, built in one place.
+
+All keys of one partition share the hash tag ``{p<N>}`` so every atomic script touches a single
+Redis Cluster slot. A task lives in exactly one partition, chosen from its id
+(``partition_of``); ids minted for a given partition satisfy that mapping
+(``new_task_id``), which is how idempotent submits land where their key is stored.
+"""
+
+from __future__ import annotations
+
+import secrets
+import zlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+GROUP = "workers"
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+PRIORITIES: tuple[Priority, ...] = (Priority.HIGH, Priority.NORMAL, Priority.LOW)
+
+
+def partition_of(task_id: str, partitions: int) -> int:
+    """The partition that owns ``task_id``."""
+    return zlib.crc32(task_id.encode()) % partitions
+
+
+def partition_for_key(tenant: str, idempotency_key: str, partitions: int) -> int:
+    """The partition that stores an idempotency key (and so the task it names)."""
+    return zlib.crc32(f"{tenant}\x1f{idempotency_key}".encode()) % partitions
+
+
+def new_task_id(partition: int, partitions: int) -> str:
+    """A random 128-bit task id (hex) that ``partition_of`` maps to ``partition``."""
+    while True:  # expected `partitions` draws; a handful at most in practice
+        task_id = secrets.token_hex(16)
+        if partition_of(task_id, partitions) == partition:
+            return task_id
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionKeys:
+    """The keys of one partition; ``script_keys`` is the KEYS order every Lua script expects."""
+
+    namespace: str
+    partition: int
+
+    @property
+    def tag(self) -> str:
+        return f"{self.namespace}:{{p{self.partition}}}"
+
+    @property
+    def log(self) -> str:
+        """Event log stream: every state change of every task of the partition."""
+        return f"{self.tag}:log"
+
+    def queue(self, priority: str) -> str:
+        """Work stream of one priority, consumed by the ``workers`` group."""
+        return f"{self.tag}:q:{priority}"
+
+    @property
+    def delayed(self) -> str:
+        """Sorted set of tasks waiting for a retry, scored by due time (unix ms)."""
+        return f"{self.tag}:delayed"
+
+    @property
+    def state(self) -> str:
+        """Hash task id -> state word ``code|attempt|tenant|priority|ref|requested_id``."""
+        return f"{self.tag}:state"
+
+    @property
+    def task(self) -> str:
+        """Hash task id -> task record (JSON: kind, input, params, deadline …)."""
+        return f"{self.tag}:task"
+
+    @property
+    def idem(self) -> str:
+        """Hash ``tenant\\x1fkey`` -> task id, for idempotent submits."""
+        return f"{self.tag}:idem"
+
+    @property
+    def dlq(self) -> str:
+        """Dead-letter stream."""
+        return f"{self.tag}:dlq"
+
+    @property
+    def done(self) -> str:
+        """Sorted set of terminal tasks scored by finish time, for retention."""
+        return f"{self.tag}:done"
+
+    @property
+    def script_keys(self) -> list[str]:
+        return [
+            self.log,
+            self.queue(Priority.HIGH),
+            self.queue(Priority.NORMAL),
+            self.queue(Priority.LOW),
+            self.delayed,
+            self.state,
+            self.task,
+            self.idem,
+            self.dlq,
+            self.done,
+        ]
+
+
+def meta_key(namespace: str) -> str:
+    """Hash of deployment facts (partition count) checked by every component at start."""
+    return f"{namespace}:meta"
+
+
+def all_partitions(namespace: str, partitions: int) -> list[PartitionKeys]:
+    return [PartitionKeys(namespace, p) for p in range(partitions)]

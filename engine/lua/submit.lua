@@ -1,0 +1,39 @@
+-- Accept a batch of tasks: TaskRequested event + work entry + state, atomically per task.
+-- ARGV[5] = max queue depth per priority, ARGV[6] = n, then n × (task_id, tenant, priority,
+-- idempotency_key or '', record_json, requested_data_json).
+-- Returns n × (status, value): ('new', task_id) | ('dup', task_id) | ('full', depth).
+local max_depth = tonumber(ARGV[5])
+local n = tonumber(ARGV[6])
+local depth = {}
+local out = {}
+local records = {}
+for i = 0, n - 1 do
+  local b = 7 + i * 6
+  local id, tenant, prio, idem, rec, data =
+    ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
+  local existing = false
+  if idem ~= '' then existing = redis.call('HGET', K_IDEM, tenant .. '\31' .. idem) end
+  if existing then
+    out[#out + 1] = 'dup'
+    out[#out + 1] = existing
+  else
+    if depth[prio] == nil then depth[prio] = redis.call('XLEN', QUEUE[prio]) end
+    if depth[prio] >= max_depth then
+      out[#out + 1] = 'full'
+      out[#out + 1] = tostring(depth[prio])
+    else
+      depth[prio] = depth[prio] + 1
+      local rid = emit(id, tenant, 'TaskRequested', data)
+      local qid = redis.call('XADD', QUEUE[prio], '*', 't', id)
+      set_state(id, {code = 'Q', attempt = 0, tenant = tenant, prio = prio, ref = qid, rid = rid})
+      records[#records + 1] = id
+      records[#records + 1] = rec
+      if idem ~= '' then redis.call('HSET', K_IDEM, tenant .. '\31' .. idem, id) end
+      out[#out + 1] = 'new'
+      out[#out + 1] = id
+    end
+  end
+end
+if #records > 0 then redis.call('HSET', K_TASK, unpack(records)) end
+flush()
+return out

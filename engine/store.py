@@ -1,0 +1,249 @@
+"""The engine's only door to Redis: Lua scripts for every state change, plain reads for the rest.
+Redis errors are translated here into ``RedisUnavailable``; no ``redis.*`` exception escapes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
+from redis.exceptions import RedisError, ResponseError
+
+from engine.errors import ConfigError, RedisUnavailable
+from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, meta_key
+from engine.settings import Settings
+
+SCRIPTS = ("submit", "fetch", "commit", "renew", "cancel", "janitor")
+
+
+def _load_script(name: str) -> str:
+    lua = resources.files("engine") / "lua"
+    return (lua / "_prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@contextlib.contextmanager
+def translate_errors() -> Iterator[None]:
+    """Turn redis-py connection failures into ``RedisUnavailable`` (chained)."""
+    try:
+        yield
+    except ResponseError:
+        raise
+    except (RedisError, OSError) as exc:
+        raise RedisUnavailable(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
+
+
+@dataclass(slots=True)
+class Started:
+    """A task a worker now holds: it must commit an outcome fenced by ``attempt``."""
+
+    priority: str
+    entry_id: str
+    task_id: str
+    attempt: int
+    record: bytes
+
+
+@dataclass(slots=True)
+class FetchResult:
+    started: list[Started] = field(default_factory=list)
+    dropped: int = 0
+    dead: int = 0
+    cursor: str = "0-0"
+
+
+@dataclass(frozen=True, slots=True)
+class StateWord:
+    code: str
+    attempt: int
+    tenant: str
+    priority: str
+    ref: str
+    requested_id: str
+
+    @classmethod
+    def parse(cls, raw: bytes | str) -> StateWord:
+        code, attempt, tenant, priority, ref, rid = _s(raw).split("|")
+        return cls(code, int(attempt), tenant, priority, ref, rid)
+
+
+class Store:
+    """Redis-backed event log and work queues of every partition."""
+
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.redis = redis
+        self.settings = settings
+        self.partitions = all_partitions(settings.namespace, settings.partitions)
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(_load_script(name)) for name in SCRIPTS
+        }
+
+    def keys(self, partition: int) -> PartitionKeys:
+        return self.partitions[partition]
+
+    async def _run(self, name: str, partition: int, consumer: str, *args: Any) -> Any:
+        s = self.settings
+        argv = [_now_ms(), consumer, s.max_deliveries, s.dlq_max_len, *args]
+        with translate_errors():
+            return await self._scripts[name](keys=self.keys(partition).script_keys, args=argv)
+
+    # --- set-up ---------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Check the deployment's partition count and create the consumer groups."""
+        with translate_errors():
+            meta = meta_key(self.settings.namespace)
+            await self.redis.hsetnx(meta, "partitions", self.settings.partitions)
+            stored = int(await self.redis.hget(meta, "partitions") or 0)
+            if stored != self.settings.partitions:
+                raise ConfigError(
+                    f"AIIS_PARTITIONS={self.settings.partitions} but this Redis holds data "
+                    f"written with {stored} partitions; changing it would mis-route tasks. "
+                    f"Use AIIS_PARTITIONS={stored} (or a fresh AIIS_NAMESPACE)."
+                )
+            for keys in self.partitions:
+                for priority in PRIORITIES:
+                    with contextlib.suppress(ResponseError):  # BUSYGROUP: already there
+                        await self.redis.xgroup_create(
+                            keys.queue(priority), GROUP, id="0", mkstream=True
+                        )
+
+    # --- producer side ---------------------------------------------------------------------
+
+    async def submit(self, partition: int, items: Sequence[Sequence[str | bytes]]) -> list[Any]:
+        """Accept tasks; see submit.lua. Returns ``[(status, value), …]`` per item."""
+        flat: list[str | bytes] = [x for item in items for x in item]
+        raw = await self._run(
+            "submit", partition, "", self.settings.queue_max_depth, len(items), *flat
+        )
+        return [(_s(raw[i]), _s(raw[i + 1])) for i in range(0, len(raw), 2)]
+
+    async def cancel(self, partition: int, task_id: str, tenant: str = "") -> list[str]:
+        return [_s(x) for x in await self._run("cancel", partition, "", task_id, tenant)]
+
+    # --- worker side -----------------------------------------------------------------------
+
+    def _fetch_result(self, raw: list[Any]) -> FetchResult:
+        n = int(raw[1])
+        started = [
+            Started(_s(raw[i]), _s(raw[i + 1]), _s(raw[i + 2]), int(raw[i + 3]), raw[i + 4])
+            for i in range(2, 2 + 5 * n, 5)
+        ]
+        return FetchResult(started, int(raw[-2]), int(raw[-1]), _s(raw[0]))
+
+    async def fetch(self, partition: int, consumer: str, free: int, order: str) -> FetchResult:
+        raw = await self._run("fetch", partition, consumer, "read", free, order, 100)
+        return self._fetch_result(raw)
+
+    async def claim(
+        self, partition: int, consumer: str, priority: str, cursor: str, count: int
+    ) -> FetchResult:
+        idle_ms = int(self.settings.visibility_timeout_s * 1000)
+        raw = await self._run(
+            "fetch", partition, consumer, "claim", priority, cursor, idle_ms, count
+        )
+        return self._fetch_result(raw)
+
+    async def adopt(
+        self, partition: int, consumer: str, entries: Sequence[tuple[str, str, str]]
+    ) -> FetchResult:
+        flat = [x for e in entries for x in e]
+        raw = await self._run("fetch", partition, consumer, "adopt", len(entries), *flat)
+        return self._fetch_result(raw)
+
+    async def promote(self, partition: int, limit: int = 1000) -> None:
+        await self._run("fetch", partition, "", "promote", limit)
+
+    async def wait_for_work(
+        self, partition: int, consumer: str, block_ms: int
+    ) -> list[tuple[str, str, str]]:
+        """Block until an entry arrives on any priority; returns ``(priority, id, task_id)``."""
+        keys = self.keys(partition)
+        streams = {keys.queue(p): ">" for p in PRIORITIES}
+        by_key = {keys.queue(p): p.value for p in PRIORITIES}
+        with translate_errors():
+            reply = await self.redis.xreadgroup(
+                GROUP, consumer, streams, count=1, block=block_ms  # type: ignore[arg-type]
+            )
+        out = []
+        for stream, entries in reply or []:
+            for eid, fields in entries:
+                out.append((by_key[_s(stream)], _s(eid), _s(fields.get(b"t", b""))))
+        return out
+
+    async def commit(
+        self, partition: int, consumer: str, ops: Sequence[Sequence[str | int | bytes]]
+    ) -> list[int]:
+        flat = [x for op in ops for x in op]
+        return [int(x) for x in await self._run("commit", partition, consumer, len(ops), *flat)]
+
+    async def renew(
+        self, partition: int, consumer: str, held: Sequence[tuple[str, int, str, str]]
+    ) -> list[int]:
+        flat = [x for h in held for x in h]
+        return [int(x) - 1 for x in await self._run("renew", partition, consumer, len(held), *flat)]
+
+    async def janitor(self, partition: int, cutoff_ms: int, limit: int = 1000) -> int:
+        return int(await self._run("janitor", partition, "", cutoff_ms, limit))
+
+    async def forget_consumer(self, consumer: str) -> None:
+        """Remove this consumer from every group once it holds nothing."""
+        with translate_errors():
+            for keys in self.partitions:
+                for priority in PRIORITIES:
+                    pending = await self.redis.xpending_range(
+                        keys.queue(priority), GROUP, "-", "+", 1, consumername=consumer
+                    )
+                    if not pending:
+                        await self.redis.xgroup_delconsumer(keys.queue(priority), GROUP, consumer)
+
+    # --- reads -----------------------------------------------------------------------------
+
+    async def state(self, partition: int, task_id: str) -> tuple[StateWord, bytes | None] | None:
+        keys = self.keys(partition)
+        with translate_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hget(keys.state, task_id)
+                pipe.hget(keys.task, task_id)
+                raw_state, record = await pipe.execute()
+        if raw_state is None:
+            return None
+        return StateWord.parse(raw_state), record
+
+    async def event_at(self, partition: int, event_id: str) -> tuple[bytes, dict[bytes, bytes]] | None:
+        with translate_errors():
+            found = await self.redis.xrange(self.keys(partition).log, event_id, event_id)
+        return found[0] if found else None
+
+    async def read_log(
+        self, partition: int, after: str, count: int = 500, block_ms: int | None = None
+    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+        """Log entries strictly after ``after``."""
+        with translate_errors():
+            reply = await self.redis.xread(
+                {self.keys(partition).log: after}, count=count, block=block_ms
+            )
+        return list(reply[0][1]) if reply else []
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def id_before(stream_id: str) -> str:
+    """The largest stream id smaller than ``stream_id`` (for inclusive XREAD starts)."""
+    ms, _, seq = stream_id.partition("-")
+    if int(seq or 0) > 0:
+        return f"{ms}-{int(seq) - 1}"
+    if int(ms) > 0:
+        return f"{int(ms) - 1}-18446744073709551615"
+    return "0-0"

@@ -1,0 +1,479 @@
+"""The worker: claims tasks from the work streams, calls the provider, commits the outcome.
+
+Per process: one fetch loop per partition, one asyncio task per call (at most ``concurrency``
+in flight), one flusher that group-commits outcomes and progress, and one control loop that
+renews leases, notices cancellation, promotes due retries and reclaims crashed consumers' work.
+
+Priority rule (documented in README): nine of ten fetches take high → normal → low; one in ten
+takes low first and one in ten normal first, so ``low`` gets at least a tenth of the fetches
+while it has work and is never starved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from engine.errors import RedisUnavailable
+from engine.keys import PRIORITIES
+from engine.retry import RetryPolicy, Verdict, decide
+from engine.settings import Settings
+from engine.store import Started, Store
+from providers.errors import ProviderError
+from providers.types import ChatMessage, ProviderRequest, ProviderResult, TaskProcessor
+
+log = logging.getLogger("aiis.worker")
+
+ORDERS = ("high,normal,low", "normal,high,low", "low,normal,high")
+PROGRESS_FLUSH_S = 0.05
+
+
+def fetch_order(n: int) -> str:
+    """Priority order of the ``n``-th fetch (see module docstring)."""
+    if n % 10 == 9:
+        return ORDERS[2]
+    if n % 10 == 4:
+        return ORDERS[1]
+    return ORDERS[0]
+
+
+def consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**4):04x}"
+
+
+@dataclass(slots=True, eq=False)
+class Running:
+    partition: int
+    held: Started
+    record: dict[str, Any]
+    task: asyncio.Task[None] | None = None
+    buffer: list[str] = field(default_factory=list)
+    lost: bool = False
+    releasing: bool = False
+    finished: bool = False
+
+
+class _Sink:
+    """ProgressSink for one call: deltas are coalesced, notices go out in order."""
+
+    __slots__ = ("_run", "_worker")
+
+    def __init__(self, worker: Worker, run: Running) -> None:
+        self._worker = worker
+        self._run = run
+
+    def delta(self, text: str) -> None:
+        if text and not self._run.lost:
+            self._run.buffer.append(text)
+            self._worker._progress_due()
+
+    def notice(self, kind: str, data: Mapping[str, Any]) -> None:
+        if not self._run.lost:
+            self._worker._flush_buffer(self._run)
+            self._worker._op(self._run, "P", {"notice": kind, "detail": dict(data)})
+
+
+class Worker:
+    """A pool of asyncio calls in one process, fed from Redis."""
+
+    def __init__(
+        self,
+        store: Store,
+        processor: TaskProcessor,
+        *,
+        concurrency: int | None = None,
+        consumer: str | None = None,
+    ) -> None:
+        s = store.settings
+        self.store = store
+        self.settings: Settings = s
+        self.processor = processor
+        self.concurrency = concurrency or s.concurrency
+        self.consumer = consumer or consumer_name()
+        self.policy = RetryPolicy(s.retry_base_s, s.retry_max_s, s.retry_jitter, s.max_deliveries)
+        self._running: dict[tuple[int, str], Running] = {}
+        self._outbox: list[tuple[int, Running, tuple[Any, ...]]] = []
+        self._kick = asyncio.Event()
+        self._flush_lock = asyncio.Lock()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._progress_pending = False
+        self._fetches = 0
+        self.stats = {"started": 0, "committed": 0, "fenced": 0, "reclaimed": 0, "released": 0}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop taking work; in-flight calls finish (up to the drain timeout) or are released."""
+        self._stopping.set()
+        self._slot_freed.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def run(self) -> None:
+        await self.store.prepare()
+        flusher = asyncio.create_task(self._flusher(), name="flusher")
+        control = asyncio.create_task(self._control(), name="control")
+        fetchers = [
+            asyncio.create_task(self._fetch_loop(p), name=f"fetch-{p}")
+            for p in range(self.settings.partitions)
+        ]
+        log.info("worker %s started: concurrency %d", self.consumer, self.concurrency)
+        try:
+            await self._stopping.wait()
+            await asyncio.gather(*fetchers)
+            await self._drain()
+        finally:
+            for t in fetchers:
+                t.cancel()
+            control.cancel()
+            self._kick.set()
+            with contextlib.suppress(asyncio.CancelledError):
+                await control
+            await self._flush_all()
+            flusher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await flusher
+            with contextlib.suppress(RedisUnavailable):
+                await self.store.forget_consumer(self.consumer)
+            log.info("worker %s stopped: %s", self.consumer, self.stats)
+
+    async def _drain(self) -> None:
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while self._running and time.monotonic() < deadline:
+            self._slot_freed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), deadline - time.monotonic())
+        for run in list(self._running.values()):
+            if run.task is not None and not run.task.done():
+                run.releasing = True
+                run.task.cancel()
+        while self._running:
+            self._slot_freed.clear()
+            await self._slot_freed.wait()
+
+    # --- fetching --------------------------------------------------------------------------
+
+    async def _fetch_loop(self, partition: int) -> None:
+        block_ms = max(10, int(min(1.0, self.settings.control_interval_s) * 1000))
+        while not self._stopping.is_set():
+            free = self.concurrency - len(self._running)
+            if free <= 0:
+                self._slot_freed.clear()
+                await self._slot_freed.wait()
+                continue
+            try:
+                self._fetches += 1
+                order = fetch_order(self._fetches)
+                got = await self.store.fetch(
+                    partition, self.consumer, min(free, self.settings.fetch_batch), order
+                )
+                self._launch(partition, got.started)
+                if got.started or got.dropped or got.dead:
+                    continue
+                if free >= len(PRIORITIES):
+                    entries = await self.store.wait_for_work(partition, self.consumer, block_ms)
+                    if entries:
+                        got = await self.store.adopt(partition, self.consumer, entries)
+                        self._launch(partition, got.started)
+                else:  # a blocking read could hand us more than the free slots
+                    await self._sleep(0.025)
+            except RedisUnavailable as exc:
+                log.warning("fetch: %s; retrying", exc)
+                await self._sleep(1.0)
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    def _launch(self, partition: int, started: list[Started]) -> None:
+        for held in started:
+            try:
+                record = orjson.loads(held.record)
+            except orjson.JSONDecodeError:
+                record = {}
+            run = Running(partition, held, record)
+            self._running[(partition, held.task_id)] = run
+            run.task = asyncio.create_task(self._call(run))
+            self.stats["started"] += 1
+
+    # --- calling ---------------------------------------------------------------------------
+
+    def _request(self, run: Running) -> ProviderRequest:
+        rec = run.record
+        raw_input = rec["input"]
+        deadline = rec.get("deadline")
+        if isinstance(raw_input, str):
+            prompt, messages = raw_input, ()
+        else:
+            prompt, messages = "", tuple(ChatMessage(m["role"], m["content"]) for m in raw_input)
+        return ProviderRequest(
+            task_id=run.held.task_id,
+            tenant=rec["tenant"],
+            kind=rec["kind"],
+            prompt=prompt,
+            messages=messages,
+            params=rec.get("params") or {},
+            attempt=run.held.attempt,
+            deadline=deadline / 1000 if deadline else None,
+        )
+
+    async def _call(self, run: Running) -> None:
+        started = time.monotonic()
+        now_ms = int(time.time() * 1000)
+        deadline_ms = int(run.record.get("deadline") or now_ms + 1)
+        try:
+            if "input" not in run.record or "tenant" not in run.record:
+                raise _Malformed("task record is missing or unreadable")
+            if now_ms >= deadline_ms:
+                raise TimeoutError
+            request = self._request(run)
+            async with asyncio.timeout((deadline_ms - now_ms) / 1000):
+                result = await self.processor.process(request, _Sink(self, run))
+        except asyncio.CancelledError:
+            if run.releasing:
+                self._flush_buffer(run)
+                self._op(run, "Q", {"attempt": run.held.attempt, "reason": "released"})
+                self.stats["released"] += 1
+            elif not run.lost:
+                raise
+            return
+        except TimeoutError:
+            self._fail(run, "DeadlineExceeded", "the task's deadline passed")
+        except _Malformed as exc:
+            self._dead(run, "malformed", "Malformed", str(exc))
+        except ProviderError as exc:
+            self._failed(run, exc.error_class, exc.message, exc.retry_after, now_ms, deadline_ms)
+        except Exception as exc:
+            log.exception("task %s: unexpected error in provider call", run.held.task_id)
+            self._failed(run, "InternalError", type(exc).__name__, None, now_ms, deadline_ms)
+        else:
+            self._flush_buffer(run)
+            self._op(run, "S", _succeeded(run, result, time.monotonic() - started))
+
+    def _failed(
+        self,
+        run: Running,
+        error_class: str,
+        message: str,
+        retry_after: float | None,
+        now_ms: int,
+        deadline_ms: int,
+    ) -> None:
+        attempt = run.held.attempt
+        d = decide(
+            self.policy,
+            error_class,
+            attempt,
+            retry_after=retry_after,
+            now_ms=now_ms,
+            deadline_ms=deadline_ms,
+            rand=random.random(),
+        )
+        if d.verdict is Verdict.RETRY:
+            delay_ms = int(d.delay_s * 1000)
+            due = int(time.time() * 1000) + delay_ms
+            data = {
+                "attempt": attempt,
+                "delay_ms": delay_ms,
+                "due_ms": due,
+                "error": {"error_class": error_class, "message": message},
+            }
+            self._flush_buffer(run)
+            self._op(run, "D", data, extra=due)
+        elif d.verdict is Verdict.DEAD:
+            self._dead(run, d.reason, error_class, message)
+        else:
+            self._fail(run, error_class, message)
+
+    def _fail(self, run: Running, error_class: str, message: str) -> None:
+        self._flush_buffer(run)
+        error = {"error_class": error_class, "message": message}
+        self._op(run, "F", {"attempt": run.held.attempt, "error": error})
+
+    def _dead(self, run: Running, reason: str, error_class: str, message: str) -> None:
+        self._flush_buffer(run)
+        error = {"error_class": error_class, "message": message}
+        self._op(run, "X", {"attempt": run.held.attempt, "reason": reason, "error": error}, reason)
+
+    # --- committing ------------------------------------------------------------------------
+
+    def _op(self, run: Running, op: str, data: Mapping[str, Any], extra: Any = "") -> None:
+        h = run.held
+        if op != "P":
+            run.finished = True
+            data = dict(data)
+        else:
+            data = {"attempt": h.attempt, **data}
+        row = (op, h.task_id, h.attempt, h.priority, h.entry_id, orjson.dumps(data), extra)
+        self._outbox.append((run.partition, run, row))
+        self._kick.set()
+
+    def _flush_buffer(self, run: Running) -> None:
+        if run.buffer:
+            text = "".join(run.buffer)
+            run.buffer.clear()
+            self._op(run, "P", {"delta": text})
+
+    def _progress_due(self) -> None:
+        if not self._progress_pending:
+            self._progress_pending = True
+            asyncio.get_running_loop().call_later(PROGRESS_FLUSH_S, self._flush_progress)
+
+    def _flush_progress(self) -> None:
+        self._progress_pending = False
+        for run in self._running.values():
+            if not run.finished:
+                self._flush_buffer(run)
+
+    async def _flusher(self) -> None:
+        while True:
+            await self._kick.wait()
+            self._kick.clear()
+            await self._flush_all()
+
+    async def _flush_all(self) -> None:
+        async with self._flush_lock:
+            await self._flush_outbox()
+
+    async def _flush_outbox(self) -> None:
+        while self._outbox:
+            batch, self._outbox = self._outbox, []
+            by_partition: dict[int, list[tuple[Running, tuple[Any, ...]]]] = {}
+            for partition, run, row in batch:
+                by_partition.setdefault(partition, []).append((run, row))
+            for partition, rows in by_partition.items():
+                flags = await self._commit(partition, [row for _, row in rows])
+                for (run, row), applied in zip(rows, flags, strict=True):
+                    if row[0] == "P":
+                        continue
+                    if applied:
+                        self.stats["committed"] += 1
+                    else:
+                        self.stats["fenced"] += 1
+                    self._retire(run)
+
+    async def _commit(self, partition: int, rows: list[tuple[Any, ...]]) -> list[int]:
+        delay = 0.05
+        while True:  # outcomes are never dropped: Redis comes back or the process dies
+            try:
+                return await self.store.commit(partition, self.consumer, rows)
+            except RedisUnavailable as exc:
+                log.warning("commit of %d ops: %s; retrying in %.1fs", len(rows), exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    def _retire(self, run: Running) -> None:
+        key = (run.partition, run.held.task_id)
+        if self._running.get(key) is run:
+            del self._running[key]
+            self._slot_freed.set()
+
+    # --- control loop: leases, cancellation, retries, reclaim, retention --------------------
+
+    async def _control(self) -> None:
+        s = self.settings
+        interval = s.control_interval_s
+        reclaim_every = max(interval, s.visibility_timeout_s / 4)
+        last_reclaim = last_janitor = time.monotonic()
+        cursors: dict[tuple[int, str], str] = {}
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._renew()
+                now = time.monotonic()
+                for p in range(s.partitions):
+                    await self.store.promote(p)
+                if now - last_reclaim >= reclaim_every and not self._stopping.is_set():
+                    last_reclaim = now
+                    await self._reclaim(cursors)
+                if now - last_janitor >= 60:
+                    last_janitor = now
+                    cutoff = int((time.time() - s.task_retention_s) * 1000)
+                    for p in range(s.partitions):
+                        await self.store.janitor(p, cutoff)
+            except RedisUnavailable as exc:
+                log.warning("control loop: %s", exc)
+
+    async def _renew(self) -> None:
+        by_partition: dict[int, list[Running]] = {}
+        for run in self._running.values():
+            if not run.finished:
+                by_partition.setdefault(run.partition, []).append(run)
+        for partition, runs in by_partition.items():
+            held = [
+                (r.held.task_id, r.held.attempt, r.held.priority, r.held.entry_id) for r in runs
+            ]
+            for i in await self.store.renew(partition, self.consumer, held):
+                run = runs[i]
+                if run.finished:
+                    continue
+                run.lost = True
+                log.info("task %s: lease lost (cancelled or reclaimed)", run.held.task_id)
+                if run.task is not None:
+                    run.task.cancel()
+                self._retire(run)
+
+    async def _reclaim(self, cursors: dict[tuple[int, str], str]) -> None:
+        for p in range(self.settings.partitions):
+            for priority in PRIORITIES:
+                free = self.concurrency - len(self._running)
+                if free <= 0:
+                    return
+                key = (p, priority.value)
+                got = await self.store.claim(
+                    p, self.consumer, priority.value, cursors.get(key, "0-0"), free
+                )
+                cursors[key] = got.cursor
+                if got.started:
+                    log.info("reclaimed %d idle tasks from %s", len(got.started), priority)
+                    self.stats["reclaimed"] += len(got.started)
+                self._launch(p, got.started)
+
+
+class _Malformed(Exception):
+    pass
+
+
+def _succeeded(run: Running, result: ProviderResult, elapsed: float) -> dict[str, Any]:
+    u = result.usage
+    return {
+        "attempt": run.held.attempt,
+        "provider": result.provider,
+        "model": result.model,
+        "usage": {
+            "input_tokens": u.input_tokens,
+            "output_tokens": u.output_tokens,
+            "cached_tokens": u.cached_tokens,
+            "reasoning_tokens": u.reasoning_tokens,
+        },
+        "cost_usd": result.cost_usd,
+        "finish_reason": result.finish_reason,
+        "result": {
+            "text": result.text,
+            "images": [
+                {
+                    "url": i.url,
+                    "width": i.width,
+                    "height": i.height,
+                    "author": i.author,
+                    "source_url": i.source_url,
+                    "description": i.description,
+                }
+                for i in result.images
+            ],
+        },
+        "latency_ms": int(elapsed * 1000),
+    }

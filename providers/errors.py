@@ -1,0 +1,93 @@
+"""Provider error taxonomy. Foreign errors (httpx, SDK bodies) are translated into these at the
+adapter boundary and chained with ``raise … from exc``; nothing else leaves ``providers/``.
+
+    ProviderError
+    ├── RetryableError            the engine retries (and the router falls back)
+    │   ├── RateLimited           429; ``retry_after`` from the provider's headers/body
+    │   ├── ProviderTimeout       connect/read timeout, stalled stream       (linear backoff)
+    │   ├── NetworkError          connection reset/refused, cut stream, malformed chunk
+    │   └── Overloaded            Anthropic 529, 503
+    └── FatalError                never retried, never falls back
+        ├── InvalidRequest        the request itself is wrong
+        ├── InsufficientCredits   quota or billing exhausted
+        └── AuthFailed            401/403: the key is bad (key rotation acts on this)
+
+Messages never contain API keys: adapters build them from status codes and provider error
+bodies, never from request headers.
+"""
+
+from __future__ import annotations
+
+
+class ProviderError(Exception):
+    """Root of every provider failure; ``retryable`` drives the engine's retry table."""
+
+    retryable: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        retry_after: float | None = None,
+        status: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.provider = provider
+        self.retry_after = retry_after
+        self.status = status
+
+    @property
+    def error_class(self) -> str:
+        return type(self).__name__
+
+
+class RetryableError(ProviderError):
+    retryable = True
+
+
+class RateLimited(RetryableError):
+    """The provider asked us to slow down; ``retry_after`` seconds when it said so."""
+
+
+class ProviderTimeout(RetryableError):
+    """No answer (or no stream progress) within the timeout."""
+
+
+class NetworkError(RetryableError):
+    """Transport failure: refused, reset, cut or malformed stream."""
+
+
+class Overloaded(RetryableError):
+    """The provider is overloaded (Anthropic 529, HTTP 503)."""
+
+
+class FatalError(ProviderError):
+    retryable = False
+
+
+class InvalidRequest(FatalError):
+    """The request is malformed or refused as such; retrying cannot help."""
+
+
+class InsufficientCredits(FatalError):
+    """Quota, credits or spend limit exhausted."""
+
+
+class AuthFailed(FatalError):
+    """The credentials were rejected."""
+
+
+ERROR_CLASSES: dict[str, type[ProviderError]] = {
+    cls.__name__: cls
+    for cls in (
+        RateLimited,
+        ProviderTimeout,
+        NetworkError,
+        Overloaded,
+        InvalidRequest,
+        InsufficientCredits,
+        AuthFailed,
+    )
+}
