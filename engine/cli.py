@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import logging
 import sys
 from collections.abc import Sequence
@@ -31,6 +32,24 @@ def _param(text: str) -> tuple[str, Any]:
         return key, orjson.loads(value)
     except orjson.JSONDecodeError:
         return key, value
+
+
+# Subcommands of the other packages. The CLI is the composition root: engine modules never
+# import these packages; the CLI loads them by name, and each exposes
+# ``register(subparsers) -> list[str]`` (the command names it adds) and
+# ``run(args, settings) -> int``.
+PLUGINS = ("projections.cli", "gateway.cli")
+
+
+def _plugins() -> list[Any]:
+    found = []
+    for name in PLUGINS:
+        try:
+            found.append(importlib.import_module(name))
+        except ModuleNotFoundError as exc:
+            if exc.name != name:
+                raise
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +87,13 @@ def build_parser() -> argparse.ArgumentParser:
     dretry = dsub.add_parser("retry", help="submit a dead-lettered task again, as a new task")
     dretry.add_argument("task_id")
     dsub.add_parser("purge", help="delete every dead-letter entry")
+    for plugin in _plugins():
+        for command in plugin.register(sub):
+            _PLUGIN_OF[command] = plugin
     return parser
+
+
+_PLUGIN_OF: dict[str, Any] = {}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -102,5 +127,5 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(commands.cancel(settings, args.task_id))
     if args.command == "dlq":
         return asyncio.run(commands.dlq(settings, args))
-    raise AssertionError(args.command)
+    return int(_PLUGIN_OF[args.command].run(args, settings))
 

@@ -39,6 +39,7 @@ class ChatMessageIn(_Strict):
 class ErrorInfo(_Strict):
     error_class: str
     message: str
+    provider: str | None = None  # the provider that failed, when a provider call failed
 
 
 class UsageInfo(_Strict):

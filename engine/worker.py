@@ -59,6 +59,7 @@ class Running:
     task: asyncio.Task[None] | None = None
     buffer: list[str] = field(default_factory=list)
     lost: bool = False
+    provider: str | None = None  # the provider of the last failure
     releasing: bool = False
     finished: bool = False
 
@@ -255,6 +256,7 @@ class Worker:
         except _Malformed as exc:
             self._dead(run, "malformed", "Malformed", str(exc))
         except ProviderError as exc:
+            run.provider = exc.provider
             self._failed(run, exc.error_class, exc.message, exc.retry_after, now_ms, deadline_ms)
         except Exception as exc:
             log.exception("task %s: unexpected error in provider call", run.held.task_id)
@@ -289,7 +291,7 @@ class Worker:
                 "attempt": attempt,
                 "delay_ms": delay_ms,
                 "due_ms": due,
-                "error": {"error_class": error_class, "message": message},
+                "error": _error(run, error_class, message),
             }
             self._flush_buffer(run)
             self._op(run, "D", data, extra=due)
@@ -300,12 +302,12 @@ class Worker:
 
     def _fail(self, run: Running, error_class: str, message: str) -> None:
         self._flush_buffer(run)
-        error = {"error_class": error_class, "message": message}
+        error = _error(run, error_class, message)
         self._op(run, "F", {"attempt": run.held.attempt, "error": error})
 
     def _dead(self, run: Running, reason: str, error_class: str, message: str) -> None:
         self._flush_buffer(run)
-        error = {"error_class": error_class, "message": message}
+        error = _error(run, error_class, message)
         self._op(run, "X", {"attempt": run.held.attempt, "reason": reason, "error": error}, reason)
 
     # --- committing ------------------------------------------------------------------------
@@ -445,6 +447,10 @@ class Worker:
 
 class _Malformed(Exception):
     pass
+
+
+def _error(run: Running, error_class: str, message: str) -> dict[str, Any]:
+    return {"error_class": error_class, "message": message, "provider": run.provider}
 
 
 def _succeeded(run: Running, result: ProviderResult, elapsed: float) -> dict[str, Any]:
