@@ -41,8 +41,9 @@ def validate_task(raw: dict[str, Any], settings: Settings) -> TaskSpec:
     try:
         spec = TaskSpec.model_validate(raw)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        raise InvalidTask(_field_of(first), first["msg"]) from None
+        # for a union (text prompt | chat messages) the deepest error is the informative one
+        worst = max(exc.errors(), key=lambda e: len(e["loc"]))
+        raise InvalidTask(_field_of(worst), worst["msg"]) from None
     if spec.kind == "chat":
         if not isinstance(spec.input, list) or not spec.input:
             raise InvalidTask("input", "chat input must be a non-empty list of messages")

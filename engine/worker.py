@@ -108,6 +108,7 @@ class Worker:
         self._flush_lock = asyncio.Lock()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._halt = asyncio.Event()
         self._progress_pending = False
         self._fetches = 0
         self.stats = {"started": 0, "committed": 0, "fenced": 0, "reclaimed": 0, "released": 0}
@@ -139,14 +140,11 @@ class Worker:
         finally:
             for t in fetchers:
                 t.cancel()
-            control.cancel()
+            # loops stop on their own (redis-py can swallow a cancellation mid-command)
+            self._halt.set()
             self._kick.set()
-            with contextlib.suppress(asyncio.CancelledError):
-                await control
+            await asyncio.gather(control, flusher, return_exceptions=True)
             await self._flush_all()
-            flusher.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await flusher
             with contextlib.suppress(RedisUnavailable):
                 await self.store.forget_consumer(self.consumer)
             log.info("worker %s stopped: %s", self.consumer, self.stats)
@@ -341,7 +339,7 @@ class Worker:
                 self._flush_buffer(run)
 
     async def _flusher(self) -> None:
-        while True:
+        while not self._halt.is_set():
             await self._kick.wait()
             self._kick.clear()
             await self._flush_all()
@@ -391,8 +389,9 @@ class Worker:
         reclaim_every = max(interval, s.visibility_timeout_s / 4)
         last_reclaim = last_janitor = time.monotonic()
         cursors: dict[tuple[int, str], str] = {}
-        while True:
-            await asyncio.sleep(interval)
+        while not self._halt.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._halt.wait(), interval)
             try:
                 await self._renew()
                 now = time.monotonic()

