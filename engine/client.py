@@ -17,6 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine import mapper
+from engine.connection import connect
 from engine.errors import InvalidTask, QueueFull, TaskNotFound
 from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData
 from engine.keys import new_task_id, partition_for_key, partition_of
@@ -83,7 +84,7 @@ class Client:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Client:
-        return cls(aioredis.Redis.from_url(url, max_connections=64), settings)
+        return cls(connect(url), settings)
 
     async def aclose(self) -> None:
         for task in list(self._flushers.values()):

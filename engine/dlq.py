@@ -69,6 +69,12 @@ async def retry(client: Client, task_id: str) -> str:
     word, raw_record = found
     if word.code != "X":
         raise InvalidTask("task_id", f"task {task_id} is not dead-lettered")
+    keys = client.store.keys(partition)
+    entries = await _dlq_entries(client, keys.dlq, task_id)
+    if not entries:
+        raise InvalidTask(
+            "task_id", f"task {task_id} is not in the dead-letter queue (retried or purged)"
+        )
     record = orjson.loads(raw_record)
     spec = TaskSpec.model_validate(
         {
@@ -77,22 +83,27 @@ async def retry(client: Client, task_id: str) -> str:
             "priority": record["priority"],
             "tenant": record["tenant"],
             "params": record.get("params") or {},
+            # two operators retrying at once still make one new task
+            "idempotency_key": f"dlq-retry:{task_id}",
         },
         strict=False,
     )
     new_id = await client.submit_spec(spec, retry_of=task_id)
-    keys = client.store.keys(partition)
     with translate_errors():
-        cursor = "-"
-        while True:
-            rows = await client.store.redis.xrange(keys.dlq, cursor, "+", count=SCAN_PAGE)
-            stale = [eid for eid, f in rows if f.get(b"task") == task_id.encode()]
-            if stale:
-                await client.store.redis.xdel(keys.dlq, *stale)
-            if len(rows) < SCAN_PAGE:
-                break
-            cursor = "(" + rows[-1][0].decode()
+        await client.store.redis.xdel(keys.dlq, *entries)
     return new_id
+
+
+async def _dlq_entries(client: Client, dlq_key: str, task_id: str) -> list[bytes]:
+    found: list[bytes] = []
+    cursor = "-"
+    with translate_errors():
+        while True:
+            rows = await client.store.redis.xrange(dlq_key, cursor, "+", count=SCAN_PAGE)
+            found += [eid for eid, f in rows if f.get(b"task") == task_id.encode()]
+            if len(rows) < SCAN_PAGE:
+                return found
+            cursor = "(" + rows[-1][0].decode()
 
 
 async def purge(client: Client) -> int:

@@ -7,9 +7,8 @@ import contextlib
 import logging
 import signal
 
-import redis.asyncio as aioredis
-
 from engine.client import Client
+from engine.connection import connect
 from engine.embedded import discover_url
 from engine.errors import ConfigError
 from engine.settings import Settings
@@ -32,12 +31,6 @@ def redis_url(settings: Settings) -> str:
             f"{settings.data_dir.resolve()} — start `aiis serve`, or set AIIS_REDIS_URL"
         )
     return url
-
-
-def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
-        url, max_connections=max_connections, socket_connect_timeout=5, health_check_interval=30
-    )
 
 
 def make_processor(name: str) -> TaskProcessor:

@@ -110,6 +110,7 @@ class Worker:
         self._stopping = asyncio.Event()
         self._halt = asyncio.Event()
         self._progress_pending = False
+        self._last_trouble_log = -1e9
         self._fetches = 0
         self.stats = {"started": 0, "committed": 0, "fenced": 0, "reclaimed": 0, "released": 0}
 
@@ -190,8 +191,8 @@ class Worker:
                 else:  # a blocking read could hand us more than the free slots
                     await self._sleep(0.025)
             except RedisUnavailable as exc:
-                log.warning("fetch: %s; retrying", exc)
-                await self._sleep(1.0)
+                self._redis_trouble("fetch", exc)
+                await self._sleep(0.5)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -334,6 +335,7 @@ class Worker:
 
     def _flush_progress(self) -> None:
         self._progress_pending = False
+        self._last_trouble_log = -1e9
         for run in self._running.values():
             if not run.finished:
                 self._flush_buffer(run)
@@ -371,9 +373,16 @@ class Worker:
             try:
                 return await self.store.commit(partition, self.consumer, rows)
             except RedisUnavailable as exc:
-                log.warning("commit of %d ops: %s; retrying in %.1fs", len(rows), exc, delay)
+                self._redis_trouble(f"commit of {len(rows)} ops", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
+
+    def _redis_trouble(self, where: str, exc: Exception) -> None:
+        """Log a Redis outage at most every few seconds, not once per loop turn."""
+        now = time.monotonic()
+        if now - self._last_trouble_log >= 5.0:
+            self._last_trouble_log = now
+            log.warning("%s: %s; retrying until Redis is back", where, exc)
 
     def _retire(self, run: Running) -> None:
         key = (run.partition, run.held.task_id)
@@ -406,7 +415,7 @@ class Worker:
                     for p in range(s.partitions):
                         await self.store.janitor(p, cutoff)
             except RedisUnavailable as exc:
-                log.warning("control loop: %s", exc)
+                self._redis_trouble("control", exc)
 
     async def _renew(self) -> None:
         by_partition: dict[int, list[Running]] = {}

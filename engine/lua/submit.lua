@@ -4,6 +4,10 @@
 -- Returns n × (status, value): ('new', task_id) | ('dup', task_id) | ('full', depth).
 local max_depth = tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
+-- a batch repeated after a lost reply finds its task ids already accepted
+local batch_ids = {}
+for i = 0, n - 1 do batch_ids[#batch_ids + 1] = ARGV[7 + i * 6] end
+load_states(batch_ids)
 local depth = {}
 local out = {}
 local records = {}
@@ -12,7 +16,11 @@ for i = 0, n - 1 do
   local id, tenant, prio, idem, rec, data =
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local existing = false
-  if idem ~= '' then existing = redis.call('HGET', K_IDEM, tenant .. '\31' .. idem) end
+  if state_cache[id] then
+    existing = id
+  elseif idem ~= '' then
+    existing = redis.call('HGET', K_IDEM, tenant .. '\31' .. idem)
+  end
   if existing then
     out[#out + 1] = 'dup'
     out[#out + 1] = existing

@@ -201,10 +201,14 @@ async def test_stalled_worker_cannot_write_a_second_terminal_event(
                                                                   "message": "m"}})
         return (kind, task_id, held.attempt, held.priority, held.entry_id, data, "")
 
+    # the stalled holder wakes up first, while the rescuer still runs attempt 2
+    assert await store.commit(0, "stalled", [op(first, "P")]) == [0]
+    assert await store.commit(0, "stalled", [op(first, "F")]) == [0]
     assert await store.commit(0, "rescuer", [op(second, "F")]) == [1]
     assert await store.commit(0, "stalled", [op(first, "F")]) == [0]
-    assert await store.commit(0, "stalled", [op(first, "P")]) == [0]
-    assert terminal_counts(await log_events(client)) == {task_id: 1}
+    events = await log_events(client)
+    assert terminal_counts(events) == {task_id: 1}
+    assert not [e for e in events if e["type"] == "TaskProgress"]
 
 
 async def test_crashed_consumer_is_reclaimed_then_dead_lettered(
@@ -329,6 +333,23 @@ async def test_deadline_fails_the_task(make_client: MakeClient, workers: Workers
     last = (await events_of(client, task_id))[-1]
     assert last["type"] == "TaskFailed"
     assert last["data"]["error"]["error_class"] == "DeadlineExceeded"
+
+
+async def test_long_call_keeps_its_lease(make_client: MakeClient, workers: Workers) -> None:
+    """A call longer than the visibility timeout is renewed, never reclaimed by a peer."""
+    client = make_client(visibility_timeout_s=0.6)
+    task_id = await client.submit("x", params={"script": ["sleep:2"]})
+    first = workers.start(client)
+    await wait_for(lambda: _is_running(client, task_id))
+    second = workers.start(client)
+    await wait_terminal(client, [task_id])
+    events = await events_of(client, task_id)
+    assert [e["type"] for e in events].count("TaskStarted") == 1
+    assert first.stats["reclaimed"] == second.stats["reclaimed"] == 0
+
+
+async def _is_running(client: Client, task_id: str) -> bool:
+    return (await client.get(task_id)).status is Status.RUNNING
 
 
 class Crashing:
