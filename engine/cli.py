@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 
+from engine import commands
 from engine.errors import EngineError
 from engine.settings import Settings
 
@@ -112,8 +113,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from engine import commands
-
     settings = _settings()
     if args.command == "serve":
         return commands.serve(settings, args.workers, args.concurrency)
@@ -128,4 +127,3 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "dlq":
         return asyncio.run(commands.dlq(settings, args))
     return int(_PLUGIN_OF[args.command].run(args, settings))
-

@@ -14,7 +14,8 @@ from engine import dlq as dead_letters
 from engine.client import Client
 from engine.embedded import EmbeddedRedis
 from engine.events import TERMINAL_EVENTS, Event
-from engine.runtime import connect, redis_url, run_worker
+from engine.connection import connect
+from engine.runtime import redis_url, run_worker
 from engine.settings import Settings
 from engine.store import Store
 from engine.supervisor import Child, Supervisor
@@ -55,8 +56,10 @@ def serve(settings: Settings, workers: int, concurrency: int | None) -> int:
         env = {**os.environ, "AIIS_REDIS_URL": url}
         children = _worker_children(workers, concurrency, env)
         print(f"aiis serve: Redis {url} ({where})")
-        print(f"aiis serve: {workers} worker process(es); providers: {settings.provider} "
-              "(in-process echo unless configured)")
+        print(
+            f"aiis serve: {workers} worker process(es); providers: {settings.provider} "
+            "(in-process echo unless configured)"
+        )
         print('aiis serve: try  aiis submit "hello" --wait   (Ctrl-C stops everything)')
         sys.stdout.flush()
         return Supervisor(children, stop_timeout=settings.drain_timeout_s + 5).run()
@@ -88,9 +91,11 @@ def _print_event(event: Event) -> None:
         d = data.model_dump()
         text = d["result"]["text"]
         images = d["result"]["images"]
-        print(f"\n✔ succeeded  {d['provider']}/{d['model']}  tokens in/out "
-              f"{d['usage']['input_tokens']}/{d['usage']['output_tokens']}  "
-              f"cost ${d['cost_usd']}  {d['latency_ms']} ms")
+        print(
+            f"\n✔ succeeded  {d['provider']}/{d['model']}  tokens in/out "
+            f"{d['usage']['input_tokens']}/{d['usage']['output_tokens']}  "
+            f"cost ${d['cost_usd']}  {d['latency_ms']} ms"
+        )
         if text is not None:
             print(text)
         for image in images:
@@ -144,8 +149,10 @@ async def dlq(settings: Settings, args: argparse.Namespace) -> int:
             if not rows:
                 print("no dead letters")
             for d in rows:
-                print(f"{d.task_id}  {d.reason:<18} attempt {d.attempt}  {d.priority:<6} "
-                      f"tenant {d.tenant}  {d.error[:100]}")
+                print(
+                    f"{d.task_id}  {d.reason:<18} attempt {d.attempt}  {d.priority:<6} "
+                    f"tenant {d.tenant}  {d.error[:100]}"
+                )
         elif args.dlq_command == "retry":
             print(await dead_letters.retry(client, args.task_id))
         else:

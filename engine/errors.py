@@ -1,14 +1,14 @@
 """Engine errors. Redis errors are translated at the store boundary; none escapes the engine.
 
-    EngineError
-    ├── InvalidTask          a submit was rejected; ``field`` names the offending field
-    ├── QueueFull            back-pressure: the priority's queue is at its depth limit
-    ├── TaskNotFound
-    ├── RedisUnavailable     cannot reach Redis (message says where, never a password)
-    ├── ConfigError          bad settings or a deployment mismatch (e.g. partition count)
-    └── EventDecodeError     an event the code cannot read
-        ├── UnknownEventType
-        └── UnsupportedEventVersion
+EngineError
+├── InvalidTask          a submit was rejected; ``field`` names the offending field
+├── QueueFull            back-pressure: the priority's queue is at its depth limit
+├── TaskNotFound
+├── RedisUnavailable     cannot reach Redis (message says where, never a password)
+├── ConfigError          bad settings or a deployment mismatch (e.g. partition count)
+└── EventDecodeError     an event the code cannot read
+    ├── UnknownEventType
+    └── UnsupportedEventVersion
 """
 
 from __future__ import annotations

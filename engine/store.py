@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
@@ -18,6 +18,8 @@ from redis.exceptions import RedisError, ResponseError
 from engine.errors import ConfigError, RedisUnavailable
 from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, meta_key
 from engine.settings import Settings
+
+Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry as redis-py returns it
 
 SCRIPTS = ("submit", "fetch", "commit", "renew", "cancel", "janitor")
 
@@ -171,8 +173,12 @@ class Store:
         streams = {keys.queue(p): ">" for p in PRIORITIES}
         by_key = {keys.queue(p): p.value for p in PRIORITIES}
         with translate_errors():
-            reply = await self.redis.xreadgroup(
-                GROUP, consumer, streams, count=1, block=block_ms  # type: ignore[arg-type]
+            reply: Any = await self.redis.xreadgroup(
+                GROUP,
+                consumer,
+                streams,  # type: ignore[arg-type]
+                count=1,
+                block=block_ms,
             )
         out = []
         for stream, entries in reply or []:
@@ -219,17 +225,33 @@ class Store:
             return None
         return StateWord.parse(raw_state), record
 
-    async def event_at(self, partition: int, event_id: str) -> tuple[bytes, dict[bytes, bytes]] | None:
+    async def entries(
+        self,
+        key: str,
+        start: str = "-",
+        end: str = "+",
+        count: int | None = None,
+        *,
+        reverse: bool = False,
+    ) -> list[Entry]:
+        """Entries of any stream, oldest first (newest first with ``reverse``)."""
         with translate_errors():
-            found = await self.redis.xrange(self.keys(partition).log, event_id, event_id)
+            if reverse:
+                found: Any = await self.redis.xrevrange(key, end, start, count=count)
+            else:
+                found = await self.redis.xrange(key, start, end, count=count)
+        return cast(list[Entry], found)
+
+    async def event_at(self, partition: int, event_id: str) -> Entry | None:
+        found = await self.entries(self.keys(partition).log, event_id, event_id)
         return found[0] if found else None
 
     async def read_log(
         self, partition: int, after: str, count: int = 500, block_ms: int | None = None
-    ) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    ) -> list[Entry]:
         """Log entries strictly after ``after``."""
         with translate_errors():
-            reply = await self.redis.xread(
+            reply: Any = await self.redis.xread(
                 {self.keys(partition).log: after}, count=count, block=block_ms
             )
         return list(reply[0][1]) if reply else []

@@ -215,8 +215,9 @@ class Worker:
         rec = run.record
         raw_input = rec["input"]
         deadline = rec.get("deadline")
+        messages: tuple[ChatMessage, ...] = ()
         if isinstance(raw_input, str):
-            prompt, messages = raw_input, ()
+            prompt = raw_input
         else:
             prompt, messages = "", tuple(ChatMessage(m["role"], m["content"]) for m in raw_input)
         return ProviderRequest(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -102,7 +103,9 @@ class Workers:
         consumer: str | None = None,
     ) -> Worker:
         worker = Worker(
-            client.store, processor or ScriptedProvider(), concurrency=concurrency,
+            client.store,
+            processor or ScriptedProvider(),
+            concurrency=concurrency,
             consumer=consumer,
         )
         self.running.append((worker, asyncio.create_task(worker.run())))
@@ -115,12 +118,11 @@ class Workers:
                 await task
 
     async def stop_all(self) -> None:
-        for w, task in self.running:
+        for w, _ in self.running:
             w.stop()
         for _, task in self.running:
             done, _ = await asyncio.wait([task], timeout=15)
             if not done:
-                import sys
                 for t in asyncio.all_tasks():
                     t.print_stack(limit=8, file=sys.stderr)
                 raise AssertionError("worker did not stop within 15 s")

@@ -197,8 +197,9 @@ async def test_stalled_worker_cannot_write_a_second_terminal_event(
     assert (first.attempt, second.attempt) == (1, 2)
 
     def op(held: Any, kind: str) -> tuple[Any, ...]:
-        data = orjson.dumps({"attempt": held.attempt, "error": {"error_class": "X",
-                                                                  "message": "m"}})
+        data = orjson.dumps(
+            {"attempt": held.attempt, "error": {"error_class": "X", "message": "m"}}
+        )
         return (kind, task_id, held.attempt, held.priority, held.entry_id, data, "")
 
     # the stalled holder wakes up first, while the rescuer still runs attempt 2
@@ -320,7 +321,11 @@ async def test_stop_releases_unfinished_work(make_client: MakeClient, workers: W
     await wait_terminal(client, [task_id])
     events = await events_of(client, task_id)
     assert [e["type"] for e in events] == [
-        "TaskRequested", "TaskStarted", "TaskRequeued", "TaskStarted", "TaskSucceeded",
+        "TaskRequested",
+        "TaskStarted",
+        "TaskRequeued",
+        "TaskStarted",
+        "TaskSucceeded",
     ]
 
 
@@ -373,16 +378,17 @@ async def test_unexpected_exception_is_retried_then_dead_lettered(
     assert last["data"]["error"]["error_class"] == "InternalError"
 
 
-async def test_many_tasks_each_end_exactly_once(
-    make_client: MakeClient, workers: Workers
-) -> None:
+async def test_many_tasks_each_end_exactly_once(make_client: MakeClient, workers: Workers) -> None:
     """A mixed batch through two workers: every task gets exactly one terminal event."""
     client = make_client(max_deliveries=3)
     scripts = [["ok"], ["RateLimited", "ok"], ["InvalidRequest"], ["NetworkError"], ["stream:2"]]
     ids = await asyncio.gather(
         *(
-            client.submit(f"t{i}", priority=PRIORITIES[i % 3].value,
-                          params={"script": scripts[i % len(scripts)]})
+            client.submit(
+                f"t{i}",
+                priority=PRIORITIES[i % 3].value,
+                params={"script": scripts[i % len(scripts)]},
+            )
             for i in range(200)
         )
     )

@@ -65,8 +65,11 @@ def procs() -> Iterator[Procs]:
 
 async def _started(client: Client, ids: list[str], attempt: int = 1) -> bool:
     events = await log_events(client)
-    started = {e["task_id"] for e in events
-               if e["type"] == "TaskStarted" and e["data"]["attempt"] == attempt}
+    started = {
+        e["task_id"]
+        for e in events
+        if e["type"] == "TaskStarted" and e["data"]["attempt"] == attempt
+    }
     return set(ids) <= started
 
 
@@ -78,8 +81,9 @@ async def test_sigkilled_worker_tasks_finish_on_another_worker(
     env = _env(redis_url, settings.namespace)
     async with Client.from_url(redis_url, settings) as client:
         doomed = procs.worker(env)
-        ids = [await client.submit(f"t{i}", params={"script": ["sleep:30", "ok"]})
-               for i in range(3)]
+        ids = [
+            await client.submit(f"t{i}", params={"script": ["sleep:30", "ok"]}) for i in range(3)
+        ]
         await wait_for(lambda: _started(client, ids))
         doomed.send_signal(signal.SIGKILL)
         doomed.wait()
@@ -118,8 +122,9 @@ async def test_sigterm_past_drain_timeout_releases_work(redis_url: str, procs: P
     env = _env(redis_url, settings.namespace, AIIS_DRAIN_TIMEOUT_S="0.3")
     async with Client.from_url(redis_url, settings) as client:
         worker = procs.worker(env)
-        ids = [await client.submit(f"t{i}", params={"script": ["sleep:30", "ok"]})
-               for i in range(3)]
+        ids = [
+            await client.submit(f"t{i}", params={"script": ["sleep:30", "ok"]}) for i in range(3)
+        ]
         await wait_for(lambda: _started(client, ids))
         worker.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(worker.wait, 30) == 0
@@ -139,13 +144,15 @@ async def test_redis_restart_loses_nothing(tmp_path: Path, procs: Procs) -> None
     env = _env(url, settings.namespace)
     try:
         async with Client.from_url(url, settings) as client:
-            before = [await client.submit(f"a{i}", params={"script": ["sleep:0.2"]})
-                      for i in range(20)]
+            before = [
+                await client.submit(f"a{i}", params={"script": ["sleep:0.2"]}) for i in range(20)
+            ]
             server.kill()
             server.start()
             procs.worker(env)
-            during = [await client.submit(f"b{i}", params={"script": ["sleep:0.5"]})
-                      for i in range(20)]
+            during = [
+                await client.submit(f"b{i}", params={"script": ["sleep:0.5"]}) for i in range(20)
+            ]
             await wait_for(lambda: _started(client, during[:5]))
             server.kill()
             await asyncio.sleep(0.5)
@@ -160,7 +167,11 @@ async def test_redis_restart_loses_nothing(tmp_path: Path, procs: Procs) -> None
 def _aiis(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "engine", *args],
-        env=env, capture_output=True, text=True, timeout=timeout, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
     )
 
 
@@ -192,7 +203,11 @@ def test_cli_rejects_bad_input_naming_the_field(redis_url: str) -> None:
 def _serve(env: dict[str, str], cwd: Path) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "engine", "serve", "--workers", "1"],
-        env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -240,8 +255,8 @@ def test_dlq_list_retry_purge(redis_url: str) -> None:
     async def dead_letter_one() -> str:
         settings = fast_settings(redis_url=redis_url, namespace=namespace, max_deliveries=1)
         async with Client.from_url(redis_url, settings) as client:
-            from providers.echo import ScriptedProvider
             from engine.worker import Worker
+            from providers.echo import ScriptedProvider
 
             task_id = await client.submit("again", params={"script": ["NetworkError", "ok"]})
             worker = Worker(client.store, ScriptedProvider())

@@ -156,8 +156,10 @@ def test_valid_tasks_pass_validation() -> None:
     """Good text and chat tasks validate."""
     s = fast_settings()
     assert validate_task({"input": "hello", "deadline_s": 5}, s).deadline_s == 5
-    chat = {"kind": "chat", "input": [{"role": "system", "content": "be brief"},
-                                      {"role": "user", "content": "hi"}]}
+    chat = {
+        "kind": "chat",
+        "input": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}],
+    }
     assert validate_task(chat, s).kind == "chat"
 
 

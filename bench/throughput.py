@@ -1,0 +1,204 @@
+"""Engine throughput against the ceiling of a bare redis-py loop, in one run.
+
+    python bench/throughput.py [--tasks 20000] [--concurrency 512]
+
+Starts an embedded redis-server (AOF on, as `aiis serve` does), then measures:
+  1. bare:    a producer process pipelining XADD, a consumer process doing XREADGROUP +
+              pipelined XADD (result) + XACK — the minimum per task, no guarantees;
+  2. engine:  this process submitting through `engine.Client`, one `aiis worker` process
+              (echo provider); then the same with two worker processes.
+Prints tasks/s, Redis commands per task (INFO commandstats deltas), submit→terminal latency
+p50/p99 (from event timestamps), the workers' peak RSS, and the ratio to the bare ceiling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from engine.client import Client  # noqa: E402
+from engine.embedded import EmbeddedRedis  # noqa: E402
+from engine.settings import Settings  # noqa: E402
+
+BATCH = 500
+
+
+def reset_stats(r: redis.Redis) -> None:
+    r.config_resetstat()
+
+
+def command_calls(r: redis.Redis) -> int:
+    stats: Any = r.info("commandstats")
+    skip = {"cmdstat_info", "cmdstat_config", "cmdstat_ping", "cmdstat_zcard", "cmdstat_xlen"}
+    return sum(v["calls"] for k, v in stats.items() if k not in skip)
+
+
+# --- bare loop -------------------------------------------------------------------------------
+
+
+def bare_producer(url: str, n: int) -> None:
+    r = redis.Redis.from_url(url)
+    for start in range(0, n, BATCH):
+        pipe = r.pipeline(transaction=False)
+        for i in range(start, min(n, start + BATCH)):
+            pipe.xadd("bare:q", {"t": str(i), "ts": str(time.time())})
+        pipe.execute()
+
+
+def bare_consumer(url: str, n: int) -> None:
+    r = redis.Redis.from_url(url)
+    done = 0
+    while done < n:
+        reply: Any = r.xreadgroup("g", "c", {"bare:q": ">"}, count=BATCH, block=1000)
+        if not reply:
+            continue
+        entries = reply[0][1]
+        pipe = r.pipeline(transaction=False)
+        for eid, fields in entries:
+            pipe.xadd("bare:done", {"t": fields[b"t"], "ts": fields[b"ts"]})
+        pipe.xack("bare:q", "g", *[eid for eid, _ in entries])
+        pipe.execute()
+        done += len(entries)
+
+
+def run_bare(url: str, n: int) -> dict[str, float]:
+    r = redis.Redis.from_url(url)
+    r.delete("bare:q", "bare:done")
+    r.xgroup_create("bare:q", "g", id="0", mkstream=True)
+    reset_stats(r)
+    me = [sys.executable, __file__, "--url", url, "--tasks", str(n)]
+    t0 = time.perf_counter()
+    consumer = subprocess.Popen([*me, "--role", "bare-consumer"])
+    producer = subprocess.Popen([*me, "--role", "bare-producer"])
+    producer.wait()
+    consumer.wait()
+    elapsed = time.perf_counter() - t0
+    calls = command_calls(r)
+    return {"tasks_s": n / elapsed, "cmds": calls / n, "elapsed": elapsed}
+
+
+# --- engine ----------------------------------------------------------------------------------
+
+
+def rss_peak_mb(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
+async def run_engine(url: str, n: int, workers: int, concurrency: int) -> dict[str, float]:
+    namespace = f"bench{workers}"
+    settings = Settings(redis_url=url, namespace=namespace, queue_max_depth=10_000_000)
+    env = {
+        **os.environ,
+        "AIIS_REDIS_URL": url,
+        "AIIS_NAMESPACE": namespace,
+        "AIIS_PROVIDER": "echo",
+        "AIIS_QUEUE_MAX_DEPTH": "10000000",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "engine", "worker", "--concurrency", str(concurrency)],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
+    client = Client.from_url(url, settings)
+    await client.store.prepare()
+    await asyncio.sleep(1.5)  # let the workers connect
+    sync = redis.Redis.from_url(url)
+    reset_stats(sync)
+    keys = client.store.keys(0)
+    t0 = time.perf_counter()
+    for start in range(0, n, 2000):
+        await asyncio.gather(*(client.submit(f"task {i}") for i in range(start, min(n, start + 2000))))
+    submitted = time.perf_counter() - t0
+    while await client.store.redis.zcard(keys.done) < n:
+        await asyncio.sleep(0.01)
+    elapsed = time.perf_counter() - t0
+    calls = command_calls(sync)
+    peak = max(rss_peak_mb(p.pid) for p in procs)
+    for p in procs:
+        p.terminate()
+    for p in procs:
+        p.wait()
+    requested: dict[bytes, int] = {}
+    latencies = []
+    cursor = "-"
+    while True:
+        rows: Any = await client.store.redis.xrange(keys.log, cursor, "+", count=10_000)
+        for eid, f in rows:
+            if f[b"type"] == b"TaskRequested":
+                requested[f[b"task"]] = int(f[b"ts"])
+            elif f[b"type"] == b"TaskSucceeded":
+                latencies.append(int(f[b"ts"]) - requested[f[b"task"]])
+        if len(rows) < 10_000:
+            break
+        cursor = "(" + rows[-1][0].decode()
+    await client.aclose()
+    q = statistics.quantiles(latencies, n=100)
+    return {
+        "tasks_s": n / elapsed,
+        "submit_s": n / submitted,
+        "cmds": calls / n,
+        "p50": q[49],
+        "p99": q[98],
+        "rss": peak,
+        "elapsed": elapsed,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=512)
+    parser.add_argument("--role", default="main")
+    parser.add_argument("--url")
+    args = parser.parse_args()
+    if args.role == "bare-producer":
+        return bare_producer(args.url, args.tasks)
+    if args.role == "bare-consumer":
+        return bare_consumer(args.url, args.tasks)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp))
+        url = server.start()
+        try:
+            n = args.tasks
+            bare = run_bare(url, n)
+            one = asyncio.run(run_engine(url, n, 1, args.concurrency))
+            two = asyncio.run(run_engine(url, n, 2, args.concurrency))
+        finally:
+            server.stop()
+    print(f"N = {n} tasks, echo provider, embedded redis-server 6.2 (AOF everysec), {os.cpu_count()} cores")
+    print(f"{'':<22}{'tasks/s':>10}{'cmds/task':>11}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS':>10}{'vs bare':>9}")
+    print(f"{'bare redis-py loop':<22}{bare['tasks_s']:>10.0f}{bare['cmds']:>11.2f}{'-':>9}{'-':>9}{'-':>10}{'1.00':>9}")
+    for label, r in (("engine, 1 worker", one), ("engine, 2 workers", two)):
+        print(
+            f"{label:<22}{r['tasks_s']:>10.0f}{r['cmds']:>11.2f}{r['p50']:>9.0f}{r['p99']:>9.0f}"
+            f"{r['rss']:>8.0f}MB{r['tasks_s'] / bare['tasks_s']:>9.2f}"
+        )
+    print(f"(engine submit rate alone: {one['submit_s']:.0f} tasks/s through engine.Client)")
+
+
+if __name__ == "__main__":
+    main()

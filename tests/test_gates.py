@@ -1,0 +1,70 @@
+"""Static gates that keep the codebase honest: lint, format, strict typing, import direction."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("engine", "providers", "projections", "gateway")
+# package -> packages it must never import (DESIGN.md §2: gateway → engine ← projections;
+# engine → providers; providers imports nothing of the others; nothing imports gateway)
+FORBIDDEN = {
+    "providers": {"engine", "projections", "gateway"},
+    "engine": {"projections", "gateway"},
+    "projections": {"gateway"},
+    "gateway": set(),
+}
+
+pytestmark = pytest.mark.gates
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", *args], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+
+
+def test_ruff_lint_is_clean() -> None:
+    """ruff finds nothing in the packages, tests and benchmarks."""
+    result = _run("ruff", "check", *PACKAGES, "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_is_clean() -> None:
+    """The code is formatted as ruff formats it."""
+    result = _run("ruff", "format", "--check", *PACKAGES, "tests", "bench")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.timeout(600)
+def test_mypy_strict_is_clean() -> None:
+    """mypy --strict passes on every package."""
+    result = _run("mypy")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(), filename=str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module.split(".")[0])
+    return found
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_dependencies_point_one_way(package: str) -> None:
+    """No module imports a package its layer must not depend on."""
+    offenders = {
+        str(path.relative_to(ROOT)): sorted(_imports(path) & FORBIDDEN[package])
+        for path in (ROOT / package).rglob("*.py")
+        if _imports(path) & FORBIDDEN[package]
+    }
+    assert offenders == {}
