@@ -81,6 +81,7 @@ class Client:
         self.store = Store(redis, self.settings)
         self._pending: dict[int, list[_Pending]] = {}
         self._flushers: dict[int, asyncio.Task[None]] = {}
+        self._checked: asyncio.Future[None] | None = None
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Client:
@@ -121,6 +122,13 @@ class Client:
         return await self.submit_spec(validate_task(raw, self.settings))
 
     async def submit_spec(self, spec: TaskSpec, *, retry_of: str | None = None) -> str:
+        if self._checked is None:  # once per client: never write to partitions no worker reads
+            self._checked = asyncio.ensure_future(self.store.check_partitions())
+        try:
+            await asyncio.shield(self._checked)
+        except BaseException:
+            self._checked = None
+            raise
         n = self.settings.partitions
         if spec.idempotency_key is not None:
             partition = partition_for_key(spec.tenant, spec.idempotency_key, n)

@@ -12,9 +12,9 @@ import orjson
 
 from engine import dlq as dead_letters
 from engine.client import Client
+from engine.connection import connect
 from engine.embedded import EmbeddedRedis
 from engine.events import TERMINAL_EVENTS, Event
-from engine.connection import connect
 from engine.runtime import redis_url, run_worker
 from engine.settings import Settings
 from engine.store import Store

@@ -14,11 +14,14 @@ from redis.exceptions import ConnectionError, TimeoutError
 
 
 def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
-    return aioredis.Redis.from_url(
+    """A client whose pool waits for a free connection (up to 10 s) instead of failing."""
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
+        timeout=10,
         socket_connect_timeout=5,
         health_check_interval=30,
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4),
         retry_on_error=[ConnectionError, TimeoutError],
     )
+    return aioredis.Redis.from_pool(pool)

@@ -100,18 +100,23 @@ class Store:
 
     # --- set-up ---------------------------------------------------------------------------
 
-    async def prepare(self) -> None:
-        """Check the deployment's partition count and create the consumer groups."""
+    async def check_partitions(self) -> None:
+        """Record the deployment's partition count, or refuse a different one."""
         with translate_errors():
             meta = meta_key(self.settings.namespace)
             await self.redis.hsetnx(meta, "partitions", self.settings.partitions)
             stored = int(await self.redis.hget(meta, "partitions") or 0)
-            if stored != self.settings.partitions:
-                raise ConfigError(
-                    f"AIIS_PARTITIONS={self.settings.partitions} but this Redis holds data "
-                    f"written with {stored} partitions; changing it would mis-route tasks. "
-                    f"Use AIIS_PARTITIONS={stored} (or a fresh AIIS_NAMESPACE)."
-                )
+        if stored != self.settings.partitions:
+            raise ConfigError(
+                f"AIIS_PARTITIONS={self.settings.partitions} but this Redis holds data "
+                f"written with {stored} partitions; changing it would mis-route tasks. "
+                f"Use AIIS_PARTITIONS={stored} (or a fresh AIIS_NAMESPACE)."
+            )
+
+    async def prepare(self) -> None:
+        """Check the deployment's partition count and create the consumer groups."""
+        await self.check_partitions()
+        with translate_errors():
             for keys in self.partitions:
                 for priority in PRIORITIES:
                     with contextlib.suppress(ResponseError):  # BUSYGROUP: already there

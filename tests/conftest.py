@@ -15,6 +15,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.client import Client
+from engine.connection import connect
 from engine.embedded import EmbeddedRedis
 from engine.settings import Settings
 from engine.worker import Worker
@@ -61,7 +62,7 @@ async def make_client(
         settings = fast_settings(**overrides)
         if request.param == "real":
             url = request.getfixturevalue("redis_url")
-            conn: aioredis.Redis = aioredis.Redis.from_url(url)
+            conn: aioredis.Redis = connect(url)
         else:
             conn = fakeredis.FakeAsyncRedis(server=fake_server)
         client = Client(conn, settings)

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from engine.client import Client
-from engine.errors import QueueFull, TaskNotFound
+from engine.errors import ConfigError, QueueFull, TaskNotFound
 from engine.events import Status
 from engine.keys import PRIORITIES
 from engine.worker import Worker
@@ -403,3 +403,15 @@ async def test_many_tasks_each_end_exactly_once(make_client: MakeClient, workers
 
 class Failing(ProviderError):
     pass
+
+
+async def test_partition_count_mismatch_is_refused(make_client: MakeClient) -> None:
+    """A producer or worker configured with another partition count is refused, not mis-routed."""
+    client = make_client(partitions=2)
+    await client.submit("x")
+    other = make_client(namespace=client.settings.namespace, partitions=3)
+    with pytest.raises(ConfigError, match="AIIS_PARTITIONS=3"):
+        await other.submit("y")
+    with pytest.raises(ConfigError):
+        await other.store.prepare()
+    assert sum(e["type"] == "TaskRequested" for e in await log_events(client)) == 1
