@@ -415,3 +415,19 @@ async def test_partition_count_mismatch_is_refused(make_client: MakeClient) -> N
     with pytest.raises(ConfigError):
         await other.store.prepare()
     assert sum(e["type"] == "TaskRequested" for e in await log_events(client)) == 1
+
+
+async def test_reclaim_acknowledges_entries_deleted_while_pending(make_client: MakeClient) -> None:
+    """A pending entry deleted from its stream is dropped from the PEL, not retried forever."""
+    client = make_client()
+    store = client.store
+    await store.prepare()
+    await client.submit("x")
+    held = (await store.fetch(0, "crashed", 10, "high,normal,low")).started[0]
+    queue = store.keys(0).queue("normal")
+    await store.redis.xdel(queue, held.entry_id)
+    await asyncio.sleep(1.1)
+    got = await store.claim(0, "rescuer", "normal", "0-0", 10)
+    assert got.started == []
+    pending = await store.redis.xpending(queue, "workers")
+    assert pending["pending"] == 0
