@@ -40,6 +40,8 @@ def _param(text: str) -> tuple[str, Any]:
 # ``register(subparsers) -> list[str]`` (the command names it adds) and
 # ``run(args, settings) -> int``.
 PLUGINS = ("projections.cli", "gateway.cli")
+# long-running component commands that `aiis serve` runs as children, when installed
+COMPONENTS = ("projections", "gateway")
 
 
 def _plugins() -> list[Any]:
@@ -103,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:  # one line per provider request is noise at INFO
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
         return _dispatch(args)
     except EngineError as exc:
@@ -115,7 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.command == "serve":
-        return commands.serve(settings, args.workers, args.concurrency)
+        components = [c for c in COMPONENTS if c in _PLUGIN_OF]
+        return commands.serve(settings, args.workers, args.concurrency, components)
     if args.command == "worker":
         return commands.worker(settings, args.processes, args.concurrency)
     if args.command == "submit":

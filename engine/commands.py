@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import socket
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import orjson
@@ -13,8 +17,17 @@ import orjson
 from engine import dlq as dead_letters
 from engine.client import Client
 from engine.connection import connect
-from engine.embedded import EmbeddedRedis
-from engine.events import TERMINAL_EVENTS, Event
+from engine.embedded import EmbeddedRedis, free_port
+from engine.errors import ConfigError
+from engine.events import (
+    TERMINAL_EVENTS,
+    Event,
+    TaskProgressData,
+    TaskRequeuedData,
+    TaskRetryScheduledData,
+    TaskStartedData,
+    TaskSucceededData,
+)
 from engine.runtime import redis_url, run_worker
 from engine.settings import Settings
 from engine.store import Store
@@ -41,8 +54,31 @@ def _worker_children(n: int, concurrency: int | None, env: dict[str, str]) -> li
     return [Child(f"worker-{i + 1}", argv, env) for i in range(n)]
 
 
-def serve(settings: Settings, workers: int, concurrency: int | None) -> int:
-    """Everything in one process tree: embedded Redis (unless AIIS_REDIS_URL) and workers."""
+def _wait_port(port: int, child: Child, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.process is not None and child.process.poll() is not None:
+            raise ConfigError(f"{child.name} exited with {child.process.returncode} at start")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise ConfigError(f"{child.name} did not start listening on port {port}")
+
+
+def _needs_sandbox(settings: Settings) -> bool:
+    if settings.provider != "auto" or settings.sandbox_url:
+        return False
+    from providers.config import ProviderSettings  # noqa: PLC0415 - httpx only when used
+
+    return not ProviderSettings().has_any_key()
+
+
+def serve(
+    settings: Settings, workers: int, concurrency: int | None, components: Sequence[str] = ()
+) -> int:
+    """Everything in one process tree: embedded Redis (unless AIIS_REDIS_URL), the provider
+    sandbox (when no API key is set), workers, and the other components (projections, gateway).
+    """
     embedded: EmbeddedRedis | None = None
     if settings.redis_url:
         url = settings.redis_url
@@ -51,18 +87,45 @@ def serve(settings: Settings, workers: int, concurrency: int | None) -> int:
         embedded = EmbeddedRedis(Path(settings.data_dir))
         url = embedded.start()
         where = f"embedded redis-server, AOF on, data in {embedded.data_dir}"
+    supervisor: Supervisor | None = None
     try:
         asyncio.run(_check_redis(url, settings))
         env = {**os.environ, "AIIS_REDIS_URL": url}
-        children = _worker_children(workers, concurrency, env)
+        children: list[Child] = []
+        if _needs_sandbox(settings):
+            port = free_port()
+            sandbox = Child(
+                "sandbox",
+                [sys.executable, "-m", "providers.sandbox", "--port", str(port)],
+                {**os.environ},
+                quiet=True,
+            )
+            children.append(sandbox)
+            env["AIIS_SANDBOX_URL"] = f"http://127.0.0.1:{port}"
+            providers = (
+                f"sandbox at {env['AIIS_SANDBOX_URL']} (no provider API key is set: every "
+                "provider is simulated on loopback)"
+            )
+        elif settings.provider == "auto":
+            providers = "the provider router (API keys from the environment)"
+        else:
+            providers = settings.provider
+        children += _worker_children(workers, concurrency, env)
+        children += [
+            Child(name, [sys.executable, "-m", "engine", name], env) for name in components
+        ]
+        supervisor = Supervisor(children, stop_timeout=settings.drain_timeout_s + 5)
         print(f"aiis serve: Redis {url} ({where})")
+        print(f"aiis serve: providers: {providers}")
         print(
-            f"aiis serve: {workers} worker process(es); providers: {settings.provider} "
-            "(in-process echo unless configured)"
+            f"aiis serve: {workers} worker process(es); also running: "
+            f"{', '.join(components) or 'nothing else'}"
         )
         print('aiis serve: try  aiis submit "hello" --wait   (Ctrl-C stops everything)')
         sys.stdout.flush()
-        return Supervisor(children, stop_timeout=settings.drain_timeout_s + 5).run()
+        return supervisor.run(
+            on_start=lambda: _wait_port(port, sandbox) if "AIIS_SANDBOX_URL" in env else None
+        )
     finally:
         if embedded is not None:
             embedded.stop()
@@ -70,40 +133,45 @@ def serve(settings: Settings, workers: int, concurrency: int | None) -> int:
 
 def worker(settings: Settings, processes: int, concurrency: int | None) -> int:
     if processes <= 1:
-        asyncio.run(run_worker(settings, settings.provider, concurrency))
+        asyncio.run(run_worker(settings, concurrency))
         return 0
     asyncio.run(_check_redis(redis_url(settings), settings))
     children = _worker_children(processes, concurrency, dict(os.environ))
     return Supervisor(children, stop_timeout=settings.drain_timeout_s + 5).run()
 
 
-def _print_event(event: Event) -> None:
-    data = event.data
-    if event.type == "TaskProgress":
-        delta = getattr(data, "delta", "")
-        notice = getattr(data, "notice", None)
-        if delta:
-            print(delta, end="", flush=True)
-        if notice:
-            print(f"\n[{notice}] {orjson.dumps(getattr(data, 'detail', None)).decode()}")
-        return
-    if event.type == "TaskSucceeded":
-        d = data.model_dump()
-        text = d["result"]["text"]
-        images = d["result"]["images"]
-        print(
-            f"\n✔ succeeded  {d['provider']}/{d['model']}  tokens in/out "
-            f"{d['usage']['input_tokens']}/{d['usage']['output_tokens']}  "
-            f"cost ${d['cost_usd']}  {d['latency_ms']} ms"
-        )
-        if text is not None:
-            print(text)
-        for image in images:
-            print(image["url"])
-        return
-    summary = orjson.dumps(data.model_dump(mode="json")).decode()
-    mark = "✘" if event.type in TERMINAL_EVENTS else "·"
-    print(f"{mark} {event.type} {summary}", flush=True)
+class _Printer:
+    """Renders a task's events on a terminal; streamed text is printed as it arrives."""
+
+    def __init__(self) -> None:
+        self.streamed = False
+
+    def __call__(self, event: Event) -> None:
+        data = event.data
+        if isinstance(data, TaskProgressData):
+            if data.delta:
+                self.streamed = True
+                print(data.delta, end="", flush=True)
+            if data.notice:
+                detail = orjson.dumps(data.detail).decode()
+                print(f"{chr(10) if self.streamed else ''}[{data.notice}] {detail}", flush=True)
+            return
+        if isinstance(data, TaskSucceededData):
+            print(
+                f"\n✔ succeeded  {data.provider}/{data.model}  tokens in/out "
+                f"{data.usage.input_tokens}/{data.usage.output_tokens}  "
+                f"cost ${data.cost_usd}  {data.latency_ms} ms"
+            )
+            if data.result.text is not None and not self.streamed:
+                print(data.result.text)
+            for image in data.result.images:
+                print(image.url)
+            return
+        if isinstance(data, TaskRetryScheduledData | TaskRequeuedData | TaskStartedData):
+            self.streamed = False  # a new attempt streams from the start
+        summary = orjson.dumps(data.model_dump(mode="json")).decode()
+        mark = "✘" if event.type in TERMINAL_EVENTS else "·"
+        print(f"{mark} {event.type} {summary}", flush=True)
 
 
 async def submit(settings: Settings, args: argparse.Namespace) -> int:
@@ -121,8 +189,9 @@ async def submit(settings: Settings, args: argparse.Namespace) -> int:
         if not args.wait:
             return 0
         status = 0
+        show = _Printer()
         async for event in client.watch(task_id):
-            _print_event(event)
+            show(event)
             if event.type in TERMINAL_EVENTS and event.type != "TaskSucceeded":
                 status = 1
         return status

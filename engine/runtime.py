@@ -6,6 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Mapping
+from typing import Any
+
+import redis.asyncio as aioredis
 
 from engine.client import Client
 from engine.connection import connect
@@ -33,19 +37,38 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
-def make_processor(name: str) -> TaskProcessor:
-    if name in ("echo", "auto"):
+def make_processor(settings: Settings, redis: aioredis.Redis) -> TaskProcessor:
+    """The provider processor the worker calls, as ``AIIS_PROVIDER`` says."""
+    if settings.provider == "echo":
         return EchoProvider()
-    if name == "scripted":
+    if settings.provider == "scripted":
         return ScriptedProvider()
-    raise ConfigError(f"unknown provider {name!r} (known: echo, scripted)")
+    from providers.config import ProviderSettings  # noqa: PLC0415 - httpx only when used
+    from providers.factory import build_processor  # noqa: PLC0415
+
+    try:
+        provider_settings = ProviderSettings()
+    except ValueError as exc:
+        raise ConfigError(f"bad provider setting: {str(exc).splitlines()[0:3]}") from None
+    provider_settings = provider_settings.model_copy(update={"redis_prefix": settings.namespace})
+    if settings.sandbox_url is None and not provider_settings.has_any_key():
+        raise ConfigError(
+            "no provider API key is set (GEMINI_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY, "
+            "UNSPLASH_ACCESS_KEY, PEXELS_API_KEY) and no AIIS_SANDBOX_URL; `aiis serve` starts "
+            "a sandbox by itself, or set AIIS_PROVIDER=echo"
+        )
+    return build_processor(redis, provider_settings, settings.sandbox_url, on_circuit=_log_circuit)
 
 
-async def run_worker(settings: Settings, provider: str, concurrency: int | None) -> None:
+def _log_circuit(provider: str, transition: str, info: Mapping[str, Any]) -> None:
+    log.warning("circuit breaker of %s %s (%s)", provider, transition, dict(info))
+
+
+async def run_worker(settings: Settings, concurrency: int | None) -> None:
     """One worker process until SIGTERM/SIGINT, then drain."""
     client = Client(connect(redis_url(settings), 32 + settings.partitions), settings)
     await client.ping()
-    processor = make_processor(provider)
+    processor = make_processor(settings, client.store.redis)
     worker = Worker(Store(client.store.redis, settings), processor, concurrency=concurrency)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     partitions: int = Field(1, ge=1, le=1024)
 
     # worker
-    provider: str = "auto"  # auto | echo | scripted (tests); real adapters: providers/
+    # auto: the provider router (real keys, else AIIS_SANDBOX_URL); echo; scripted (tests)
+    provider: str = Field("auto", pattern=r"^(auto|echo|scripted)$")
+    sandbox_url: str | None = None  # point every adapter at a sandbox (set by `aiis serve`)
     concurrency: int = Field(64, ge=1, le=20_000)
     visibility_timeout_s: float = Field(30.0, gt=0.5, le=3600)
     control_interval_s: float = Field(1.0, gt=0.01, le=60)

@@ -22,6 +22,7 @@ class Child:
     name: str
     argv: Sequence[str]
     env: Mapping[str, str] | None = None
+    quiet: bool = False  # discard the child's stdout (it has its own way to report)
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
@@ -34,23 +35,26 @@ class Supervisor:
         self._stop = False
 
     def _start(self, child: Child) -> None:
-        child.process = subprocess.Popen(child.argv, env=child.env)
+        stdout = subprocess.DEVNULL if child.quiet else None
+        child.process = subprocess.Popen(child.argv, env=child.env, stdout=stdout)
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
     def request_stop(self, signum: int = 0, frame: FrameType | None = None) -> None:
         self._stop = True
 
-    def run(self, on_tick: Callable[[], None] | None = None) -> int:
+    def run(self, on_start: Callable[[], None] | None = None) -> int:
+        """Start every child (in order; ``on_start`` runs after the first), supervise until
+        SIGTERM/SIGINT, then stop them all."""
         previous = {
             sig: signal.signal(sig, self.request_stop) for sig in (signal.SIGTERM, signal.SIGINT)
         }
         try:
-            for child in self.children:
+            for i, child in enumerate(self.children):
                 self._start(child)
+                if i == 0 and on_start is not None:
+                    on_start()
             while not self._stop:
                 time.sleep(0.2)
-                if on_tick:
-                    on_tick()
                 for child in self.children:
                     proc = child.process
                     if proc is not None and proc.poll() is not None:

@@ -1,0 +1,283 @@
+"""Circuit breakers shared by every worker process, on purgatory's state model.
+
+purgatory's ``Context`` decides the transitions (closed → opened after ``threshold`` consecutive
+failures, opened → half-opened after ``ttl``, half-opened → closed on success / opened on
+failure); ``RedisBreakerRepository`` implements its repository interface with Lua scripts so each
+step is atomic across processes. purgatory's own Redis repository reads then writes, so two
+workers could both see "opened and expired" and both probe; here loading a breaker whose open
+period is over claims a ``SET NX PX`` probe lock in the same script, and only the winner gets a
+half-opened context. Everyone else sees it still open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar, cast
+
+import redis.asyncio as aioredis
+from purgatory import AsyncAbstractUnitOfWork, AsyncCircuitBreakerFactory
+from purgatory.domain.model import Context, OpenedState
+from purgatory.service._async.repository import AsyncAbstractRepository
+from purgatory.typing import StateName
+from redis.exceptions import RedisError
+
+from providers import keys
+from providers.errors import InvalidRequest, Overloaded
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# (provider, "opened" | "closed", info) — called once per real transition, cluster-wide
+TransitionHook = Callable[[str, str, dict[str, Any]], None]
+
+_ACQUIRE = """
+local h = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'failures')
+local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local state = h[1] or 'closed'
+if state == 'closed' then return {'closed', '0', h[3] or '0'} end
+local opened_at = tonumber(h[2]) or 0
+-- 0.25 s of margin so the caller's own clock check cannot see the period end a moment later
+if state == 'opened' and now < opened_at + ttl then
+  return {'opened', tostring(math.max(opened_at, now - ttl + 0.25)), '0'}
+end
+if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
+  redis.call('HSET', KEYS[1], 'state', 'half-opened')
+  return {'half-opened', '0', '0'}
+end
+local left = math.max(redis.call('PTTL', KEYS[2]), 0) / 1000
+return {'opened', tostring(now - ttl + math.max(0.25, math.min(left, ttl))), '0'}
+"""
+_FAIL = """
+if (redis.call('HGET', KEYS[1], 'state') or 'closed') ~= 'closed' then return 0 end
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+if n >= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], 'state', 'opened', 'opened_at', ARGV[1], 'failures', 0)
+  return n
+end
+return 0
+"""
+# only the probe's outcome moves a half-opened breaker; stale contexts cannot
+_SETTLE = """
+if redis.call('HGET', KEYS[1], 'state') ~= 'half-opened' then return 0 end
+if ARGV[1] == 'opened' then
+  redis.call('HSET', KEYS[1], 'state', 'opened', 'opened_at', ARGV[2], 'failures', 0)
+else
+  redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0)
+end
+redis.call('DEL', KEYS[2])
+return 1
+"""
+_RESET = """
+if (redis.call('HGET', KEYS[1], 'state') or 'closed') == 'closed' then
+  redis.call('HSET', KEYS[1], 'failures', 0)
+end
+return 1
+"""
+_RELEASE = """
+if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+return 1
+"""
+
+_transitions: contextvars.ContextVar[list[tuple[str, dict[str, Any]]] | None] = (
+    contextvars.ContextVar("aiis_breaker_transitions", default=None)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    threshold: int = 5
+    open_s: float = 60.0
+    probe_lock_s: float = 300.0  # longer than any call; a crashed probe frees it after this
+    closed_cache_s: float = 0.1  # reuse a healthy state read for this long (0: always read)
+
+
+class RedisBreakerRepository(AsyncAbstractRepository):
+    """purgatory's repository interface over Redis, every operation one atomic script."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        policy: BreakerPolicy,
+        hook: TransitionHook | None = None,
+    ) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.policy = policy
+        self.hook = hook
+        self.messages = []
+        self._token = f"{id(self):x}-{time.time_ns():x}"
+        self._healthy: dict[str, float] = {}  # provider -> monotonic time the cached read expires
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._fail = redis.register_script(_FAIL)
+        self._settle = redis.register_script(_SETTLE)
+        self._reset = redis.register_script(_RESET)
+        self._release = redis.register_script(_RELEASE)
+
+    def _keys(self, name: str) -> list[str]:
+        return [keys.breaker(self.prefix, name), keys.probe(self.prefix, name)]
+
+    def _transition(self, name: str, state: str, info: dict[str, Any]) -> None:
+        pending = _transitions.get()
+        if pending is not None:
+            pending.append((state, info))
+        if self.hook is not None:
+            self.hook(name, state, info)
+
+    async def get(self, name: str) -> Context:
+        """Load the breaker for one request; claims the probe when the open period is over.
+
+        A healthy (closed, no failures) state read less than ``closed_cache_s`` ago is reused:
+        it saves a Redis round trip per call, and at worst calls go out for that long after
+        another worker opened the breaker."""
+        p = self.policy
+        now = time.monotonic()
+        if self._healthy.get(name, 0.0) > now:
+            return Context(name, p.threshold, p.open_s)
+        state, opened_at, failures = await self._acquire(
+            keys=self._keys(name),
+            args=[time.time(), p.open_s, int(p.probe_lock_s * 1000), self._token],
+        )
+        state = state.decode() if isinstance(state, bytes) else str(state)
+        if state not in ("opened", "closed", "half-opened"):
+            state = "closed"
+        opened = float(opened_at) if state != "closed" else None
+        if state == "closed" and int(failures) == 0:
+            self._healthy[name] = now + p.closed_cache_s
+        else:
+            self._healthy.pop(name, None)
+        return Context(
+            name,
+            p.threshold,
+            p.open_s,
+            state=cast(StateName, state),
+            failure_count=int(failures),
+            opened_at=opened,
+        )
+
+    async def register(self, context: Context) -> None:
+        """Nothing to do: a missing hash reads as a closed breaker."""
+
+    async def update_state(self, name: str, state: str, opened_at: float | None) -> None:
+        if state == "half-opened":
+            return  # claimed atomically in get()
+        if await self._settle(keys=self._keys(name), args=[state, opened_at or time.time()]):
+            self._transition(name, state, {"probe": True, "open_s": self.policy.open_s})
+
+    async def inc_failures(self, name: str, failure_count: int) -> None:
+        self._healthy.pop(name, None)
+        failures = await self._fail(
+            keys=self._keys(name), args=[time.time(), self.policy.threshold]
+        )
+        if failures:
+            self._transition(
+                name, "opened", {"failures": int(failures), "open_s": self.policy.open_s}
+            )
+
+    async def reset_failure(self, name: str) -> None:
+        await self._reset(keys=self._keys(name), args=[])
+
+    async def release_probe(self, name: str) -> None:
+        await self._release(keys=self._keys(name), args=[self._token])
+
+
+class _UnitOfWork(AsyncAbstractUnitOfWork):
+    def __init__(self, repository: RedisBreakerRepository) -> None:
+        self.contexts = repository
+
+    async def commit(self) -> None:
+        """Every repository call is already its own atomic script."""
+
+    async def rollback(self) -> None:
+        """Nothing to roll back (see commit)."""
+
+
+class Breakers:
+    """One shared breaker per provider; ``call(provider, fn)`` runs ``fn`` under it."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        prefix: str = "aiis",
+        policy: BreakerPolicy | None = None,
+        hook: TransitionHook | None = None,
+    ) -> None:
+        self.policy = policy or BreakerPolicy()
+        self.repository = RedisBreakerRepository(redis, prefix, self.policy, hook)
+        self.factory = AsyncCircuitBreakerFactory(
+            default_threshold=self.policy.threshold,
+            default_ttl=self.policy.open_s,
+            uow=_UnitOfWork(self.repository),
+        )
+
+    async def call(
+        self,
+        provider: str,
+        fn: Callable[[], Awaitable[T]],
+        transitions: list[tuple[str, dict[str, Any]]] | None = None,
+    ) -> T:
+        """Run ``fn`` unless the breaker is open (then Overloaded with the wait as retry_after).
+
+        InvalidRequest proves the provider healthy; cancellation counts neither way (a cancelled
+        probe hands the probe lock back).
+        """
+        token = _transitions.set(transitions)
+        try:
+            try:
+                breaker = await self.factory.get_breaker(provider, exclude=[InvalidRequest])
+            except RedisError as exc:
+                # fail open: an unreachable breaker store must not stop healthy traffic
+                log.warning(
+                    "%s: circuit state unavailable (%s); calling without breaker",
+                    provider,
+                    type(exc).__name__,
+                )
+                return await fn()
+            context = breaker.context
+            try:
+                context.handle_new_request()
+            except OpenedState as exc:
+                left = (context.opened_at or 0) + self.policy.open_s - time.time()
+                raise Overloaded(
+                    f"{provider}: circuit open",
+                    provider=provider,
+                    retry_after=max(round(left, 3), 0.001),
+                ) from exc
+            probing = context.state == "half-opened"
+            try:
+                result = await fn()
+            except asyncio.CancelledError:
+                if probing:
+                    await asyncio.shield(self.repository.release_probe(provider))
+                raise
+            except BaseException as exc:
+                context.handle_exception(exc)
+                await self._flush(breaker)
+                raise
+            context.handle_end_request()
+            await self._flush(breaker)
+            return result
+        finally:
+            _transitions.reset(token)
+
+    async def _flush(self, breaker: Any) -> None:
+        try:
+            while breaker.context.messages:
+                await breaker.messagebus.handle(breaker.context.messages.pop(0), breaker.uow)
+        except RedisError:
+            # the call's own outcome matters more than one lost breaker update
+            return
+
+    async def state(self, provider: str) -> str:
+        """The shared state as stored ("closed", "opened", "half-opened"); for stats and tests."""
+        raw = await self.repository.redis.hget(
+            keys.breaker(self.repository.prefix, provider), "state"
+        )
+        if raw is None:
+            return "closed"
+        return raw.decode() if isinstance(raw, bytes) else str(raw)

@@ -1,0 +1,162 @@
+"""Per-provider rate limits shared by every worker: requests/min and tokens/min as two GCRA
+buckets checked and reserved in one Lua script, plus a "blocked until" instant set when the
+provider itself says the budget is spent (429, or ``remaining: 0`` with a reset time).
+
+A call reserves its slot at the earliest instant both buckets allow; it sleeps until then when
+that is within its wait budget (the task deadline, capped), otherwise nothing is reserved and it
+raises RateLimited(retry_after) so the engine reschedules the task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from providers import keys
+from providers.errors import RateLimited
+
+# KEYS: req_tat, tok_tat, blocked. ARGV: now_ms, req_T_ms, req_tau_ms, tok_T_ms (per token),
+# tok_tau_ms, tokens, max_wait_ms, debt (tokens used by earlier calls beyond their estimate,
+# charged whatever the outcome). Returns the wait in ms (reserved) or -wait-1 (refused).
+_ACQUIRE = """
+local now = tonumber(ARGV[1])
+local rT, rtau = tonumber(ARGV[2]), tonumber(ARGV[3])
+local tT, ttau = tonumber(ARGV[4]), tonumber(ARGV[5])
+local tokens, max_wait = tonumber(ARGV[6]), tonumber(ARGV[7])
+local start = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
+local rtat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
+local ttat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
+local debt = tonumber(ARGV[8])
+if tT > 0 and debt > 0 then
+  ttat = ttat + tT * debt
+  redis.call('SET', KEYS[2], tostring(ttat), 'PX', math.floor(ttat - now + ttau) + 1000)
+end
+-- a call of weight w conforms at s when max(tat, s) + w*T - s <= tau + T; a call heavier
+-- than the whole burst goes when the bucket is empty (s = tat)
+if rT > 0 then start = math.max(start, rtat - rtau) end
+if tT > 0 and tokens > 0 then
+  start = math.max(start, ttat + math.min(0, tT * tokens - ttau - tT))
+end
+local wait = start - now
+if wait > max_wait then return -math.floor(wait) - 1 end
+if rT > 0 then
+  local new = math.max(rtat, start) + rT
+  redis.call('SET', KEYS[1], tostring(new), 'PX', math.floor(new - now + rtau) + 1000)
+end
+if tT > 0 and tokens > 0 then
+  local new = math.max(ttat, start) + tT * tokens
+  redis.call('SET', KEYS[2], tostring(new), 'PX', math.floor(new - now + ttau) + 1000)
+end
+return math.floor(wait)
+"""
+# KEYS: blocked. ARGV: until_ms, now_ms. Only ever moves the instant later.
+_BLOCK = """
+local untilms = tonumber(ARGV[1])
+if untilms <= tonumber(redis.call('GET', KEYS[1]) or '0') then return 0 end
+redis.call('SET', KEYS[1], tostring(untilms), 'PX', math.floor(untilms - tonumber(ARGV[2])) + 1)
+return 1
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    rpm: int = 0  # requests per minute (0: none)
+    tpm: int = 0  # tokens per minute (0: none)
+    burst_fraction: float = 0.1  # share of a minute's budget usable at once
+
+
+def _bucket(per_minute: int, burst_fraction: float) -> tuple[float, float]:
+    """(emission interval ms, tolerance ms) of a GCRA bucket."""
+    if per_minute <= 0:
+        return 0.0, 0.0
+    interval = 60_000.0 / per_minute
+    burst = max(1, math.floor(per_minute * burst_fraction))
+    return interval, interval * (burst - 1)
+
+
+def estimate_tokens(text: str) -> int:
+    """About four characters per token: what a call reserves before usage is known."""
+    return max(1, len(text) // 4)
+
+
+class RateLimiter:
+    """Shared limits of every provider (one Limit each); Redis errors fail open."""
+
+    def __init__(self, redis: aioredis.Redis, prefix: str, limits: dict[str, Limit]) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.limits = limits
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._debt: dict[str, int] = {}
+        self._block = redis.register_script(_BLOCK)
+
+    def limits_calls(self, provider: str) -> bool:
+        """Whether ``provider`` has any limit of ours (else acquiring is a no-op)."""
+        limit = self.limits.get(provider)
+        return limit is not None and (limit.rpm > 0 or limit.tpm > 0)
+
+    async def acquire(self, provider: str, tokens: int = 0, max_wait: float = 30.0) -> float:
+        """Reserve one request (and ``tokens``); sleep until the slot when it is at most
+        ``max_wait`` s away, else raise RateLimited. Returns the seconds waited."""
+        limit = self.limits.get(provider, Limit())
+        r_t, r_tau = _bucket(limit.rpm, limit.burst_fraction)
+        t_t, t_tau = _bucket(limit.tpm, limit.burst_fraction)
+        p = self.prefix
+        debt = self._debt.pop(provider, 0)
+        try:
+            wait_ms = await self._acquire(
+                keys=[
+                    keys.rate(p, provider, "requests"),
+                    keys.rate(p, provider, "tokens"),
+                    keys.blocked(p, provider),
+                ],
+                args=[
+                    _now_ms(),
+                    r_t,
+                    r_tau,
+                    t_t,
+                    t_tau,
+                    tokens,
+                    int(max(max_wait, 0) * 1000),
+                    debt,
+                ],
+            )
+        except RedisError:
+            return 0.0  # our own limiter down must not stop traffic; providers still say 429
+        wait = int(wait_ms) / 1000
+        if wait < 0:
+            retry_after = (-int(wait_ms) - 1) / 1000
+            raise RateLimited(
+                f"{provider}: shared rate limit reached, next slot in {retry_after:.2f}s",
+                provider=provider,
+                retry_after=retry_after,
+            )
+        if wait > 0:
+            await asyncio.sleep(wait)
+        return wait
+
+    def charge(self, provider: str, tokens: int) -> None:
+        """Tokens a call used beyond the estimate it reserved: carried to this worker's next
+        acquisition of ``provider`` (so a call costs one Redis round trip, not two)."""
+        if tokens > 0 and self.limits.get(provider, Limit()).tpm > 0:
+            self._debt[provider] = self._debt.get(provider, 0) + tokens
+
+    async def block_until(self, provider: str, until: float) -> None:
+        """Hold every worker off ``provider`` until the unix time ``until``."""
+        now = _now_ms()
+        until_ms = int(until * 1000)
+        if until_ms <= now:
+            return
+        try:
+            await self._block(keys=[keys.blocked(self.prefix, provider)], args=[until_ms, now])
+        except RedisError:
+            return
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)

@@ -1,0 +1,75 @@
+"""Keys never leave: not in settings reprs, errors, notices or log lines, even when a provider
+echoes the key back in its error body (the sandbox does, on purpose)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import redis.asyncio as aioredis
+
+from providers.config import ProviderSettings
+from providers.errors import ProviderError
+from providers.factory import build_router
+from providers.sandbox import Sandbox, start_sandbox
+from providers.types import ProviderRequest
+from tests.providers.conftest import SECRET_KEYS, RecordingSink, make_settings
+
+
+def leaks(text: str) -> list[str]:
+    return [k for k in SECRET_KEYS.values() if k in text]
+
+
+def test_settings_repr_hides_keys() -> None:
+    """repr/str/model_dump_json of the settings never show a key."""
+    settings = ProviderSettings(
+        **{"GEMINI_API_KEY": SECRET_KEYS["gemini"], "OPENAI_API_KEY": SECRET_KEYS["openai"]}
+    )
+    assert settings.provider("gemini").api_key is not None
+    for text in (
+        repr(settings),
+        str(settings),
+        settings.model_dump_json(),
+        repr(settings.provider("gemini")),
+    ):
+        assert leaks(text) == []
+
+
+@pytest.mark.parametrize("kind", ["text", "image"])
+async def test_bad_keys_never_leak(
+    kind: str, caplog: pytest.LogCaptureFixture, fake_redis: aioredis.Redis
+) -> None:
+    """Every provider rejects its key and echoes it; errors, notices and logs stay clean."""
+    async with start_sandbox(bad_keys=SECRET_KEYS.values()) as sandbox:
+        router = build_router(fake_redis, make_settings(sandbox.url))
+        sink = RecordingSink()
+        try:
+            with caplog.at_level(logging.DEBUG), pytest.raises(ProviderError) as info:
+                await router.process(ProviderRequest("t", "a", kind, prompt="cats"), sink)  # type: ignore[arg-type]
+        finally:
+            await router.aclose()
+    assert info.value.error_class == "AuthFailed"
+    assert len([k for k, _ in sink.notices if k == "attempt"]) >= 2
+    texts = [str(info.value), repr(info.value), repr(sink.notices)]
+    texts += [r.getMessage() for r in caplog.records]
+    cause: BaseException | None = info.value
+    while cause is not None:
+        texts.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    assert [t for t in texts if leaks(t)] == []
+
+
+async def test_fault_errors_never_leak(sandbox: Sandbox, caplog: pytest.LogCaptureFixture) -> None:
+    """Across every fault class, no key appears in the raised error or the log."""
+    router = build_router(None, make_settings(sandbox.url))
+    try:
+        for fault in ("rate_limit", "credits", "server_error", "cut", "malformed", "invalid"):
+            with caplog.at_level(logging.DEBUG), pytest.raises(ProviderError) as info:
+                await router.process(
+                    ProviderRequest("t", "a", "text", prompt=f"x [[fault:{fault}]]"),
+                    RecordingSink(),
+                )
+            assert leaks(str(info.value)) == []
+    finally:
+        await router.aclose()
+    assert [r for r in caplog.records if leaks(r.getMessage())] == []
