@@ -85,7 +85,8 @@ class Client:
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Client:
-        return cls(connect(url), settings)
+        settings = settings or Settings()
+        return cls(connect(url, cluster=settings.redis_cluster), settings)
 
     async def aclose(self) -> None:
         for task in list(self._flushers.values()):

@@ -35,11 +35,11 @@ from engine.supervisor import Child, Supervisor
 
 
 def _client(settings: Settings) -> Client:
-    return Client(connect(redis_url(settings)), settings)
+    return Client(connect(redis_url(settings), cluster=settings.redis_cluster), settings)
 
 
 async def _check_redis(url: str, settings: Settings) -> None:
-    client = Client(connect(url), settings)
+    client = Client(connect(url, cluster=settings.redis_cluster), settings)
     try:
         await client.ping()
         await Store(client.store.redis, settings).prepare()

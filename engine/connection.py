@@ -7,14 +7,32 @@ already there, a repeated commit or fetch is fenced by the state word.
 
 from __future__ import annotations
 
+from typing import cast
+
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 
-def connect(url: str, max_connections: int = 64) -> aioredis.Redis:
-    """A client whose pool waits for a free connection (up to 10 s) instead of failing."""
+def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> aioredis.Redis:
+    """A client whose pool waits for a free connection (up to 10 s) instead of failing.
+
+    With ``cluster`` (``AIIS_REDIS_CLUSTER``) the URL names any node of a Redis Cluster and the
+    client routes each command by slot. Every engine script touches one partition's keys, which
+    share a hash tag, so it runs on one node. ``RedisCluster`` offers every command the engine
+    uses with the same signatures, hence the ``Redis`` type.
+    """
+    if cluster:
+        client = RedisCluster.from_url(
+            url,
+            max_connections=max_connections,
+            socket_connect_timeout=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=4),
+            retry_on_error=[ConnectionError, TimeoutError],
+        )
+        return cast(aioredis.Redis, client)
     pool = aioredis.BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,

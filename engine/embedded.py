@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -47,10 +48,18 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class EmbeddedRedis:
     """Start, find and stop the embedded redis-server of one data directory."""
 
-    def __init__(self, data_dir: Path, *, port: int | None = None, appendonly: bool = True) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int | None = None,
+        appendonly: bool = True,
+        extra_args: Sequence[str] = (),
+    ) -> None:
         self.data_dir = data_dir.resolve()
         self.port = port
         self.appendonly = appendonly
+        self.extra_args = list(extra_args)
         self.process: subprocess.Popen[bytes] | None = None
         self._lock: IO[str] | None = None
 
@@ -86,6 +95,7 @@ class EmbeddedRedis:
             "--save", "",
             "--logfile", "redis.log",
             "--daemonize", "no",
+            *self.extra_args,
         ]  # fmt: skip
         self.process = subprocess.Popen(
             args,

@@ -16,7 +16,6 @@ from engine.connection import connect
 from engine.embedded import discover_url
 from engine.errors import ConfigError
 from engine.settings import Settings
-from engine.store import Store
 from engine.worker import Worker
 from providers.echo import EchoProvider, ScriptedProvider
 from providers.types import TaskProcessor
@@ -66,10 +65,18 @@ def _log_circuit(provider: str, transition: str, info: Mapping[str, Any]) -> Non
 
 async def run_worker(settings: Settings, concurrency: int | None) -> None:
     """One worker process until SIGTERM/SIGINT, then drain."""
-    client = Client(connect(redis_url(settings), 32 + settings.partitions), settings)
-    await client.ping()
-    processor = make_processor(settings, client.store.redis)
-    worker = Worker(Store(client.store.redis, settings), processor, concurrency=concurrency)
+    client = Client(
+        connect(redis_url(settings), 32 + settings.partitions, cluster=settings.redis_cluster),
+        settings,
+    )
+    try:
+        await client.ping()
+        await client.store.prepare()  # the deployment's partition count, consumer groups
+        processor = make_processor(settings, client.store.redis)
+    except BaseException:
+        await client.aclose()
+        raise
+    worker = Worker(client.store, processor, concurrency=concurrency)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, worker.stop)

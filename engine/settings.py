@@ -14,6 +14,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIIS_", extra="ignore", frozen=True)
 
     redis_url: str | None = None
+    redis_cluster: bool = False  # AIIS_REDIS_URL names a node of a Redis Cluster
     data_dir: Path = Path(".aiis")
     namespace: str = Field("aiis", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     partitions: int = Field(1, ge=1, le=1024)
