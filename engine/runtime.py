@@ -50,7 +50,8 @@ def make_processor(settings: Settings, redis: aioredis.Redis) -> TaskProcessor:
     except ValueError as exc:
         raise ConfigError(f"bad provider setting: {str(exc).splitlines()[0:3]}") from None
     provider_settings = provider_settings.model_copy(update={"redis_prefix": settings.namespace})
-    if settings.sandbox_url is None and not provider_settings.has_any_key():
+    sandbox_url = settings.sandbox_url or None  # compose passes an empty value for "none"
+    if sandbox_url is None and not provider_settings.has_any_key():
         raise ConfigError(
             "no provider API key is set (GEMINI_API_KEY, OPENAI_API_KEY, ANTHROPIC_API_KEY, "
             "UNSPLASH_ACCESS_KEY, PEXELS_API_KEY) and no AIIS_SANDBOX_URL; `aiis serve` starts "
