@@ -25,16 +25,29 @@ from pathlib import Path
 from typing import Any
 
 import redis
-import redis.asyncio as aioredis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.client import Client  # noqa: E402
-from engine.embedded import EmbeddedRedis  # noqa: E402
-from engine.settings import Settings  # noqa: E402
+from engine.client import Client
+from engine.embedded import EmbeddedRedis
+from engine.settings import Settings
 
 BATCH = 500
+
+
+def cluster_nodes(url: str) -> list[redis.Redis]:
+    """A client per master of the cluster ``url`` belongs to (commandstats are per node)."""
+    seed = redis.Redis.from_url(url)
+    nodes: Any = seed.execute_command("CLUSTER", "NODES")
+    text = nodes.decode() if isinstance(nodes, bytes) else str(nodes)
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if "master" in parts[2]:
+            host, port = parts[1].split("@")[0].rsplit(":", 1)
+            out.append(redis.Redis(host=host, port=int(port)))
+    return out
 
 
 def reset_stats(r: redis.Redis) -> None:
@@ -68,7 +81,7 @@ def bare_consumer(url: str, n: int) -> None:
             continue
         entries = reply[0][1]
         pipe = r.pipeline(transaction=False)
-        for eid, fields in entries:
+        for _, fields in entries:
             pipe.xadd("bare:done", {"t": fields[b"t"], "ts": fields[b"ts"]})
         pipe.xack("bare:q", "g", *[eid for eid, _ in entries])
         pipe.execute()
@@ -104,15 +117,33 @@ def rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-async def run_engine(url: str, n: int, workers: int, concurrency: int) -> dict[str, float]:
-    namespace = f"bench{workers}"
-    settings = Settings(redis_url=url, namespace=namespace, queue_max_depth=10_000_000)
+async def run_engine(
+    url: str,
+    n: int,
+    workers: int,
+    concurrency: int,
+    *,
+    partitions: int = 1,
+    cluster: bool = False,
+    namespace: str | None = None,
+) -> dict[str, float]:
+    """N tasks through `workers` worker processes; returns tasks/s, cmds/task, latency, RSS."""
+    namespace = namespace or f"bench{workers}"
+    settings = Settings(
+        redis_url=url,
+        namespace=namespace,
+        queue_max_depth=10_000_000,
+        partitions=partitions,
+        redis_cluster=cluster,
+    )
     env = {
         **os.environ,
         "AIIS_REDIS_URL": url,
         "AIIS_NAMESPACE": namespace,
         "AIIS_PROVIDER": "echo",
         "AIIS_QUEUE_MAX_DEPTH": "10000000",
+        "AIIS_PARTITIONS": str(partitions),
+        "AIIS_REDIS_CLUSTER": "true" if cluster else "false",
     }
     procs = [
         subprocess.Popen(
@@ -125,17 +156,19 @@ async def run_engine(url: str, n: int, workers: int, concurrency: int) -> dict[s
     client = Client.from_url(url, settings)
     await client.store.prepare()
     await asyncio.sleep(1.5)  # let the workers connect
-    sync = redis.Redis.from_url(url)
-    reset_stats(sync)
-    keys = client.store.keys(0)
+    nodes = cluster_nodes(url) if cluster else [redis.Redis.from_url(url)]
+    for node in nodes:
+        reset_stats(node)
+    all_keys = client.store.partitions
     t0 = time.perf_counter()
     for start in range(0, n, 2000):
-        await asyncio.gather(*(client.submit(f"task {i}") for i in range(start, min(n, start + 2000))))
+        batch = range(start, min(n, start + 2000))
+        await asyncio.gather(*(client.submit(f"task {i}") for i in batch))
     submitted = time.perf_counter() - t0
-    while await client.store.redis.zcard(keys.done) < n:
+    while sum([await client.store.redis.zcard(k.done) for k in all_keys]) < n:
         await asyncio.sleep(0.01)
     elapsed = time.perf_counter() - t0
-    calls = command_calls(sync)
+    calls = sum(command_calls(node) for node in nodes)
     peak = max(rss_peak_mb(p.pid) for p in procs)
     for p in procs:
         p.terminate()
@@ -143,17 +176,18 @@ async def run_engine(url: str, n: int, workers: int, concurrency: int) -> dict[s
         p.wait()
     requested: dict[bytes, int] = {}
     latencies = []
-    cursor = "-"
-    while True:
-        rows: Any = await client.store.redis.xrange(keys.log, cursor, "+", count=10_000)
-        for eid, f in rows:
-            if f[b"type"] == b"TaskRequested":
-                requested[f[b"task"]] = int(f[b"ts"])
-            elif f[b"type"] == b"TaskSucceeded":
-                latencies.append(int(f[b"ts"]) - requested[f[b"task"]])
-        if len(rows) < 10_000:
-            break
-        cursor = "(" + rows[-1][0].decode()
+    for keys in all_keys:
+        cursor = "-"
+        while True:
+            rows: Any = await client.store.redis.xrange(keys.log, cursor, "+", count=10_000)
+            for _, f in rows:
+                if f[b"type"] == b"TaskRequested":
+                    requested[f[b"task"]] = int(f[b"ts"])
+                elif f[b"type"] == b"TaskSucceeded":
+                    latencies.append(int(f[b"ts"]) - requested[f[b"task"]])
+            if len(rows) < 10_000:
+                break
+            cursor = "(" + rows[-1][0].decode()
     await client.aclose()
     q = statistics.quantiles(latencies, n=100)
     return {
@@ -189,13 +223,19 @@ def main() -> None:
             two = asyncio.run(run_engine(url, n, 2, args.concurrency))
         finally:
             server.stop()
-    print(f"N = {n} tasks, echo provider, embedded redis-server 6.2 (AOF everysec), {os.cpu_count()} cores")
-    print(f"{'':<22}{'tasks/s':>10}{'cmds/task':>11}{'p50 ms':>9}{'p99 ms':>9}{'peak RSS':>10}{'vs bare':>9}")
-    print(f"{'bare redis-py loop':<22}{bare['tasks_s']:>10.0f}{bare['cmds']:>11.2f}{'-':>9}{'-':>9}{'-':>10}{'1.00':>9}")
+    cores = os.cpu_count()
+    print(f"N = {n} tasks, echo provider, embedded redis-server 6.2 (AOF everysec), {cores} cores")
+    head = ("tasks/s", "cmds/task", "p50 ms", "p99 ms", "peak RSS", "vs bare")
+    print(f"{'':<22}" + "".join(f"{h:>10}" for h in head))
+    print(
+        f"{'bare redis-py loop':<22}{bare['tasks_s']:>10.0f}{bare['cmds']:>10.2f}"
+        + f"{'-':>10}" * 3
+        + f"{'1.00':>10}"
+    )
     for label, r in (("engine, 1 worker", one), ("engine, 2 workers", two)):
         print(
-            f"{label:<22}{r['tasks_s']:>10.0f}{r['cmds']:>11.2f}{r['p50']:>9.0f}{r['p99']:>9.0f}"
-            f"{r['rss']:>8.0f}MB{r['tasks_s'] / bare['tasks_s']:>9.2f}"
+            f"{label:<22}{r['tasks_s']:>10.0f}{r['cmds']:>10.2f}{r['p50']:>10.0f}{r['p99']:>10.0f}"
+            f"{r['rss']:>8.0f}MB{r['tasks_s'] / bare['tasks_s']:>10.2f}"
         )
     print(f"(engine submit rate alone: {one['submit_s']:.0f} tasks/s through engine.Client)")
 

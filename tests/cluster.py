@@ -18,7 +18,7 @@ class LocalCluster:
         self.nodes = [
             EmbeddedRedis(
                 root / f"node{i}",
-                port=free_port(),
+                port=_cluster_port(),
                 appendonly=False,
                 extra_args=[
                     "--cluster-enabled",
@@ -59,6 +59,13 @@ class LocalCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def _cluster_port() -> int:
+    """A free port that leaves room for the cluster bus port (port + 10000 ≤ 65535)."""
+    while (port := free_port()) > 55535:
+        pass
+    return port
 
 
 def _ok(client: redis.Redis) -> bool:
