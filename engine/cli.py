@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="run worker processes")
     worker.add_argument("--processes", type=int, default=1)
     worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument(
+        "--autoscale",
+        metavar="MIN:MAX",
+        default=None,
+        help="follow the load with between MIN and MAX processes",
+    )
 
     submit = sub.add_parser("submit", help="submit a task; prints its id")
     submit.add_argument("prompt", help="the prompt (for --kind chat: one user message)")
@@ -122,6 +128,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         components = [c for c in COMPONENTS if c in _PLUGIN_OF]
         return commands.serve(settings, args.workers, args.concurrency, components)
     if args.command == "worker":
+        if args.autoscale:
+            return commands.autoscaled_workers(settings, args.autoscale, args.concurrency)
         return commands.worker(settings, args.processes, args.concurrency)
     if args.command == "submit":
         return asyncio.run(commands.submit(settings, args))

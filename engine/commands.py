@@ -11,10 +11,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 import orjson
+import redis
 
 from engine import dlq as dead_letters
+from engine.autoscale import Autoscaler, ScalePolicy, parse_range
 from engine.client import Client
 from engine.connection import connect
 from engine.embedded import EmbeddedRedis, free_port
@@ -31,7 +34,7 @@ from engine.events import (
 from engine.runtime import redis_url, run_worker
 from engine.settings import Settings
 from engine.store import Store
-from engine.supervisor import Child, Supervisor
+from engine.supervisor import Child, Pool, Supervisor
 
 
 def _client(settings: Settings) -> Client:
@@ -138,6 +141,40 @@ def worker(settings: Settings, processes: int, concurrency: int | None) -> int:
     asyncio.run(_check_redis(redis_url(settings), settings))
     children = _worker_children(processes, concurrency, dict(os.environ))
     return Supervisor(children, stop_timeout=settings.drain_timeout_s + 5).run()
+
+
+def autoscaled_workers(settings: Settings, spec: str, concurrency: int | None) -> int:
+    """Worker processes between MIN and MAX, following the queue (see engine/autoscale.py)."""
+    try:
+        minimum, maximum = parse_range(spec)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    url = redis_url(settings)
+    asyncio.run(_check_redis(url, settings))
+    env = dict(os.environ)
+    argv = [sys.executable, "-m", "engine", "worker", "--processes", "1"]
+    if concurrency:
+        argv += ["--concurrency", str(concurrency)]
+    # RedisCluster offers the same commands the signal reader uses
+    client = cast(
+        redis.Redis,
+        redis.RedisCluster.from_url(url) if settings.redis_cluster else redis.Redis.from_url(url),
+    )
+    policy = ScalePolicy(
+        minimum,
+        maximum,
+        concurrency or settings.concurrency,
+        grow_after_s=settings.autoscale_grow_after_s,
+        idle_s=settings.autoscale_idle_s,
+    )
+    scaler = Autoscaler(client, settings.namespace, Store.keys_of(settings), policy)
+    pool = Pool(
+        lambda n: Child(f"worker-{n}", argv, env),
+        scaler,
+        initial=minimum,
+        every_s=settings.autoscale_interval_s,
+    )
+    return Supervisor([], stop_timeout=settings.drain_timeout_s + 5, pool=pool).run()
 
 
 class _Printer:

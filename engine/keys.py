@@ -116,3 +116,12 @@ def meta_key(namespace: str) -> str:
 
 def all_partitions(namespace: str, partitions: int) -> list[PartitionKeys]:
     return [PartitionKeys(namespace, p) for p in range(partitions)]
+
+
+def autoscale_key(namespace: str, pool: str) -> str:
+    """Hash describing one autoscaled worker pool (current and target size, last decision)."""
+    return f"{namespace}:autoscale:{pool}"
+
+
+def autoscale_pattern(namespace: str) -> str:
+    return f"{namespace}:autoscale:*"

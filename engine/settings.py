@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(30.0, ge=0, le=3600)
     fetch_batch: int = Field(256, ge=1, le=10_000)
 
+    # autoscaling (aiis worker --autoscale MIN:MAX)
+    autoscale_interval_s: float = Field(1.0, gt=0, le=60)
+    autoscale_grow_after_s: float = Field(1.0, ge=0, le=600)  # oldest waiting task older: grow
+    autoscale_idle_s: float = Field(10.0, ge=0, le=3600)  # nothing waiting this long: shrink
+
     # submit
     queue_max_depth: int = Field(100_000, ge=1, le=100_000_000)
     task_deadline_s: float = Field(900.0, gt=0, le=7 * 86400)

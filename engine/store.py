@@ -89,6 +89,10 @@ class Store:
             name: redis.register_script(_load_script(name)) for name in SCRIPTS
         }
 
+    @staticmethod
+    def keys_of(settings: Settings) -> list[PartitionKeys]:
+        return all_partitions(settings.namespace, settings.partitions)
+
     def keys(self, partition: int) -> PartitionKeys:
         return self.partitions[partition]
 

@@ -1,6 +1,8 @@
-"""Keeps N child processes alive: restarts the ones that die, and on SIGTERM/SIGINT stops them
+"""Keeps child processes alive: restarts the ones that die, and on SIGTERM/SIGINT stops them
 all with SIGTERM (each drains) before returning. Used by ``aiis worker --processes N`` and
-``aiis serve``.
+``aiis serve``. With a ``Pool``, the number of pool children follows a scaler: growing starts
+new ones, shrinking retires the newest with SIGTERM — the same drain as a shutdown — and a
+retired child is not restarted.
 """
 
 from __future__ import annotations
@@ -23,16 +25,65 @@ class Child:
     argv: Sequence[str]
     env: Mapping[str, str] | None = None
     quiet: bool = False  # discard the child's stdout (it has its own way to report)
+    pooled: bool = False
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     next_start: float = 0.0
 
 
+@dataclass
+class Pool:
+    """Children made from ``make(n)`` whose count follows ``scale(current) -> target``."""
+
+    make: Callable[[int], Child]
+    scale: Callable[[int], int]
+    initial: int
+    every_s: float = 1.0
+
+
 class Supervisor:
-    def __init__(self, children: Sequence[Child], *, stop_timeout: float = 60.0) -> None:
+    def __init__(
+        self, children: Sequence[Child], *, stop_timeout: float = 60.0, pool: Pool | None = None
+    ) -> None:
         self.children = list(children)
         self.stop_timeout = stop_timeout
+        self.pool = pool
+        self.retiring: list[Child] = []
+        self._made = 0
         self._stop = False
+        if pool is not None:
+            for _ in range(pool.initial):
+                self._add_pool_child()
+
+    def _add_pool_child(self) -> Child:
+        assert self.pool is not None
+        self._made += 1
+        child = self.pool.make(self._made)
+        child.pooled = True
+        self.children.append(child)
+        return child
+
+    @property
+    def pool_size(self) -> int:
+        return sum(1 for c in self.children if c.pooled)
+
+    def _rescale(self) -> None:
+        assert self.pool is not None
+        target = self.pool.scale(self.pool_size)
+        while self.pool_size < target:
+            self._start(self._add_pool_child())
+        while self.pool_size > target:
+            newest = next(c for c in reversed(self.children) if c.pooled)
+            self.children.remove(newest)
+            if newest.process is not None and newest.process.poll() is None:
+                newest.process.send_signal(signal.SIGTERM)  # drains, then exits
+                self.retiring.append(newest)
+            log.info("retiring %s", newest.name)
+
+    def _reap_retiring(self) -> None:
+        for child in list(self.retiring):
+            if child.process is None or child.process.poll() is not None:
+                self.retiring.remove(child)
 
     def _start(self, child: Child) -> None:
         stdout = subprocess.DEVNULL if child.quiet else None
@@ -53,8 +104,13 @@ class Supervisor:
                 self._start(child)
                 if i == 0 and on_start is not None:
                     on_start()
+            next_scale = time.monotonic()
             while not self._stop:
                 time.sleep(0.2)
+                self._reap_retiring()
+                if self.pool is not None and time.monotonic() >= next_scale:
+                    next_scale = time.monotonic() + self.pool.every_s
+                    self._rescale()
                 for child in self.children:
                     proc = child.process
                     if proc is not None and proc.poll() is not None:
@@ -75,7 +131,8 @@ class Supervisor:
                 signal.signal(sig, handler)
 
     def shutdown(self) -> int:
-        live = [c.process for c in self.children if c.process and c.process.poll() is None]
+        everyone = self.children + self.retiring
+        live = [c.process for c in everyone if c.process and c.process.poll() is None]
         for proc in live:
             proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout

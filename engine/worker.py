@@ -18,19 +18,18 @@ import os
 import random
 import socket
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
 
 import orjson
 
+from engine.autoscale import InFlightLimit
 from engine.errors import RedisUnavailable
 from engine.keys import PRIORITIES
+from engine.outbox import Outbox, Running, Sink, error_data, succeeded_data
 from engine.retry import RetryPolicy, Verdict, decide
 from engine.settings import Settings
 from engine.store import Started, Store
 from providers.errors import ProviderError
-from providers.types import ChatMessage, ProviderRequest, ProviderResult, TaskProcessor
+from providers.types import ChatMessage, ProviderRequest, TaskProcessor
 
 log = logging.getLogger("aiis.worker")
 
@@ -49,39 +48,6 @@ def fetch_order(n: int) -> str:
 
 def consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{random.randrange(16**4):04x}"
-
-
-@dataclass(slots=True, eq=False)
-class Running:
-    partition: int
-    held: Started
-    record: dict[str, Any]
-    task: asyncio.Task[None] | None = None
-    buffer: list[str] = field(default_factory=list)
-    lost: bool = False
-    provider: str | None = None  # the provider of the last failure
-    releasing: bool = False
-    finished: bool = False
-
-
-class _Sink:
-    """ProgressSink for one call: deltas are coalesced, notices go out in order."""
-
-    __slots__ = ("_run", "_worker")
-
-    def __init__(self, worker: Worker, run: Running) -> None:
-        self._worker = worker
-        self._run = run
-
-    def delta(self, text: str) -> None:
-        if text and not self._run.lost:
-            self._run.buffer.append(text)
-            self._worker._progress_due()
-
-    def notice(self, kind: str, data: Mapping[str, Any]) -> None:
-        if not self._run.lost:
-            self._worker._flush_buffer(self._run)
-            self._worker._op(self._run, "P", {"notice": kind, "detail": dict(data)})
 
 
 class Worker:
@@ -103,14 +69,11 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self.policy = RetryPolicy(s.retry_base_s, s.retry_max_s, s.retry_jitter, s.max_deliveries)
         self._running: dict[tuple[int, str], Running] = {}
-        self._outbox: list[tuple[int, Running, tuple[Any, ...]]] = []
-        self._kick = asyncio.Event()
-        self._flush_lock = asyncio.Lock()
+        self.outbox = Outbox(store, self.consumer, self._retire, self._running.values)
+        self.limit = InFlightLimit(self.concurrency)
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
         self._halt = asyncio.Event()
-        self._progress_pending = False
-        self._last_trouble_log = -1e9
         self._fetches = 0
         self.stats = {"started": 0, "committed": 0, "fenced": 0, "reclaimed": 0, "released": 0}
 
@@ -127,7 +90,7 @@ class Worker:
 
     async def run(self) -> None:
         await self.store.prepare()
-        flusher = asyncio.create_task(self._flusher(), name="flusher")
+        flusher = asyncio.create_task(self.outbox.run(self._halt), name="flusher")
         control = asyncio.create_task(self._control(), name="control")
         fetchers = [
             asyncio.create_task(self._fetch_loop(p), name=f"fetch-{p}")
@@ -143,12 +106,18 @@ class Worker:
                 t.cancel()
             # loops stop on their own (redis-py can swallow a cancellation mid-command)
             self._halt.set()
-            self._kick.set()
+            self.outbox.wake()
             await asyncio.gather(control, flusher, return_exceptions=True)
-            await self._flush_all()
+            await self.outbox.flush()
             with contextlib.suppress(RedisUnavailable):
                 await self.store.forget_consumer(self.consumer)
-            log.info("worker %s stopped: %s", self.consumer, self.stats)
+            log.info(
+                "worker %s stopped: %s, in-flight limit %d/%d",
+                self.consumer,
+                self.stats,
+                self.limit.current,
+                self.concurrency,
+            )
 
     async def _drain(self) -> None:
         deadline = time.monotonic() + self.settings.drain_timeout_s
@@ -169,7 +138,7 @@ class Worker:
     async def _fetch_loop(self, partition: int) -> None:
         block_ms = max(10, int(min(1.0, self.settings.control_interval_s) * 1000))
         while not self._stopping.is_set():
-            free = self.concurrency - len(self._running)
+            free = self.limit.current - len(self._running)
             if free <= 0:
                 self._slot_freed.clear()
                 await self._slot_freed.wait()
@@ -191,7 +160,7 @@ class Worker:
                 else:  # a blocking read could hand us more than the free slots
                     await self._sleep(0.025)
             except RedisUnavailable as exc:
-                self._redis_trouble("fetch", exc)
+                self.outbox.trouble("fetch", exc)
                 await self._sleep(0.5)
 
     async def _sleep(self, seconds: float) -> None:
@@ -242,11 +211,11 @@ class Worker:
                 raise TimeoutError
             request = self._request(run)
             async with asyncio.timeout((deadline_ms - now_ms) / 1000):
-                result = await self.processor.process(request, _Sink(self, run))
+                result = await self.processor.process(request, Sink(self.outbox, run))
         except asyncio.CancelledError:
             if run.releasing:
-                self._flush_buffer(run)
-                self._op(run, "Q", {"attempt": run.held.attempt, "reason": "released"})
+                self.outbox.flush_buffer(run)
+                self.outbox.op(run, "Q", {"attempt": run.held.attempt, "reason": "released"})
                 self.stats["released"] += 1
             elif not run.lost:
                 raise
@@ -257,13 +226,15 @@ class Worker:
             self._dead(run, "malformed", "Malformed", str(exc))
         except ProviderError as exc:
             run.provider = exc.provider
+            self.limit.record(exc.error_class)
             self._failed(run, exc.error_class, exc.message, exc.retry_after, now_ms, deadline_ms)
         except Exception as exc:
             log.exception("task %s: unexpected error in provider call", run.held.task_id)
             self._failed(run, "InternalError", type(exc).__name__, None, now_ms, deadline_ms)
         else:
-            self._flush_buffer(run)
-            self._op(run, "S", _succeeded(run, result, time.monotonic() - started))
+            self.limit.record(None)
+            self.outbox.flush_buffer(run)
+            self.outbox.op(run, "S", succeeded_data(run, result, time.monotonic() - started))
 
     def _failed(
         self,
@@ -291,101 +262,33 @@ class Worker:
                 "attempt": attempt,
                 "delay_ms": delay_ms,
                 "due_ms": due,
-                "error": _error(run, error_class, message),
+                "error": error_data(run, error_class, message),
             }
-            self._flush_buffer(run)
-            self._op(run, "D", data, extra=due)
+            self.outbox.flush_buffer(run)
+            self.outbox.op(run, "D", data, extra=due)
         elif d.verdict is Verdict.DEAD:
             self._dead(run, d.reason, error_class, message)
         else:
             self._fail(run, error_class, message)
 
     def _fail(self, run: Running, error_class: str, message: str) -> None:
-        self._flush_buffer(run)
-        error = _error(run, error_class, message)
-        self._op(run, "F", {"attempt": run.held.attempt, "error": error})
+        self.outbox.flush_buffer(run)
+        error = error_data(run, error_class, message)
+        self.outbox.op(run, "F", {"attempt": run.held.attempt, "error": error})
 
     def _dead(self, run: Running, reason: str, error_class: str, message: str) -> None:
-        self._flush_buffer(run)
-        error = _error(run, error_class, message)
-        self._op(run, "X", {"attempt": run.held.attempt, "reason": reason, "error": error}, reason)
+        self.outbox.flush_buffer(run)
+        error = error_data(run, error_class, message)
+        self.outbox.op(
+            run, "X", {"attempt": run.held.attempt, "reason": reason, "error": error}, reason
+        )
 
     # --- committing ------------------------------------------------------------------------
 
-    def _op(self, run: Running, op: str, data: Mapping[str, Any], extra: Any = "") -> None:
-        h = run.held
-        if op != "P":
-            run.finished = True
-            data = dict(data)
-        else:
-            data = {"attempt": h.attempt, **data}
-        row = (op, h.task_id, h.attempt, h.priority, h.entry_id, orjson.dumps(data), extra)
-        self._outbox.append((run.partition, run, row))
-        self._kick.set()
-
-    def _flush_buffer(self, run: Running) -> None:
-        if run.buffer:
-            text = "".join(run.buffer)
-            run.buffer.clear()
-            self._op(run, "P", {"delta": text})
-
-    def _progress_due(self) -> None:
-        if not self._progress_pending:
-            self._progress_pending = True
-            asyncio.get_running_loop().call_later(PROGRESS_FLUSH_S, self._flush_progress)
-
-    def _flush_progress(self) -> None:
-        self._progress_pending = False
-        self._last_trouble_log = -1e9
-        for run in self._running.values():
-            if not run.finished:
-                self._flush_buffer(run)
-
-    async def _flusher(self) -> None:
-        while not self._halt.is_set():
-            await self._kick.wait()
-            self._kick.clear()
-            await self._flush_all()
-
-    async def _flush_all(self) -> None:
-        async with self._flush_lock:
-            await self._flush_outbox()
-
-    async def _flush_outbox(self) -> None:
-        while self._outbox:
-            batch, self._outbox = self._outbox, []
-            by_partition: dict[int, list[tuple[Running, tuple[Any, ...]]]] = {}
-            for partition, run, row in batch:
-                by_partition.setdefault(partition, []).append((run, row))
-            for partition, rows in by_partition.items():
-                flags = await self._commit(partition, [row for _, row in rows])
-                for (run, row), applied in zip(rows, flags, strict=True):
-                    if row[0] == "P":
-                        continue
-                    if applied:
-                        self.stats["committed"] += 1
-                    else:
-                        self.stats["fenced"] += 1
-                    self._retire(run)
-
-    async def _commit(self, partition: int, rows: list[tuple[Any, ...]]) -> list[int]:
-        delay = 0.05
-        while True:  # outcomes are never dropped: Redis comes back or the process dies
-            try:
-                return await self.store.commit(partition, self.consumer, rows)
-            except RedisUnavailable as exc:
-                self._redis_trouble(f"commit of {len(rows)} ops", exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
-
-    def _redis_trouble(self, where: str, exc: Exception) -> None:
-        """Log a Redis outage at most every few seconds, not once per loop turn."""
-        now = time.monotonic()
-        if now - self._last_trouble_log >= 5.0:
-            self._last_trouble_log = now
-            log.warning("%s: %s; retrying until Redis is back", where, exc)
-
-    def _retire(self, run: Running) -> None:
+    def _retire(self, run: Running, applied: bool | None = None) -> None:
+        """``run`` is over: its outcome was written (``applied``), fenced out, or lost."""
+        if applied is not None:
+            self.stats["committed" if applied else "fenced"] += 1
         key = (run.partition, run.held.task_id)
         if self._running.get(key) is run:
             del self._running[key]
@@ -416,7 +319,7 @@ class Worker:
                     for p in range(s.partitions):
                         await self.store.janitor(p, cutoff)
             except RedisUnavailable as exc:
-                self._redis_trouble("control", exc)
+                self.outbox.trouble("control", exc)
 
     async def _renew(self) -> None:
         by_partition: dict[int, list[Running]] = {}
@@ -440,7 +343,7 @@ class Worker:
     async def _reclaim(self, cursors: dict[tuple[int, str], str]) -> None:
         for p in range(self.settings.partitions):
             for priority in PRIORITIES:
-                free = self.concurrency - len(self._running)
+                free = self.limit.current - len(self._running)
                 if free <= 0:
                     return
                 key = (p, priority.value)
@@ -456,39 +359,3 @@ class Worker:
 
 class _Malformed(Exception):
     pass
-
-
-def _error(run: Running, error_class: str, message: str) -> dict[str, Any]:
-    return {"error_class": error_class, "message": message, "provider": run.provider}
-
-
-def _succeeded(run: Running, result: ProviderResult, elapsed: float) -> dict[str, Any]:
-    u = result.usage
-    return {
-        "attempt": run.held.attempt,
-        "provider": result.provider,
-        "model": result.model,
-        "usage": {
-            "input_tokens": u.input_tokens,
-            "output_tokens": u.output_tokens,
-            "cached_tokens": u.cached_tokens,
-            "reasoning_tokens": u.reasoning_tokens,
-        },
-        "cost_usd": result.cost_usd,
-        "finish_reason": result.finish_reason,
-        "result": {
-            "text": result.text,
-            "images": [
-                {
-                    "url": i.url,
-                    "width": i.width,
-                    "height": i.height,
-                    "author": i.author,
-                    "source_url": i.source_url,
-                    "description": i.description,
-                }
-                for i in result.images
-            ],
-        },
-        "latency_ms": int(elapsed * 1000),
-    }
