@@ -53,6 +53,33 @@ def encode(event: Event) -> dict[str, str | bytes]:
 def envelope(entry_id: bytes | str, fields: Fields) -> dict[str, Any]:
     """The wire envelope (plain dict, upcast to the current version) of a stream entry."""
     eid = _text(entry_id)
+    fast = _current_envelope(eid, fields)
+    return fast if fast is not None else _envelope(eid, fields)
+
+
+def _current_envelope(eid: str, fields: Any) -> dict[str, Any] | None:
+    """The common case — a well-formed event of the current version, as redis-py returns it
+    (bytes) — without per-field conversions: replay and fan-out are bound by decoding.
+    ``None`` for anything else, which ``_envelope`` handles (or rejects) in full."""
+    try:
+        event_type = fields[b"type"].decode()
+        version = int(fields.get(b"v", b"1"))
+        if CURRENT_VERSION.get(event_type) != version:
+            return None
+        return {
+            "id": eid,
+            "type": event_type,
+            "task_id": fields[b"task"].decode(),
+            "tenant": fields[b"tenant"].decode(),
+            "ts": int(fields[b"ts"]),
+            "v": version,
+            "data": orjson.loads(fields[b"data"]),
+        }
+    except (KeyError, ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
+        return None
+
+
+def _envelope(eid: str, fields: Fields) -> dict[str, Any]:
     f = {_text(k): _text(v) for k, v in fields.items()}
     try:
         event_type = f["type"]
