@@ -1,0 +1,326 @@
+"""Log retention without losing replay: archive, then trim.
+
+Per partition, the entries at or below the lowest checkpoint of every projection (and older than
+``AIIS_PROJ_ARCHIVE_MIN_AGE_S``, so recent history stays in the stream for resuming watchers)
+are written to gzip'd JSON-lines segment files ``<dir>/<ns>/p<N>/<first>_<last>_<count>.jsonl.gz``
+— temp file, fsync, rename, fsync the directory — and only then is ``archived_to`` recorded and
+the stream trimmed (``XTRIM MINID``) in one atomic step. A crash anywhere loses nothing (the
+stream is trimmed only below what a renamed segment holds) and duplicates nothing (the next
+run starts after the newest segment on disk, and first finishes an interrupted trim).
+"""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import os
+import secrets
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from engine.store import translate_errors
+from projections import ids
+from projections.errors import ArchiveError
+from projections.keys import ShardKeys, archive_key, archive_lock_key, log_key
+
+LOCK_MS = 300_000
+READ_PAGE = 5000
+
+# KEYS: archive hash, log. ARGV: archived_to, events added, segments added.
+_RECORD_AND_TRIM = """
+local cur = redis.call('HGET', KEYS[1], 'archived_to')
+if cur then
+  local cm, cs = string.match(cur, '^(%d+)-(%d+)$')
+  local nm, ns = string.match(ARGV[1], '^(%d+)-(%d+)$')
+  if tonumber(cm) > tonumber(nm) or (cm == nm and tonumber(cs) >= tonumber(ns)) then
+    ARGV[1] = cur
+  end
+end
+redis.call('HSET', KEYS[1], 'archived_to', ARGV[1])
+redis.call('HINCRBY', KEYS[1], 'events', ARGV[2])
+redis.call('HINCRBY', KEYS[1], 'segments', ARGV[3])
+return redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    path: Path
+    first: str
+    last: str
+    count: int
+
+
+@dataclass(slots=True)
+class PartitionReport:
+    partition: int
+    archived: int = 0
+    segments: int = 0
+    trimmed: int = 0
+    archived_to: str = ids.ZERO
+    held_by: str | None = None  # the projection whose checkpoint limits archiving
+
+
+def partition_dir(root: Path, namespace: str, partition: int) -> Path:
+    return root / namespace / f"p{partition}"
+
+
+def list_segments(root: Path, namespace: str, partition: int) -> list[Segment]:
+    """The segments of a partition in log order (``ArchiveError`` if they overlap)."""
+    folder = partition_dir(root, namespace, partition)
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in folder.glob("*.jsonl.gz"):
+        try:
+            first, last, count = path.name.removesuffix(".jsonl.gz").split("_")
+            found.append(Segment(path, first, last, int(count)))
+        except ValueError:
+            raise ArchiveError(f"unexpected file in the archive: {path}") from None
+    found.sort(key=lambda s: ids.parse(s.first))
+    for a, b in itertools.pairwise(found):
+        if ids.parse(b.first) <= ids.parse(a.last):
+            raise ArchiveError(f"overlapping archive segments: {a.path.name}, {b.path.name}")
+    return found
+
+
+def read_segment(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    try:
+        with gzip.open(path, "rb") as f:
+            for line in f:
+                eid, fields = orjson.loads(line)
+                yield eid, fields
+    except (OSError, EOFError, orjson.JSONDecodeError, ValueError) as exc:
+        raise ArchiveError(f"cannot read archive segment {path}: {exc}") from exc
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SegmentWriter:
+    """Streams entries into a temp file; ``commit`` makes it a durable, named segment."""
+
+    def __init__(self, folder: Path) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self.tmp = folder / f".tmp-{secrets.token_hex(4)}"
+        self._raw = open(self.tmp, "wb")  # noqa: SIM115 - closed in commit/abort
+        self._gz = gzip.GzipFile(fileobj=self._raw, mode="wb", compresslevel=6, mtime=0)
+        self.first: str | None = None
+        self.last = ids.ZERO
+        self.count = 0
+
+    def write(self, entry_id: str, fields: dict[str, str]) -> None:
+        self._gz.write(orjson.dumps([entry_id, fields]) + b"\n")
+        if self.first is None:
+            self.first = entry_id
+        self.last = entry_id
+        self.count += 1
+
+    def commit(self) -> Segment:
+        """fsync, rename into place, fsync the directory."""
+        self._gz.close()
+        self._raw.flush()
+        os.fsync(self._raw.fileno())
+        self._raw.close()
+        final = self.folder / f"{self.first}_{self.last}_{self.count}.jsonl.gz"
+        self.tmp.rename(final)
+        _fsync_dir(self.folder)
+        return Segment(final, self.first or ids.ZERO, self.last, self.count)
+
+    def abort(self) -> None:
+        self._gz.close()
+        self._raw.close()
+        self.tmp.unlink(missing_ok=True)
+
+
+def write_segment(folder: Path, entries: Sequence[tuple[str, dict[str, str]]]) -> Segment:
+    """Write entries durably as one segment (tests and tools)."""
+    writer = SegmentWriter(folder)
+    for eid, fields in entries:
+        writer.write(eid, fields)
+    return writer.commit()
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def recorded_archived_to(redis: aioredis.Redis, namespace: str, partition: int) -> str:
+    with translate_errors():
+        raw = await redis.hget(archive_key(namespace, partition), "archived_to")
+    return _text(raw) if raw is not None else ids.ZERO
+
+
+async def check_coverage(
+    redis: aioredis.Redis, namespace: str, partition: int, root: Path | None
+) -> None:
+    """Refuse to rebuild from a log whose trimmed part the archive at ``root`` lacks."""
+    recorded = await recorded_archived_to(redis, namespace, partition)
+    if recorded == ids.ZERO:
+        return
+    segments = list_segments(root, namespace, partition) if root is not None else []
+    on_disk = segments[-1].last if segments else ids.ZERO
+    if ids.parse(on_disk) < ids.parse(recorded):
+        where = root if root is not None else "(no archive dir)"
+        raise ArchiveError(
+            f"partition {partition}: the log was trimmed up to {recorded} but the archive at "
+            f"{where} holds only up to {on_disk}; point --archive-dir / AIIS_PROJ_ARCHIVE_DIR "
+            "at the archive `aiis archive` wrote"
+        )
+
+
+async def _lowest_checkpoint(
+    redis: aioredis.Redis, namespace: str, partition: int, names: Sequence[str]
+) -> tuple[str, str | None]:
+    low, holder = None, None
+    with translate_errors():
+        for name in names:
+            raw = await redis.hget(ShardKeys(namespace, partition, name).meta, "ckpt")
+            ckpt = _text(raw) if raw is not None else ids.ZERO
+            if low is None or ids.parse(ckpt) < ids.parse(low):
+                low, holder = ckpt, name
+    return low or ids.ZERO, holder
+
+
+async def archive_partition(
+    redis: aioredis.Redis,
+    namespace: str,
+    partition: int,
+    root: Path,
+    names: Sequence[str],
+    *,
+    segment_events: int,
+    min_age_ms: int,
+    now_ms: int | None = None,
+) -> PartitionReport:
+    """Archive and trim one partition's log as far as every projection allows."""
+    report = PartitionReport(partition)
+    lock, token = archive_lock_key(namespace, partition), secrets.token_hex(8)
+    with translate_errors():
+        if not await redis.set(lock, token, nx=True, px=LOCK_MS):
+            raise ArchiveError(f"partition {partition}: another `aiis archive` is running")
+    try:
+        await _archive(
+            redis,
+            namespace=namespace,
+            partition=partition,
+            root=root,
+            names=names,
+            segment_events=segment_events,
+            min_age_ms=min_age_ms,
+            now_ms=now_ms,
+            report=report,
+        )
+    finally:
+        with translate_errors():
+            if _text(await redis.get(lock) or b"") == token:
+                await redis.delete(lock)
+    return report
+
+
+async def _archive(
+    redis: aioredis.Redis,
+    *,
+    namespace: str,
+    partition: int,
+    root: Path,
+    names: Sequence[str],
+    segment_events: int,
+    min_age_ms: int,
+    now_ms: int | None,
+    report: PartitionReport,
+) -> None:
+    record = redis.register_script(_RECORD_AND_TRIM)
+    keys = [archive_key(namespace, partition), log_key(namespace, partition)]
+    await check_coverage(redis, namespace, partition, root)
+    segments = list_segments(root, namespace, partition)
+    done = segments[-1].last if segments else ids.ZERO
+    with translate_errors():
+        # finish a trim a crash interrupted (segment renamed, stream not yet trimmed)
+        report.trimmed += int(await record(keys=keys, args=[done, 0, 0, ids.after(done)]))
+    low, report.held_by = await _lowest_checkpoint(redis, namespace, partition, names)
+    age_limit = (now_ms if now_ms is not None else int(time.time() * 1000)) - min_age_ms
+    limit = min(ids.parse(low), (age_limit - 1, ids.MAX_SEQ))
+    folder = partition_dir(root, namespace, partition)
+    while True:
+        writer = SegmentWriter(folder)
+        try:
+            await _fill(redis, keys[1], done, limit, max_events=segment_events, writer=writer)
+        except BaseException:
+            writer.abort()
+            raise
+        if writer.count == 0:
+            writer.abort()
+            break
+        seg = writer.commit()
+        done = seg.last
+        with translate_errors():
+            trimmed = await record(keys=keys, args=[done, seg.count, 1, ids.after(done)])
+        report.trimmed += int(trimmed)
+        report.archived += seg.count
+        report.segments += 1
+    report.archived_to = done
+
+
+async def _fill(
+    redis: aioredis.Redis,
+    log: str,
+    after: str,
+    limit: tuple[int, int],
+    *,
+    max_events: int,
+    writer: SegmentWriter,
+) -> None:
+    """Write up to ``max_events`` entries after ``after`` and at most ``limit`` to ``writer``."""
+    cursor = after
+    while writer.count < max_events:
+        page = await ids.xrange(
+            redis, log, f"({cursor}", count=min(READ_PAGE, max_events - writer.count)
+        )
+        if not page:
+            return
+        for raw_id, fields in page:
+            eid = _text(raw_id)
+            if ids.parse(eid) > limit:
+                return
+            writer.write(eid, {_text(k): _text(v) for k, v in fields.items()})
+        cursor = _text(page[-1][0])
+
+
+async def archive_log(
+    redis: aioredis.Redis,
+    namespace: str,
+    partitions: int,
+    root: Path,
+    names: Sequence[str],
+    *,
+    segment_events: int,
+    min_age_ms: int,
+    now_ms: int | None = None,
+) -> list[PartitionReport]:
+    """Archive and trim every partition (see the module docstring)."""
+    return [
+        await archive_partition(
+            redis,
+            namespace,
+            p,
+            root,
+            names,
+            segment_events=segment_events,
+            min_age_ms=min_age_ms,
+            now_ms=now_ms,
+        )
+        for p in range(partitions)
+    ]

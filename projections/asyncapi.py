@@ -1,0 +1,79 @@
+"""The AsyncAPI document of every event the service publishes, generated from the event models
+(``engine.events``) with FastStream: ``python -m projections.asyncapi > docs/asyncapi.json``.
+
+Each event type is one operation on the partition's event log stream. On the stream an event is
+an entry with the fields ``type``, ``task``, ``tenant``, ``ts``, ``v`` and ``data`` (JSON); the
+schemas describe the envelope (DESIGN.md §4) that ``engine.mapper.envelope`` builds from it and
+the gateway sends to WebSocket subscribers.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import orjson
+from faststream.redis import RedisBroker
+from faststream.specification import AsyncAPI
+
+from engine.events import EVENT_TYPES
+from engine.mapper import CURRENT_VERSION
+
+TITLE = "ai-integration-service events"
+VERSION = "1"
+LOG = "aiis:{p0}:log"
+
+_DOCS = {
+    "TaskRequested": "A producer submitted a task; it is queued at its priority.",
+    "TaskStarted": "A worker claimed the task; ``attempt`` is the fencing token "
+    "(``reclaimed``: taken over from a crashed or stalled worker).",
+    "TaskProgress": "Streamed text ``delta``, or a router ``notice`` (attempt, fallback, "
+    "partial_discarded, circuit_opened, circuit_closed) with ``detail``.",
+    "TaskRetryScheduled": "The attempt failed with a retryable error; the task waits until "
+    "``due_ms``.",
+    "TaskRequeued": "The task is back in its queue (a retry is due, or a worker released it).",
+    "TaskSucceeded": "Terminal: the result, provider, model, token usage and cost "
+    "(``cost_usd`` null when the price is unknown).",
+    "TaskFailed": "Terminal: a non-retryable error.",
+    "TaskDeadLettered": "Terminal: retries or deliveries exhausted, malformed, or past its "
+    "deadline; a copy is in the dead-letter stream.",
+    "TaskCancelled": "Terminal: cancelled at ``stage``.",
+}
+
+
+def build() -> dict[str, Any]:
+    """The AsyncAPI 3.0 document as a plain dict (stable order)."""
+    broker = RedisBroker(
+        "redis://localhost:6379",
+        description="The Redis of the deployment (AIIS_REDIS_URL). One event log stream per "
+        "partition: <namespace>:{p<N>}:log, e.g. aiis:{p0}:log … aiis:{p15}:log.",
+    )
+    for name, model in EVENT_TYPES.items():
+        broker.publisher(
+            stream=LOG,
+            title=name,
+            description=f"{_DOCS.get(name, name)} Schema version v{CURRENT_VERSION[name]}.",
+            schema=model,
+        )
+    spec = AsyncAPI(
+        broker,
+        title=TITLE,
+        version=VERSION,
+        description=__doc__,
+        schema_version="3.0.0",
+    ).to_specification()
+    document: dict[str, Any] = orjson.loads(spec.to_json())
+    return document
+
+
+def render() -> bytes:
+    return orjson.dumps(build(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+
+
+def main() -> int:
+    sys.stdout.buffer.write(render())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,204 @@
+"""``aiis projections | replay | stats | archive`` — loaded by ``engine.cli`` (PLUGINS)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from engine.connection import connect
+from engine.runtime import redis_url
+from engine.settings import Settings
+from projections import render
+from projections.archive import archive_log
+from projections.registry import PROJECTIONS, select
+from projections.replay import estimate_events, replay, verify
+from projections.runner import check_partitions, run_projections
+from projections.settings import ProjectionSettings, archive_dir
+from projections.stats import gather
+from projections.storage import ShardStore
+from projections.view import ViewConfig
+
+COMMANDS = ("projections", "replay", "stats", "archive")
+
+
+def register(subparsers: Any) -> list[str]:
+    names = ", ".join(PROJECTIONS)
+    run = subparsers.add_parser("projections", help="keep the read models up to date")
+    run.add_argument(
+        "--projection",
+        action="append",
+        choices=list(PROJECTIONS),
+        help="only these (repeatable; default all)",
+    )
+
+    rp = subparsers.add_parser("replay", help="rebuild projections from the log (archive + stream)")
+    rp.add_argument("--projection", default=None, help=f"one of: {names} (default all)")
+    rp.add_argument(
+        "--verify",
+        action="store_true",
+        help="rebuild beside the live views and exit 1 on any difference",
+    )
+    rp.add_argument(
+        "--archive-dir",
+        type=Path,
+        default=None,
+        help="archive segments (default AIIS_PROJ_ARCHIVE_DIR, else AIIS_DATA_DIR/archive)",
+    )
+
+    st = subparsers.add_parser("stats", help="queues, throughput, cost today, provider health")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+
+    ar = subparsers.add_parser("archive", help="archive the log below every checkpoint, then trim")
+    ar.add_argument("--dir", type=Path, default=None, help="archive directory")
+    ar.add_argument(
+        "--min-age",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="keep at least this much recent log in the stream "
+        "(default AIIS_PROJ_ARCHIVE_MIN_AGE_S)",
+    )
+    ar.add_argument("--segment-events", type=int, default=None, help="entries per segment file")
+    return list(COMMANDS)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    proj = ProjectionSettings()
+    handlers: dict[str, Callable[[aioredis.Redis], Awaitable[int]]] = {
+        "projections": lambda r: _projections(r, settings, proj, args),
+        "replay": lambda r: _replay(r, settings, proj, args),
+        "stats": lambda r: _stats(r, settings, proj, args),
+        "archive": lambda r: _archive(r, settings, proj, args),
+    }
+    return asyncio.run(_with_redis(settings, handlers[args.command]))
+
+
+async def _with_redis(settings: Settings, fn: Callable[[aioredis.Redis], Awaitable[int]]) -> int:
+    redis = connect(redis_url(settings), 16 + settings.partitions, cluster=settings.redis_cluster)
+    try:
+        return await fn(redis)
+    finally:
+        await redis.aclose()
+
+
+def _store(redis: aioredis.Redis, settings: Settings, proj: ProjectionSettings) -> ShardStore:
+    config = ViewConfig.from_settings(settings.partitions, settings.task_retention_s, proj)
+    return ShardStore(redis, settings.namespace, config)
+
+
+async def _projections(
+    redis: aioredis.Redis, settings: Settings, proj: ProjectionSettings, args: argparse.Namespace
+) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    chosen = [PROJECTIONS[n] for n in args.projection] if args.projection else None
+    await run_projections(redis, settings, stop, proj, chosen)
+    return 0
+
+
+@contextlib.contextmanager
+def _progress(console: Console, total: int, label: str) -> Iterator[Callable[[int], None]]:
+    if not console.is_terminal:
+        yield lambda n: None
+        return
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+        console=console,
+    ) as bar:
+        task = bar.add_task(label, total=max(total, 1), rate="")
+        started, done = time.monotonic(), 0
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            rate = done / max(time.monotonic() - started, 1e-6)
+            bar.update(task, advance=n, rate=f"{rate:,.0f} ev/s")
+
+        yield advance
+
+
+async def _replay(
+    redis: aioredis.Redis, settings: Settings, proj: ProjectionSettings, args: argparse.Namespace
+) -> int:
+    chosen = select(args.projection)
+    await check_partitions(redis, settings)
+    store = _store(redis, settings, proj)
+    root = archive_dir(settings, proj, args.archive_dir)
+    console = Console(stderr=True)
+    total = await estimate_events(redis, settings.namespace, settings.partitions, root)
+    names = ", ".join(p.name for p in chosen)
+    started = time.monotonic()
+    if args.verify:
+        with _progress(console, total * len(chosen), "verifying") as advance:
+            diffs = await verify(store, settings.partitions, chosen, root, advance)
+        if diffs:
+            render.differences(Console(), diffs)
+            return 1
+        print(f"verified {names}: rebuilt views equal the live ones")
+        return 0
+    with _progress(console, total, "replaying") as advance:
+        n = await replay(store, settings.partitions, chosen, root, advance)
+    elapsed = time.monotonic() - started
+    print(f"replayed {n:,} events into {names} in {elapsed:.1f} s; swapped in")
+    return 0
+
+
+async def _stats(
+    redis: aioredis.Redis, settings: Settings, proj: ProjectionSettings, args: argparse.Namespace
+) -> int:
+    now = dt.datetime.now(dt.UTC)
+    report = await gather(
+        _store(redis, settings, proj),
+        settings.partitions,
+        int(now.timestamp() * 1000),
+        now.date().isoformat(),
+    )
+    if args.json:
+        sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        render.stats(Console(), report)
+    return 0
+
+
+async def _archive(
+    redis: aioredis.Redis, settings: Settings, proj: ProjectionSettings, args: argparse.Namespace
+) -> int:
+    await check_partitions(redis, settings)
+    root = archive_dir(settings, proj, args.dir)
+    min_age = proj.archive_min_age_s if args.min_age is None else args.min_age
+    reports = await archive_log(
+        redis,
+        settings.namespace,
+        settings.partitions,
+        root,
+        list(PROJECTIONS),
+        segment_events=args.segment_events or proj.segment_events,
+        min_age_ms=int(min_age * 1000),
+    )
+    for r in reports:
+        note = f" (held back by {r.held_by})" if r.held_by else ""
+        print(
+            f"partition {r.partition}: archived {r.archived:,} events in {r.segments} "
+            f"segment(s), trimmed {r.trimmed:,}; archived up to {r.archived_to}{note}"
+        )
+    print(f"archive: {root.resolve()}")
+    return 0

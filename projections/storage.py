@@ -1,0 +1,206 @@
+"""Redis I/O of view shards: load a shard with its checkpoint, save changes and checkpoint in
+one atomic step, write a rebuilt shard beside the live one and swap it in.
+
+Every script touches the keys of one partition's hash tag only (see ``projections.keys``).
+A save is a compare-and-set on ``gen`` and ``ckpt``: it applies only if the stored shard is
+still the one this process loaded and advanced, so two runners, or a runner and a replay,
+cannot interleave writes; the loser reloads.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from engine.store import translate_errors
+from projections import ids
+from projections.fold import Position
+from projections.keys import ShardKeys
+from projections.view import Projection, ViewConfig
+
+CHUNK = 500  # fields per HSET/HDEL (Lua unpack and reply sizes stay small)
+
+# KEYS: view, meta per position. ARGV: n, then per position: expected "gen ckpt", new ckpt,
+# events applied, last ts, nset, ndel, nset × (key, json), ndel × key.
+# Returns the 1-based indices whose stored shard moved on (nothing is written then).
+_SAVE = """
+local n = tonumber(ARGV[1])
+local plan, i = {}, 2
+for p = 1, n do
+  local nset, ndel = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+  plan[p] = {i, nset, ndel}
+  i = i + 6 + nset * 2 + ndel
+end
+local stale = {}
+for p = 1, n do
+  local m = redis.call('HMGET', KEYS[2 * p], 'gen', 'ckpt')
+  if ((m[1] or '') .. ' ' .. (m[2] or '0-0')) ~= ARGV[plan[p][1]] then
+    stale[#stale + 1] = p
+  end
+end
+if #stale > 0 then return stale end
+for p = 1, n do
+  local b, nset, ndel = plan[p][1], plan[p][2], plan[p][3]
+  local view = KEYS[2 * p - 1]
+  local j = b + 6
+  while nset > 0 do
+    local k = math.min(nset, 500)
+    local args = {}
+    for x = 0, 2 * k - 1 do args[#args + 1] = ARGV[j + x] end
+    redis.call('HSET', view, unpack(args))
+    j, nset = j + 2 * k, nset - k
+  end
+  while ndel > 0 do
+    local k = math.min(ndel, 500)
+    local args = {}
+    for x = 0, k - 1 do args[#args + 1] = ARGV[j + x] end
+    redis.call('HDEL', view, unpack(args))
+    j, ndel = j + k, ndel - k
+  end
+  redis.call('HSET', KEYS[2 * p], 'ckpt', ARGV[b + 1], 'ts', ARGV[b + 3])
+  redis.call('HINCRBY', KEYS[2 * p], 'events', ARGV[b + 2])
+  redis.call('HDEL', KEYS[2 * p], 'halted')
+end
+return stale
+"""
+
+# KEYS: view, meta, rebuild view, rebuild meta per projection. Swap each rebuilt shard in.
+_SWAP = """
+for p = 0, #KEYS / 4 - 1 do
+  local view, meta = KEYS[4 * p + 1], KEYS[4 * p + 2]
+  local rview, rmeta = KEYS[4 * p + 3], KEYS[4 * p + 4]
+  if redis.call('EXISTS', rmeta) == 0 then
+    return redis.error_reply('no rebuilt shard ' .. rmeta)
+  end
+  redis.call('DEL', view, meta)
+  if redis.call('EXISTS', rview) == 1 then redis.call('RENAME', rview, view) end
+  redis.call('RENAME', rmeta, meta)
+end
+return 1
+"""
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def decode_entries(raw: dict[Any, Any]) -> dict[str, Any]:
+    return {_s(k): orjson.loads(v) for k, v in raw.items()}
+
+
+class ShardStore:
+    """Loads and saves the shards of the projections of one namespace."""
+
+    def __init__(self, redis: aioredis.Redis, namespace: str, config: ViewConfig) -> None:
+        self.redis = redis
+        self.namespace = namespace
+        self.config = config
+        self._save = redis.register_script(_SAVE)
+        self._swap = redis.register_script(_SWAP)
+
+    def keys(self, partition: int, projection: Projection) -> ShardKeys:
+        return ShardKeys(self.namespace, partition, projection.name)
+
+    async def snapshot(
+        self, partition: int, name: str, *, rebuild: bool = False
+    ) -> tuple[dict[str, Any], dict[str, str]]:
+        """A consistent (entries, meta) pair of one shard, read in one transaction."""
+        k = ShardKeys(self.namespace, partition, name)
+        with translate_errors():
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(k.rebuild_view if rebuild else k.view)
+                pipe.hgetall(k.rebuild_meta if rebuild else k.meta)
+                raw, meta = await pipe.execute()
+        return decode_entries(raw), {_s(a): _s(b) for a, b in meta.items()}
+
+    async def meta(self, partition: int, name: str) -> dict[str, str]:
+        with translate_errors():
+            raw = await self.redis.hgetall(ShardKeys(self.namespace, partition, name).meta)
+        return {_s(a): _s(b) for a, b in raw.items()}
+
+    async def load(self, partition: int, projection: Projection) -> Position:
+        entries, meta = await self.snapshot(partition, projection.name)
+        ckpt = meta.get("ckpt", ids.ZERO)
+        return Position(
+            projection=projection,
+            shard=projection.load(self.config, entries),
+            applied=ckpt,
+            saved=ckpt,
+            gen=meta.get("gen", ""),
+            last_ts=int(meta.get("ts", 0)),
+        )
+
+    async def save(self, partition: int, positions: Sequence[Position]) -> list[Position]:
+        """Write every dirty position's changes and checkpoint atomically; returns the stale
+        positions (another writer moved their stored shard; nothing was written)."""
+        todo = [p for p in positions if p.dirty]
+        if not todo:
+            return []
+        keys: list[str] = []
+        argv: list[Any] = [len(todo)]
+        for pos in todo:
+            k = self.keys(partition, pos.projection)
+            keys += [k.view, k.meta]
+            entries = pos.shard.entries
+            present = [key for key in pos.shard.changed if key in entries]
+            gone = [key for key in pos.shard.changed if key not in entries]
+            argv += [f"{pos.gen} {pos.saved}", pos.applied, pos.pending, pos.last_ts]
+            argv += [len(present), len(gone)]
+            for key in present:
+                argv += [key, orjson.dumps(entries[key])]
+            argv += gone
+        with translate_errors():
+            stale = await self._save(keys=keys, args=argv)
+        stale_idx = {int(i) - 1 for i in stale}
+        if not stale_idx:
+            for pos in todo:
+                pos.shard.changed.clear()
+                pos.saved = pos.applied
+                pos.pending = 0
+        return [todo[i] for i in sorted(stale_idx)]
+
+    async def mark_halted(self, partition: int, names: Sequence[str], message: str) -> None:
+        with translate_errors():
+            for name in names:
+                await self.redis.hset(
+                    ShardKeys(self.namespace, partition, name).meta, "halted", message
+                )
+
+    async def write_rebuild(self, partition: int, pos: Position) -> None:
+        """Store a rebuilt shard under the rebuild keys (not yet visible to readers)."""
+        k = self.keys(partition, pos.projection)
+        items = list(pos.shard.entries.items())
+        with translate_errors():
+            await self.redis.delete(k.rebuild_view, k.rebuild_meta)
+            for start in range(0, len(items), CHUNK):
+                chunk = items[start : start + CHUNK]
+                mapping = {key: orjson.dumps(rec) for key, rec in chunk}
+                await self.redis.hset(k.rebuild_view, mapping=mapping)  # type: ignore[arg-type]
+            await self.redis.hset(
+                k.rebuild_meta,
+                mapping={
+                    "ckpt": pos.applied,
+                    "gen": secrets.token_hex(6),
+                    "events": pos.pending,
+                    "ts": pos.last_ts,
+                },
+            )
+
+    async def swap(self, partition: int, projections: Sequence[Projection]) -> None:
+        """Make the rebuilt shards of one partition live, all in one atomic step."""
+        keys: list[str] = []
+        for projection in projections:
+            k = self.keys(partition, projection)
+            keys += [k.view, k.meta, k.rebuild_view, k.rebuild_meta]
+        with translate_errors():
+            await self._swap(keys=keys, args=[])
+
+    async def discard_rebuild(self, partition: int, projections: Sequence[Projection]) -> None:
+        with translate_errors():
+            for projection in projections:
+                k = self.keys(partition, projection)
+                await self.redis.delete(k.rebuild_view, k.rebuild_meta)
