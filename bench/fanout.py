@@ -1,0 +1,217 @@
+"""WebSocket fan-out benchmark (DESIGN.md §5): one `aiis gateway` process, N subscribers each
+following its own tenant, one dashboard subscriber following every tenant, events appended
+straight to the log at a fixed total rate. Clients run in a separate process.
+
+    python bench/fanout.py [--subscribers 2000] [--rate 1000] [--seconds 20]
+
+Prints delivery latency p50/p99 (producer XADD → client receive, same host clock), events
+missing or duplicated per subscriber, and gateway RSS growth per idle connection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+# --- client process ----------------------------------------------------------------------------
+
+
+async def clients(url: str, n: int) -> None:
+    from websockets.asyncio.client import connect
+
+    received: dict[str, list[str]] = {f"b{i}": [] for i in range(n)}
+    dashboard: list[str] = []
+    latencies: list[float] = []
+
+    async def follow(tenant: str, sink: list[str], measure: bool) -> None:
+        async with connect(url, max_queue=64, ping_interval=None) as ws:
+            await ws.send(orjson.dumps({"op": "subscribe", "tenant": tenant}))
+            await ws.recv()
+            ready.release()
+            async for raw in ws:
+                now = time.time()
+                msg = orjson.loads(raw)
+                if msg.get("op") != "event":
+                    continue
+                sink.append(msg["event"]["id"])
+                if measure:
+                    latencies.append(now - msg["event"]["data"]["sent"])
+
+    ready = asyncio.Semaphore(0)
+    tasks = [asyncio.create_task(follow("*", dashboard, False))]
+    for i in range(n):
+        tasks.append(asyncio.create_task(follow(f"b{i}", received[f"b{i}"], True)))
+        if i % 100 == 99:
+            await asyncio.sleep(0.05)  # stay under the listen backlog
+    for _ in range(n + 1):
+        await ready.acquire()
+    print("READY", flush=True)
+    loop = asyncio.get_running_loop()
+    expected_total = int(await loop.run_in_executor(None, sys.stdin.readline))
+    deadline = time.monotonic() + 30
+    while len(dashboard) < expected_total and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.5)
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(
+        "RESULT "
+        + json.dumps(
+            {"received": received, "dashboard": dashboard, "latencies": latencies},
+        ),
+        flush=True,
+    )
+
+
+# --- orchestrator ------------------------------------------------------------------------------
+
+
+async def produce(redis: Any, log_key: str, n: int, rate: int, seconds: float) -> None:
+    from engine.mapper import entry_fields
+
+    tick = 0.01
+    per_tick = max(1, int(rate * tick))
+    start = time.monotonic()
+    i = 0
+    while time.monotonic() - start < seconds:
+        async with redis.pipeline(transaction=False) as pipe:
+            for _ in range(per_tick):
+                sub = i % n
+                data = {"attempt": 1, "delta": "x", "sent": time.time()}
+                fields = entry_fields(
+                    "TaskProgress", f"task-{sub}", f"b{sub}", int(time.time() * 1000), data
+                )
+                pipe.xadd(log_key, fields)  # type: ignore[arg-type]
+                i += 1
+            await pipe.execute()
+        tick_end = start + (i // per_tick) * tick
+        await asyncio.sleep(max(0.0, tick_end - time.monotonic()))
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subscribers", type=int, default=2000)
+    parser.add_argument("--rate", type=int, default=1000, help="events/s in total")
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--role", default="main")
+    parser.add_argument("--url", default="")
+    args = parser.parse_args()
+    if args.role == "clients":
+        await clients(args.url, args.subscribers)
+        return 0
+
+    from engine.connection import connect
+    from engine.embedded import EmbeddedRedis
+    from engine.keys import PartitionKeys
+
+    embedded = None
+    url = os.environ.get("AIIS_REDIS_URL")
+    if not url:
+        embedded = EmbeddedRedis(Path(tempfile.mkdtemp()), appendonly=False)
+        url = embedded.start()
+    namespace = f"bench{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "AIIS_REDIS_URL": url, "AIIS_NAMESPACE": namespace}
+    env |= {"AIIS_GATEWAY_PORT": "0", "AIIS_GATEWAY_TOKENS": "", "AIIS_GATEWAY_HOST": "127.0.0.1"}
+    gateway = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "engine", "gateway", env=env, stdout=asyncio.subprocess.PIPE
+    )
+    client_proc = None
+    try:
+        assert gateway.stdout is not None
+        ws_url = None
+        while ws_url is None:
+            line = (await gateway.stdout.readline()).decode()
+            if not line:
+                raise RuntimeError("gateway exited")
+            found = re.search(r"(ws://\S+/v1/ws)", line)
+            ws_url = found[1] if found else None
+        await asyncio.sleep(1)
+        rss_before = rss_kb(gateway.pid)
+        client_proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--role",
+            "clients",
+            "--url",
+            ws_url,
+            "--subscribers",
+            str(args.subscribers),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            limit=2**30,
+        )
+        assert client_proc.stdout is not None and client_proc.stdin is not None
+        line = (await client_proc.stdout.readline()).decode()
+        assert line.startswith("READY"), line
+        await asyncio.sleep(2)
+        rss_idle = rss_kb(gateway.pid)
+        redis = connect(url)
+        log_key = PartitionKeys(namespace, 0).log
+        t0 = time.monotonic()
+        await produce(redis, log_key, args.subscribers, args.rate, args.seconds)
+        elapsed = time.monotonic() - t0
+        total = int(await redis.xlen(log_key))
+        client_proc.stdin.write(f"{total}\n".encode())
+        await client_proc.stdin.drain()
+        line = (await client_proc.stdout.readline()).decode()
+        result = json.loads(line.removeprefix("RESULT "))
+        entries = await redis.xrange(log_key)
+        expected: dict[str, list[str]] = {}
+        for eid, fields in entries:
+            expected.setdefault(fields[b"tenant"].decode(), []).append(eid.decode())
+        await redis.aclose()
+        missing = sum(
+            len(set(ids) - set(result["received"].get(t, []))) for t, ids in expected.items()
+        )
+        dupes = sum(len(r) - len(set(r)) for r in result["received"].values())
+        wrong = sum(len(set(r) - set(expected.get(t, []))) for t, r in result["received"].items())
+        dash_missing = total - len(set(result["dashboard"]))
+        lat = sorted(result["latencies"])
+        p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] * 1000  # noqa: E731
+        conns = args.subscribers + 1
+        print(f"gateway pid {gateway.pid}; {conns} WebSocket connections")
+        print(f"events: {total} in {elapsed:.1f} s = {total / elapsed:.0f}/s")
+        print(f"deliveries measured: {len(lat)} (+ {len(result['dashboard'])} to the dashboard)")
+        print(f"latency ms: p50 {p(0.50):.1f}  p99 {p(0.99):.1f}  max {lat[-1] * 1000:.1f}")
+        print(
+            f"missing {missing}, duplicated {dupes}, misrouted {wrong}, "
+            f"dashboard missing {dash_missing}"
+        )
+        print(
+            f"gateway RSS: {rss_before} kB idle-empty, {rss_idle} kB with {conns} idle "
+            f"connections -> {(rss_idle - rss_before) / conns:.1f} kB per connection"
+        )
+        ok = missing == dupes == wrong == dash_missing == 0 and p(0.99) < 100
+        print("PASS" if ok else "FAIL")
+        return 0 if ok else 1
+    finally:
+        for proc in (client_proc, gateway):
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+        if embedded is not None:
+            embedded.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(main()))

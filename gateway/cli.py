@@ -1,0 +1,76 @@
+"""``aiis gateway | watch | token`` — loaded by ``engine.cli`` (PLUGINS)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import secrets
+import sys
+from typing import Any
+
+from engine.settings import Settings
+from gateway.auth import hash_token
+from gateway.errors import GatewayConfigError
+from gateway.server import run_gateway
+from gateway.settings import GatewaySettings
+from gateway.watch import Watcher, WatchError
+
+COMMANDS = ("gateway", "watch", "token")
+
+
+def register(subparsers: Any) -> list[str]:
+    gw = subparsers.add_parser("gateway", help="run the WebSocket/HTTP gateway and dashboard")
+    gw.add_argument("--host", default=None, help="bind address (default AIIS_GATEWAY_HOST)")
+    gw.add_argument("--port", type=int, default=None, help="port (default AIIS_GATEWAY_PORT)")
+
+    watch = subparsers.add_parser("watch", help="follow events over the gateway")
+    watch.add_argument("task_id", nargs="?", default=None, help="one task (default: a tenant)")
+    watch.add_argument("--since", default=None, help="resume after this event id")
+    watch.add_argument("--tenant", default=None, help="tenant to follow (default: the token's)")
+    watch.add_argument("--url", default=None, help="ws://host:port/v1/ws (default from AIIS_*)")
+    watch.add_argument("--token", default=None, help="bearer token (AIIS_GATEWAY_CLIENT_TOKEN)")
+    watch.add_argument("--json", action="store_true", help="print raw envelopes, one per line")
+
+    token = subparsers.add_parser("token", help="gateway token helpers")
+    tsub = token.add_subparsers(dest="token_command", required=True)
+    th = tsub.add_parser("hash", help="print the AIIS_GATEWAY_TOKENS item for a token")
+    th.add_argument("token")
+    th.add_argument("--tenant", default="default", help="tenant the token maps to ('*': all)")
+    tn = tsub.add_parser("new", help="make a random token and its AIIS_GATEWAY_TOKENS item")
+    tn.add_argument("--tenant", default="default", help="tenant the token maps to ('*': all)")
+    return list(COMMANDS)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "token":
+        token = args.token if args.token_command == "hash" else secrets.token_urlsafe(32)
+        if args.token_command == "new":
+            print(f"token: {token}")
+        print(f"{hash_token(token)}={args.tenant}")
+        return 0
+    gw = GatewaySettings()
+    if args.command == "gateway":
+        overrides = {
+            k: v
+            for k, v in (("gateway_host", args.host), ("gateway_port", args.port))
+            if v is not None
+        }
+        if overrides:
+            settings = settings.model_copy(update=overrides)
+        try:
+            asyncio.run(run_gateway(settings, None, gw))
+        except GatewayConfigError as exc:
+            print(f"aiis gateway: error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    host = settings.gateway_host
+    host = f"[{host}]" if ":" in host else host
+    url = args.url or f"ws://{host}:{settings.gateway_port}/v1/ws"
+    watcher = Watcher(
+        url, args.token or gw.client_token, args.task_id, args.tenant, args.since, args.json
+    )
+    try:
+        return asyncio.run(watcher.run())
+    except WatchError as exc:
+        print(f"aiis watch: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,41 @@
+"""What every request handler of one gateway shares: engine client, hub, auth, counters."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from engine.client import Client
+from engine.settings import Settings
+from gateway.auth import Authenticator
+from gateway.hub import Hub
+from gateway.settings import GatewaySettings
+from gateway.stats import Stats
+
+
+@dataclass(slots=True)
+class Counters:
+    """Monotonic counts exported on /metrics."""
+
+    connections_total: int = 0
+    slow_closed: int = 0
+    submits: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, outcome)
+    errors: Counter[str] = field(default_factory=Counter)  # protocol/HTTP error codes
+    rejected: Counter[str] = field(default_factory=Counter)  # refused connections by reason
+
+
+@dataclass(slots=True)
+class Context:
+    settings: Settings
+    gw: GatewaySettings
+    client: Client
+    hub: Hub
+    auth: Authenticator
+    stats: Stats
+    counters: Counters = field(default_factory=Counters)
+    sessions: set[Any] = field(default_factory=set)  # open WebSocket sessions
+    connections: int = 0  # open WebSocket connections
+    sse_streams: int = 0
+    sse_outboxes: set[Any] = field(default_factory=set)  # open SSE streams' outboxes
+    shutting_down: bool = False

@@ -1,0 +1,11 @@
+"""The dashboard: one static HTML page; everything live arrives over the WebSocket."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+
+@cache
+def page() -> bytes:
+    return (resources.files("gateway.dashboard") / "index.html").read_bytes()

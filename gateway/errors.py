@@ -1,0 +1,29 @@
+"""Gateway errors. Engine errors are translated where a request is answered.
+
+GatewayError
+├── GatewayConfigError   bad token configuration, or no tokens on a non-loopback address
+└── ProtocolError        a client request cannot be served; ``code`` goes on the wire
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises."""
+
+
+class GatewayConfigError(GatewayError):
+    pass
+
+
+class ProtocolError(GatewayError):
+    """An answer to one client request: ``{"op":"error","code":…,"message":…}`` or HTTP 4xx."""
+
+    def __init__(self, code: str, message: str, status: int = 400, **extra: Any) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.status = status
+        self.extra = extra

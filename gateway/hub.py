@@ -1,0 +1,234 @@
+"""The fan-out: ONE XREAD loop over every partition's event log per gateway process, feeding
+the outboxes of local subscribers (WebSocket and SSE). A subscriber never owns a Redis
+connection and never slows the loop down: delivery is a non-blocking put into its outbox.
+
+Resume without gap or duplicate (``subscribe``): the subscription is registered first with a
+*pending* list (live events for it are parked there), then the log is replayed with XRANGE
+from ``since`` to its end, then the parked events are released. Every event is accepted at
+most once per partition by comparing stream ids with the last one delivered, so the overlap
+between replay and live delivery is dropped and nothing between them is missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from engine.errors import EngineError, EventDecodeError
+from engine.keys import PartitionKeys
+from engine.store import Store, translate_errors
+from gateway.outbox import Item, Outbox
+from gateway.protocol import StreamId, Target
+from gateway.settings import GatewaySettings
+
+log = logging.getLogger("aiis.gateway")
+
+Listener = Callable[[Item], None]
+
+
+class Subscription:
+    """One subscribe request of one connection: its filter, outbox and per-partition cursor."""
+
+    __slots__ = ("finished", "last", "max_pending", "outbox", "pending", "target")
+
+    def __init__(self, target: Target, outbox: Outbox, max_pending: int) -> None:
+        self.target = target
+        self.outbox = outbox
+        self.last: dict[int, StreamId] = {}
+        self.pending: list[Item] | None = None
+        self.max_pending = max_pending
+        self.finished = False  # a task subscription ends after the task's terminal event
+
+    def matches(self, fields: dict[bytes, bytes]) -> bool:
+        if self.target.kind == "task":
+            return fields.get(b"task") == self.target.value.encode()
+        return self.target.value == "*" or fields.get(b"tenant") == self.target.value.encode()
+
+    def offer(self, item: Item) -> bool:
+        """Live delivery: parked while catching up, else delivered unless already sent."""
+        if self.pending is not None:
+            if len(self.pending) >= self.max_pending:
+                self.outbox.overflow()
+            else:
+                self.pending.append(item)
+            return False
+        return self.deliver(item)
+
+    def deliver(self, item: Item) -> bool:
+        last = self.last.get(item.partition)
+        if self.finished or (last is not None and item.sid <= last):
+            return False
+        self.last[item.partition] = item.sid
+        if item.terminal and self.target.kind == "task":
+            self.finished = True
+        return self.outbox.put(item)
+
+
+class Hub:
+    """Reads every partition's log once and fans each entry out to matching subscriptions."""
+
+    def __init__(self, store: Store, gw: GatewaySettings) -> None:
+        self.store = store
+        self.gw = gw
+        namespace = store.settings.namespace
+        self.logs = [PartitionKeys(namespace, p).log for p in range(len(store.partitions))]
+        self._partition_of = {key: p for p, key in enumerate(self.logs)}
+        self.by_task: dict[str, set[Subscription]] = {}
+        self.by_tenant: dict[str, set[Subscription]] = {}
+        self.listeners: list[Listener] = []
+        self.cursors: dict[str, str] = {}
+        self.events_read = 0
+        self.deliveries = 0
+        self.decode_errors = 0
+        self.connected = False
+        self._task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start reading after each log's current last entry."""
+        for key in self.logs:
+            newest = await self.store.entries(key, count=1, reverse=True)
+            self.cursors[key] = newest[0][0].decode() if newest else "0-0"
+        self.connected = True
+        self._task = asyncio.create_task(self._run(), name="gateway-hub")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                with translate_errors():
+                    reply: Any = await self.store.redis.xread(
+                        self.cursors,  # type: ignore[arg-type]
+                        count=self.gw.read_count,
+                        block=self.gw.read_block_ms,
+                    )
+            except EngineError as exc:
+                if self.connected:
+                    log.warning("event log unreadable, retrying: %s", exc)
+                self.connected = False
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            self.connected, backoff = True, 0.1
+            for key, entries in reply or []:
+                name = key.decode() if isinstance(key, bytes) else key
+                partition = self._partition_of[name]
+                for eid, fields in entries:
+                    self.dispatch(Item(partition, eid, fields))
+                if entries:
+                    self.cursors[name] = entries[-1][0].decode()
+            await asyncio.sleep(0)  # let writers run between batches
+
+    # --- fan-out ---------------------------------------------------------------------------
+
+    def _matching(self, item: Item) -> list[Subscription]:
+        found: list[Subscription] = []
+        for index, key in ((self.by_task, item.task_id), (self.by_tenant, item.tenant)):
+            subs = index.get(key.decode())
+            if subs:
+                found.extend(subs)
+        found.extend(self.by_tenant.get("*", ()))
+        return found
+
+    def dispatch(self, item: Item) -> None:
+        self.events_read += 1
+        for listener in self.listeners:
+            listener(item)
+        subs = self._matching(item)
+        if not subs:
+            return
+        try:
+            item.envelope  # noqa: B018 — decode once, before any outbox sees it
+        except EventDecodeError as exc:
+            self.decode_errors += 1
+            log.error("skipping an event the gateway cannot read: %s", exc)
+            return
+        sent_to: set[int] = set()
+        for sub in subs:
+            if id(sub.outbox) in sent_to and sub.pending is None:
+                # overlapping live subscriptions of one connection: the event goes out once
+                sub.last[item.partition] = item.sid
+                continue
+            if sub.offer(item):
+                self.deliveries += 1
+                sent_to.add(id(sub.outbox))
+            if sub.finished:
+                self.remove(sub)
+
+    # --- subscriptions ---------------------------------------------------------------------
+
+    def _index(self, target: Target) -> dict[str, set[Subscription]]:
+        return self.by_task if target.kind == "task" else self.by_tenant
+
+    def add(self, sub: Subscription) -> None:
+        self._index(sub.target).setdefault(sub.target.value, set()).add(sub)
+
+    def remove(self, sub: Subscription) -> None:
+        index = self._index(sub.target)
+        subs = index.get(sub.target.value)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del index[sub.target.value]
+
+    def count(self) -> dict[str, int]:
+        return {
+            "task": sum(len(s) for s in self.by_task.values()),
+            "tenant": sum(len(s) for s in self.by_tenant.values()),
+        }
+
+    async def subscribe(self, sub: Subscription, starts: dict[int, str] | None) -> None:
+        """Register ``sub``; with ``starts`` (partition -> id), first replay the log after those
+        ids (exclusive), then switch to live delivery with no gap and no duplicate."""
+        if not starts:
+            self.add(sub)
+            return
+        sub.pending = []
+        self.add(sub)
+        try:
+            for partition, after in sorted(starts.items()):
+                await self._replay(sub, partition, after)
+                if sub.finished or sub.outbox.overflowed:
+                    break
+            parked, sub.pending = sub.pending, None
+            for item in parked:
+                if sub.deliver(item):
+                    self.deliveries += 1
+        finally:
+            sub.pending = None
+            if sub.finished or sub.outbox.overflowed:
+                self.remove(sub)
+
+    async def _replay(self, sub: Subscription, partition: int, after: str) -> None:
+        key = self.logs[partition]
+        cursor = after
+        while True:
+            entries = await self.store.entries(key, f"({cursor}", "+", count=self.gw.replay_chunk)
+            if not entries:
+                return
+            for eid, fields in entries:
+                if sub.matches(fields):
+                    item = Item(partition, eid, fields)
+                    try:
+                        if sub.deliver(item):
+                            self.deliveries += 1
+                    except EventDecodeError as exc:
+                        self.decode_errors += 1
+                        log.error("skipping an event the gateway cannot read: %s", exc)
+                    if sub.finished or sub.outbox.overflowed:
+                        return
+            cursor = entries[-1][0].decode()
+            await sub.outbox.wait_room()

@@ -1,0 +1,51 @@
+"""Gateway limits (``AIIS_GATEWAY_*``), parsed once from the environment. Host and port live in
+the engine's ``Settings`` (``AIIS_GATEWAY_HOST``/``AIIS_GATEWAY_PORT``, DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class GatewaySettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AIIS_GATEWAY_", extra="ignore", frozen=True)
+
+    # auth: "sha256:<hex>=tenant,…" and/or a file with one "sha256:<hex>=tenant" per line;
+    # tenant "*" is an operator token (every tenant). Neither set: open mode, loopback only.
+    tokens: str = ""
+    tokens_file: Path | None = None
+
+    # connections
+    max_connections: int = Field(10_000, ge=1, le=1_000_000)
+    max_subscriptions: int = Field(100, ge=1, le=100_000)  # per connection
+    auth_timeout_s: float = Field(10.0, gt=0, le=3600)  # an anonymous connection must auth
+    ping_interval_s: float = Field(20.0, gt=0, le=3600)
+    ping_timeout_s: float = Field(20.0, gt=0, le=3600)
+    close_timeout_s: float = Field(5.0, gt=0, le=600)  # then the TCP connection is aborted
+
+    # messages
+    max_message_bytes: int = Field(256 * 1024, ge=1024, le=64 * 1024 * 1024)  # error, keep conn
+    max_frame_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)  # close 1009
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)  # HTTP POST
+
+    # per-subscriber send buffer: over either limit the subscriber is closed with 1013
+    send_queue: int = Field(1024, ge=1, le=1_000_000)
+    send_queue_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
+
+    # the shared log reader
+    read_count: int = Field(1000, ge=1, le=100_000)  # entries per XREAD
+    read_block_ms: int = Field(1000, ge=1, le=60_000)
+    replay_chunk: int = Field(1000, ge=1, le=100_000)  # entries per XRANGE during catch-up
+
+    # dashboard and SSE
+    stats_interval_s: float = Field(1.0, gt=0, le=3600)
+    recent_tasks: int = Field(50, ge=1, le=10_000)  # per tenant, shown on the dashboard
+    recent_tracked: int = Field(5000, ge=1, le=1_000_000)  # tasks remembered for that list
+    sse_keepalive_s: float = Field(15.0, gt=0, le=3600)
+    shutdown_grace_s: float = Field(5.0, ge=0, le=600)
+
+    # `aiis watch` (a client of the gateway): the token it presents
+    client_token: str | None = None

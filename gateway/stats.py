@@ -1,0 +1,213 @@
+"""Dashboard statistics, pushed as ``{"op":"stats",…}`` frames to ``stats`` subscribers.
+
+Live from Redis: queue lengths (XLEN of every work stream, ZCARD of delayed retries, XLEN of
+the dead letters). From the projections' views (``projections.stats.gather``, when the
+projections run): throughput, cost today, provider health and breaker states. From the events
+this gateway fans out: events/s and completions/s of the last 10 s and the recent tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+from collections import OrderedDict, deque
+from typing import Any
+
+import orjson
+
+from engine.keys import PRIORITIES
+from engine.store import Store, translate_errors
+from gateway.auth import Principal
+from gateway.outbox import Item, Outbox
+from gateway.settings import GatewaySettings
+from projections.settings import ProjectionSettings
+from projections.stats import gather
+from projections.storage import ShardStore
+from projections.view import ViewConfig
+
+log = logging.getLogger("aiis.gateway")
+
+STATUS_OF = {
+    "TaskRequested": "queued",
+    "TaskStarted": "running",
+    "TaskProgress": "running",
+    "TaskRetryScheduled": "retry_scheduled",
+    "TaskRequeued": "queued",
+    "TaskSucceeded": "succeeded",
+    "TaskFailed": "failed",
+    "TaskDeadLettered": "dead_lettered",
+    "TaskCancelled": "cancelled",
+}
+WINDOW_S = 10
+
+
+class Stats:
+    """Collects what the dashboard shows and pushes it to its subscribers every interval."""
+
+    def __init__(self, store: Store, gw: GatewaySettings) -> None:
+        self.store = store
+        self.gw = gw
+        self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self.seconds: deque[list[int]] = deque(maxlen=WINDOW_S + 1)  # [second, events, done]
+        self.subscribers: dict[Outbox, Principal] = {}
+        self._projection_failed = False
+        proj = ProjectionSettings()
+        config = ViewConfig.from_settings(
+            store.settings.partitions, store.settings.task_retention_s, proj
+        )
+        self._views = ShardStore(store.redis, store.settings.namespace, config)
+
+    # --- what the hub shows us ---------------------------------------------------------------
+
+    def observe(self, item: Item) -> None:
+        """Hub listener: count the event and track its task's status."""
+        now = int(time.time())
+        if not self.seconds or self.seconds[-1][0] != now:
+            self.seconds.append([now, 0, 0])
+        bucket = self.seconds[-1]
+        bucket[1] += 1
+        if item.terminal:
+            bucket[2] += 1
+        self._track(item)
+
+    def _track(self, item: Item) -> None:
+        event_type = item.type
+        task_id = item.task_id.decode()
+        row = self.recent.get(task_id)
+        if row is None:
+            row = {"task_id": task_id, "tenant": item.tenant.decode(), "status": "queued"}
+            self.recent[task_id] = row
+            if len(self.recent) > self.gw.recent_tracked:
+                self.recent.popitem(last=False)
+        else:
+            self.recent.move_to_end(task_id)
+        row["status"] = STATUS_OF.get(event_type, row["status"])
+        row["event"] = event_type
+        row["updated_ms"] = int(item.fields.get(b"ts", b"0") or 0)
+        if event_type in ("TaskRequested", "TaskSucceeded", "TaskFailed"):
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+                data = orjson.loads(item.fields.get(b"data", b"{}"))
+                if event_type == "TaskRequested":
+                    prompt = data.get("input")
+                    if isinstance(prompt, list):
+                        prompt = " / ".join(str(m.get("content", "")) for m in prompt)
+                    row["kind"] = data.get("kind")
+                    row["priority"] = data.get("priority")
+                    row["prompt"] = str(prompt or "")[:80]
+                elif event_type == "TaskSucceeded":
+                    row["provider"] = f"{data.get('provider')}/{data.get('model')}"
+                    row["cost_usd"] = data.get("cost_usd")
+                else:
+                    row["error"] = str((data.get("error") or {}).get("message", ""))[:120]
+
+    async def seed(self) -> None:
+        """Fill the recent-task list from the newest entries of each log."""
+        entries: list[Item] = []
+        per_log = max(1, self.gw.recent_tracked * 4 // len(self.store.partitions))
+        for p, keys in enumerate(self.store.partitions):
+            found = await self.store.entries(keys.log, count=per_log, reverse=True)
+            entries.extend(Item(p, eid, fields) for eid, fields in found)
+        for item in sorted(entries, key=lambda i: int(i.fields.get(b"ts", b"0") or 0)):
+            self._track(item)
+
+    # --- the snapshot ------------------------------------------------------------------------
+
+    async def _queues(self) -> dict[str, Any]:
+        redis = self.store.redis
+        depth = {p.value: 0 for p in PRIORITIES}
+        delayed = dlq = log_len = 0
+        with translate_errors():
+            async with redis.pipeline(transaction=False) as pipe:
+                for keys in self.store.partitions:
+                    for p in PRIORITIES:
+                        pipe.xlen(keys.queue(p))
+                    pipe.zcard(keys.delayed)
+                    pipe.xlen(keys.dlq)
+                    pipe.xlen(keys.log)
+                replies = await pipe.execute()
+        step = len(PRIORITIES) + 3
+        for i in range(0, len(replies), step):
+            for j, p in enumerate(PRIORITIES):
+                depth[p.value] += int(replies[i + j])
+            delayed += int(replies[i + len(PRIORITIES)])
+            dlq += int(replies[i + len(PRIORITIES) + 1])
+            log_len += int(replies[i + len(PRIORITIES) + 2])
+        return {"depth": depth, "delayed": delayed, "dead_letters": dlq, "log_entries": log_len}
+
+    async def _projections(self) -> dict[str, Any] | None:
+        now = dt.datetime.now(dt.UTC)
+        try:
+            return await gather(
+                self._views,
+                self.store.settings.partitions,
+                int(now.timestamp() * 1000),
+                now.date().isoformat(),
+            )
+        except Exception as exc:  # the dashboard must survive a broken or missing view
+            if not self._projection_failed:
+                log.warning("projection stats unavailable: %s", exc)
+            self._projection_failed = True
+            return None
+
+    def _rates(self) -> dict[str, float]:
+        now = int(time.time())
+        window = [b for b in self.seconds if now - WINDOW_S <= b[0] < now]
+        return {
+            "events_per_s": round(sum(b[1] for b in window) / WINDOW_S, 2),
+            "completed_per_s": round(sum(b[2] for b in window) / WINDOW_S, 2),
+        }
+
+    async def snapshot(self) -> dict[str, Any]:
+        """Everything, for every tenant; ``view`` cuts it down for one principal."""
+        report = await self._projections()
+        providers: dict[str, Any] = {}
+        for name, h in ((report or {}).get("providers") or {}).items():
+            providers[name] = {
+                "breaker": h.get("breaker"),
+                "success_rate": (h.get("window") or {}).get("success_rate"),
+                "ok": h.get("ok"),
+                "fail": h.get("fail"),
+                "p95_ms": (h.get("latency_ms") or {}).get("p95"),
+            }
+        return {
+            "ts": int(time.time() * 1000),
+            "queues": await self._queues(),
+            "rates": self._rates(),
+            "throughput": (report or {}).get("throughput"),
+            "cost_today": (report or {}).get("cost_today"),
+            "providers": providers,
+            "projections": report is not None,
+        }
+
+    def view(self, snap: dict[str, Any], who: Principal) -> dict[str, Any]:
+        """The snapshot as ``who`` may see it: only its own tenant's tasks and cost."""
+        cost = snap.get("cost_today") or {}
+        if who.operator:
+            cost_out = {"usd": (cost.get("total") or {}).get("usd", 0.0), "scope": "all"}
+        else:
+            mine = (cost.get("by_tenant") or {}).get(who.tenant) or {}
+            cost_out = {"usd": mine.get("usd", 0.0), "scope": who.tenant}
+        rows = [r for r in reversed(self.recent.values()) if who.may_read(r["tenant"])]
+        return {
+            **{k: v for k, v in snap.items() if k != "cost_today"},
+            "cost_today": cost_out,
+            "recent": rows[: self.gw.recent_tasks],
+            "tenant": who.tenant,
+        }
+
+    async def push_forever(self) -> None:
+        """Every interval, one snapshot for all ``stats`` subscribers (none: no work)."""
+        while True:
+            await asyncio.sleep(self.gw.stats_interval_s)
+            if not self.subscribers:
+                continue
+            try:
+                snap = await self.snapshot()
+            except Exception as exc:  # Redis away: try again next tick
+                log.warning("stats snapshot failed: %s", exc)
+                continue
+            for outbox, who in list(self.subscribers.items()):
+                outbox.put(orjson.dumps({"op": "stats", "stats": self.view(snap, who)}).decode())
