@@ -8,8 +8,9 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
+from redis.exceptions import ResponseError
 
-from engine.keys import PRIORITIES
+from engine.keys import GROUP, PRIORITIES, autoscale_pattern
 from engine.store import translate_errors
 
 if TYPE_CHECKING:
@@ -39,6 +40,43 @@ async def _queue_lengths(ctx: Context) -> list[tuple[str, str, int]]:
                 labels.append((str(p), "dead_letter"))
             values = await pipe.execute()
     return [(p, q, int(v)) for (p, q), v in zip(labels, values, strict=True)]
+
+
+async def _pool_metrics(ctx: Context) -> list[GaugeMetricFamily]:
+    """Autoscaled worker pools, as published by ``aiis worker --autoscale`` (engine/autoscale)."""
+    redis = ctx.client.store.redis
+    names = {
+        "current": ("aiis_worker_pool_processes", "Worker processes running in the pool"),
+        "target": ("aiis_worker_pool_target", "Worker processes the autoscaler wants"),
+        "max": ("aiis_worker_pool_max", "Upper bound of the pool (--autoscale MIN:MAX)"),
+    }
+    families = {f: GaugeMetricFamily(n, doc, labels=["pool"]) for f, (n, doc) in names.items()}
+    with translate_errors():
+        pattern = autoscale_pattern(ctx.client.settings.namespace)
+        keys = [k async for k in redis.scan_iter(match=pattern, count=100)]
+        for key in keys[:1000]:
+            fields = await redis.hgetall(key)
+            pool = key.decode().rsplit(":", 1)[-1]
+            for field, family in families.items():
+                value = fields.get(field.encode())
+                if value is not None:
+                    family.add_metric([pool], float(value))
+    return list(families.values())
+
+
+async def _in_flight(ctx: Context) -> list[tuple[str, str, int]]:
+    """Entries handed to a worker and not finished (the group's pending count), per queue."""
+    store = ctx.client.store
+    out: list[tuple[str, str, int]] = []
+    with translate_errors():
+        for p, keys in enumerate(store.partitions):
+            for prio in PRIORITIES:
+                try:
+                    summary: Any = await store.redis.xpending(keys.queue(prio), GROUP)
+                except ResponseError:  # no stream or group yet
+                    continue
+                out.append((str(p), prio.value, int(summary["pending"])))
+    return out
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
@@ -97,6 +135,15 @@ async def render_metrics(ctx: Context) -> CollectorRegistry:
     for partition, queue, n in await _queue_lengths(ctx):
         queues.add_metric([partition, queue], n)
     fam.append(queues)
+    in_flight = GaugeMetricFamily(
+        "aiis_queue_in_flight",
+        "Entries of each work queue handed to a worker and not yet finished (XPENDING)",
+        labels=["partition", "queue"],
+    )
+    for partition, queue, n in await _in_flight(ctx):
+        in_flight.add_metric([partition, queue], n)
+    fam.append(in_flight)
+    fam.extend(await _pool_metrics(ctx))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(fam))
     return registry

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 
+from engine.keys import autoscale_key
 from tests.gateway.conftest import Engine, MakeGateway
 
 
@@ -84,3 +85,20 @@ async def test_cancel_health_ready_and_metrics(engine: Engine, make_gateway: Mak
         assert (await http.get("/readyz")).json()["status"] == "ready"
         metrics = (await http.get("/metrics")).text
         assert 'aiis_queue_length{partition="0",queue="normal"} 0.0' in metrics
+
+
+async def test_metrics_for_autoscalers(engine: Engine, make_gateway: MakeGateway) -> None:
+    """/metrics exports in-flight counts per queue and the autoscaled pools' sizes."""
+    gateway = await make_gateway(engine.settings)
+    client = engine.client
+    await client.store.prepare()
+    await client.submit("held")
+    await client.store.fetch(0, "someone", 10, "high,normal,low")
+    pool = autoscale_key(engine.settings.namespace, "host-42")
+    await client.store.redis.hset(pool, mapping={"current": 2, "target": 3, "max": 4})
+    async with httpx.AsyncClient(base_url=gateway.url) as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'aiis_queue_in_flight{partition="0",queue="normal"} 1.0' in metrics
+    assert 'aiis_worker_pool_processes{pool="host-42"} 2.0' in metrics
+    assert 'aiis_worker_pool_target{pool="host-42"} 3.0' in metrics
+    assert 'aiis_worker_pool_max{pool="host-42"} 4.0' in metrics
