@@ -1,0 +1,49 @@
+"""Where a task's PII restore mapping lives: its own Redis key with a TTL, never an event.
+
+Events carry the redacted text only (DESIGN.md §3 invariant 7), so replaying or exporting the
+log never reveals the values; deleting the vault key (or letting it expire) makes a task's
+values unrecoverable. The key carries the task's partition hash tag, so the submit script can
+write it in the same atomic step as ``TaskRequested``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import orjson
+import redis.asyncio as aioredis
+
+from engine.store import translate_errors
+
+
+def vault_key(hash_tag_prefix: str, task_id: str) -> str:
+    """``<prefix>:pii:<task>``; ``prefix`` carries the partition hash tag (``aiis:{p3}``)."""
+    if "{" not in hash_tag_prefix or "}" not in hash_tag_prefix:
+        raise ValueError("the prefix must carry a hash tag, e.g. 'aiis:{p3}'")
+    return f"{hash_tag_prefix}:pii:{task_id}"
+
+
+class PiiVault:
+    """Stores and fetches restore mappings (placeholder -> value)."""
+
+    def __init__(self, redis: aioredis.Redis, ttl_s: int = 86_400) -> None:
+        self.redis = redis
+        self.ttl_s = ttl_s
+
+    async def put(self, hash_tag_prefix: str, task_id: str, mapping: Mapping[str, str]) -> None:
+        if not mapping:
+            return
+        with translate_errors():
+            await self.redis.set(
+                vault_key(hash_tag_prefix, task_id), orjson.dumps(dict(mapping)), ex=self.ttl_s
+            )
+
+    async def get(self, hash_tag_prefix: str, task_id: str) -> dict[str, str]:
+        """The mapping, or ``{}`` when there is none (policy off, no PII, or expired)."""
+        with translate_errors():
+            raw = await self.redis.get(vault_key(hash_tag_prefix, task_id))
+        return dict(orjson.loads(raw)) if raw else {}
+
+    async def forget(self, hash_tag_prefix: str, task_id: str) -> None:
+        with translate_errors():
+            await self.redis.delete(vault_key(hash_tag_prefix, task_id))

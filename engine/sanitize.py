@@ -1,0 +1,135 @@
+"""Sanitising requests and results, and storing large results out of line.
+
+``clean_text`` strips control and format characters except ``\\n`` and ``\\t`` (``\\r\\n``
+becomes ``\\n``; NUL, escape sequences, bidi overrides and zero-width characters are removed)
+and normalises to NFC. ``check_size`` enforces a byte limit with an error naming the field.
+
+``Offloader`` keeps event-log entries small: a result text over ``threshold_bytes`` is stored
+under its own key with a TTL and the event carries a ``ResultRef`` instead; ``load`` gets it
+back. The key is built from a caller-supplied hash tag (the task's partition tag, e.g.
+``aiis:{p3}``), so it lives in the task's Redis Cluster slot and can be written by the same
+atomic script as the event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import unicodedata
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+from engine.errors import InvalidTask
+from engine.store import translate_errors
+
+_KEEP = frozenset("\n\t")
+# bidi embeddings/overrides/isolates and zero-width characters: invisible, and used to hide
+# text from reviewers (CVE-2021-42574 "Trojan Source") or to smuggle prompt injections
+_INVISIBLE = frozenset(
+    [chr(c) for c in range(0x202A, 0x202F)]
+    + [chr(c) for c in range(0x2066, 0x206A)]
+    + ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"]
+)
+
+
+def clean_text(text: str) -> str:
+    """NFC-normalised ``text`` without control, bidi-override or zero-width characters."""
+    text = text.replace("\r\n", "\n")
+    out = []
+    for ch in text:
+        if ch in _KEEP:
+            out.append(ch)
+        elif ch in _INVISIBLE or unicodedata.category(ch) in ("Cc", "Cs", "Co"):
+            continue
+        else:
+            out.append(ch)
+    return unicodedata.normalize("NFC", "".join(out))
+
+
+def check_size(field: str, text: str, limit_bytes: int) -> None:
+    """``InvalidTask`` naming ``field`` when ``text`` is over ``limit_bytes`` in UTF-8."""
+    size = len(text.encode())
+    if size > limit_bytes:
+        raise InvalidTask(field, f"{size} bytes; the limit is {limit_bytes}")
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    request_bytes: int = 1_000_000
+    result_bytes: int = 4_000_000  # a result over this is truncated, never stored whole
+
+
+def clean_request(texts: list[str], limits: Limits = Limits()) -> list[str]:
+    """Cleaned request texts (prompt or chat contents), within the request size limit."""
+    cleaned = [clean_text(t) for t in texts]
+    check_size("input", "".join(cleaned), limits.request_bytes)
+    return cleaned
+
+
+def clean_result(text: str, limits: Limits = Limits()) -> tuple[str, bool]:
+    """(cleaned result, truncated?): over ``result_bytes`` it is cut on a character boundary."""
+    cleaned = clean_text(text)
+    data = cleaned.encode()
+    if len(data) <= limits.result_bytes:
+        return cleaned, False
+    return data[: limits.result_bytes].decode(errors="ignore"), True
+
+
+@dataclass(frozen=True, slots=True)
+class ResultRef:
+    """Where an out-of-line result lives; goes into the event instead of the text."""
+
+    key: str
+    size: int
+    sha256: str
+
+    def as_dict(self) -> dict[str, object]:
+        return {"key": self.key, "size": self.size, "sha256": self.sha256}
+
+
+class ResultGone(InvalidTask):
+    def __init__(self, key: str) -> None:
+        super().__init__("result", f"the stored result {key} has expired or was removed")
+
+
+def blob_key(hash_tag_prefix: str, task_id: str, attempt: int) -> str:
+    """``<prefix>:result:<task>:<attempt>``; ``prefix`` carries the hash tag (``aiis:{p3}``)."""
+    if "{" not in hash_tag_prefix or "}" not in hash_tag_prefix:
+        raise ValueError("the prefix must carry a hash tag, e.g. 'aiis:{p3}'")
+    return f"{hash_tag_prefix}:result:{task_id}:{attempt}"
+
+
+class Offloader:
+    """Stores results over ``threshold_bytes`` under their own key (with a TTL)."""
+
+    def __init__(
+        self, redis: aioredis.Redis, *, threshold_bytes: int = 64 * 1024, ttl_s: int = 86_400
+    ) -> None:
+        self.redis = redis
+        self.threshold_bytes = threshold_bytes
+        self.ttl_s = ttl_s
+
+    def needs_offload(self, text: str) -> bool:
+        return len(text.encode()) > self.threshold_bytes
+
+    async def store(
+        self, hash_tag_prefix: str, task_id: str, attempt: int, text: str
+    ) -> ResultRef | None:
+        """A reference when ``text`` was stored out of line; None when it is small enough to
+        stay in the event."""
+        data = text.encode()
+        if len(data) <= self.threshold_bytes:
+            return None
+        key = blob_key(hash_tag_prefix, task_id, attempt)
+        with translate_errors():
+            await self.redis.set(key, data, ex=self.ttl_s)
+        return ResultRef(key, len(data), hashlib.sha256(data).hexdigest())
+
+    async def load(self, ref: ResultRef) -> str:
+        """The stored text; ``ResultGone`` when expired, or when it does not match its hash."""
+        with translate_errors():
+            data = await self.redis.get(ref.key)
+        raw = data.encode() if isinstance(data, str) else data
+        if raw is None or hashlib.sha256(raw).hexdigest() != ref.sha256:
+            raise ResultGone(ref.key)
+        return raw.decode()
