@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from engine import commands
+from engine.audit import register_audit
 from engine.errors import EngineError
 from engine.settings import Settings
 
@@ -39,9 +40,10 @@ def _param(text: str) -> tuple[str, Any]:
 # import these packages; the CLI loads them by name, and each exposes
 # ``register(subparsers) -> list[str]`` (the command names it adds) and
 # ``run(args, settings) -> int``.
-PLUGINS = ("projections.cli", "gateway.cli")
+PLUGINS = ("projections.cli", "gateway.cli", "gateway.grpc.cli")
 # long-running component commands that `aiis serve` runs as children, when installed
-COMPONENTS = ("projections", "gateway")
+COMPONENTS = ("projections", "gateway", "ops")
+ENGINE_COMPONENTS = ("ops",)
 
 
 def _plugins() -> list[Any]:
@@ -96,6 +98,23 @@ def build_parser() -> argparse.ArgumentParser:
     dretry = dsub.add_parser("retry", help="submit a dead-lettered task again, as a new task")
     dretry.add_argument("task_id")
     dsub.add_parser("purge", help="delete every dead-letter entry")
+
+    sub.add_parser("ops", help="budgets' spend, alerts and task webhooks (a catch-up reader)")
+    register_audit(sub)
+    config = sub.add_parser("config", help="live policy documents: pii_policy, budgets")
+    csub = config.add_subparsers(dest="config_command", required=True)
+    cset = csub.add_parser("set", help="validate and store a document (JSON, or @FILE)")
+    cset.add_argument("name", choices=["pii_policy", "budgets"])
+    cset.add_argument("value")
+    csub.add_parser("show", help="print the stored documents")
+    template = sub.add_parser("template", help="prompt templates")
+    tsub = template.add_subparsers(dest="template_command", required=True)
+    tadd = tsub.add_parser("add", help="register BODY (or @FILE) as the next version of NAME")
+    tadd.add_argument("name")
+    tadd.add_argument("body")
+    tshow = tsub.add_parser("show", help="print a template version (default: the latest)")
+    tshow.add_argument("name")
+    tshow.add_argument("--version", type=int, default=None)
     for plugin in _plugins():
         for command in plugin.register(sub):
             _PLUGIN_OF[command] = plugin
@@ -125,7 +144,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.command == "serve":
-        components = [c for c in COMPONENTS if c in _PLUGIN_OF]
+        components = [c for c in COMPONENTS if c in _PLUGIN_OF or c in ENGINE_COMPONENTS]
         return commands.serve(settings, args.workers, args.concurrency, components)
     if args.command == "worker":
         if args.autoscale:
@@ -139,4 +158,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(commands.cancel(settings, args.task_id))
     if args.command == "dlq":
         return asyncio.run(commands.dlq(settings, args))
+    if args.command == "ops":
+        return commands.ops(settings)
+    if args.command == "audit":
+        return commands.audit(settings, args)
+    if args.command == "config":
+        return asyncio.run(commands.config(settings, args))
+    if args.command == "template":
+        return asyncio.run(commands.template(settings, args))
     return int(_PLUGIN_OF[args.command].run(args, settings))

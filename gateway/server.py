@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
+from engine.audit import AuditLog
 from engine.client import Client
 from engine.connection import connect
 from engine.errors import EngineError
@@ -30,6 +31,7 @@ from gateway import dashboard, http, sse
 from gateway.auth import Authenticator, is_loopback, load_tokens, token_from
 from gateway.context import Context
 from gateway.errors import GatewayConfigError, ProtocolError
+from gateway.grpc import GrpcServer, GrpcSettings
 from gateway.hub import Hub
 from gateway.session import websocket_endpoint
 from gateway.settings import GatewaySettings
@@ -158,6 +160,9 @@ class Gateway:
             await client.aclose()
             raise
         self.ctx = Context(self.settings, self.gw, client, hub, auth, stats)
+        self.ctx.audit = AuditLog(
+            client.store.redis, self.settings.namespace, max_len=self.settings.audit_max_len
+        )
         self._stats_task = asyncio.create_task(stats.push_forever(), name="gateway-stats")
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -239,7 +244,19 @@ async def run_gateway(
             "only, every client is an operator that sees every tenant"
         )
     announce(f"aiis gateway: dashboard {gateway.url}/  websocket {gateway.ws_url}")
+    grpc_settings = GrpcSettings()
+    grpc_server = None
+    if grpc_settings.enabled:
+        grpc_server = GrpcServer(settings, gateway.ctx.client, gateway.ctx.auth, grpc_settings)
+        try:
+            await grpc_server.start()
+        except BaseException:
+            await gateway.stop()
+            raise
+        announce(f"aiis gateway: grpc {grpc_server.target}")
     try:
         await stop.wait()
     finally:
+        if grpc_server is not None:
+            await grpc_server.stop()
         await gateway.stop()

@@ -93,6 +93,7 @@ class Cluster:
         self.redis = EmbeddedRedis(root / "redis", port=free_port())
         self.sandbox_port = free_port()
         self.gateway_port = free_port()
+        self.grpc_port = free_port()
         self.workers: list[subprocess.Popen[bytes]] = []
         self.others: dict[str, subprocess.Popen[bytes]] = {}
         self.logs = root / "logs"
@@ -117,6 +118,7 @@ class Cluster:
             "AIIS_BREAKER_OPEN_S": "1",
             "AIIS_RATE_MAX_WAIT_S": "1",
             "AIIS_GATEWAY_PORT": str(self.gateway_port),
+            "AIIS_GRPC_PORT": str(self.grpc_port),
         }
 
     def _spawn(self, name: str, argv: list[str]) -> subprocess.Popen[bytes]:

@@ -222,6 +222,8 @@ def test_serve_submit_wait_and_restart_keeps_data(tmp_path: Path) -> None:
     """`aiis serve` runs embedded Redis + workers; `submit --wait` ends; data survives restart."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIIS_")}
     env["AIIS_DATA_DIR"] = str(tmp_path / "data")
+    env["AIIS_GATEWAY_PORT"] = str(free_port())  # never collide with a running service
+    env["AIIS_GRPC_PORT"] = str(free_port())
     info = tmp_path / "data" / "redis.json"
     serve = _serve(env, tmp_path)
     try:

@@ -1,0 +1,5 @@
+import sys
+
+from gateway.grpc.cli import main
+
+sys.exit(main())

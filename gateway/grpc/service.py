@@ -1,0 +1,252 @@
+"""``aiis.v1.TaskService``: the four RPCs over the engine's producer API.
+
+Every call authenticates first (metadata ``authorization: Bearer <token>``, the WebSocket
+gateway's tokens and ``Authenticator``). Engine errors become status codes in one place
+(``abort``); nothing else escapes a handler as an exception of ours.
+
+GetTask reads the engine (``Client.get``: the task's state word and, once it has one, its
+terminal event), which is always current. ``projections`` has no read API for one
+``task_state`` record yet; see docs/grpc.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Never
+
+import grpc
+
+from engine import mapper
+from engine.client import Client
+from engine.errors import (
+    ConfigError,
+    EngineError,
+    InvalidTask,
+    QueueFull,
+    RedisUnavailable,
+    TaskNotFound,
+)
+from engine.events import TERMINAL_EVENTS, Event
+from engine.keys import partition_of
+from engine.store import id_before
+from gateway.auth import Authenticator, Principal, token_from
+from gateway.errors import ProtocolError
+from gateway.grpc import convert
+from gateway.grpc.gen import tasks_pb2 as pb
+from gateway.protocol import parse_id
+from gateway.since import check_retained
+
+log = logging.getLogger("aiis.grpc")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
+FIELD_KEY = "aiis-field"  # trailing metadata: the request field an INVALID_ARGUMENT is about
+TERMINAL_CODES = "SFXC"  # state-word codes of the terminal statuses
+
+if TYPE_CHECKING:
+    Context = grpc.aio.ServicerContext[Any, Any]
+
+# engine error -> status code; the first matching class wins
+STATUS_OF: tuple[tuple[type[EngineError], grpc.StatusCode], ...] = (
+    (InvalidTask, grpc.StatusCode.INVALID_ARGUMENT),
+    (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (TaskNotFound, grpc.StatusCode.NOT_FOUND),
+    (RedisUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+)
+
+
+async def abort(context: Context, exc: EngineError | ProtocolError) -> Never:
+    """End the call with the status code (and message) ``exc`` stands for."""
+    if isinstance(exc, ProtocolError):  # a bad `since`
+        code = grpc.StatusCode.OUT_OF_RANGE
+        if exc.code == "bad_since":
+            code = grpc.StatusCode.INVALID_ARGUMENT
+            context.set_trailing_metadata(((FIELD_KEY, "since"),))
+        await context.abort(code, exc.message)
+    code = next((c for cls, c in STATUS_OF if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+    if isinstance(exc, InvalidTask):
+        context.set_trailing_metadata(((FIELD_KEY, exc.field),))
+        await context.abort(code, f"{exc.field}: {exc.message}")
+    if isinstance(exc, RedisUnavailable):
+        log.warning("gRPC call failed: %s", exc)  # the address stays in the log, not the reply
+        await context.abort(code, "the engine is unavailable (Redis unreachable); retry")
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("gRPC call failed: %s", exc)
+        await context.abort(code, "internal error")
+    await context.abort(code, str(exc))
+
+
+class Errors:
+    """``async with Errors(context):`` around a handler's body: engine errors and a bad
+    ``since`` become their status code; any other exception (a bug, a Redis script error)
+    becomes INTERNAL "internal error" and is logged, so no internals reach the client."""
+
+    __slots__ = ("context",)
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, typ: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, EngineError | ProtocolError):
+            await abort(self.context, exc)
+        if isinstance(exc, Exception) and not isinstance(exc, grpc.aio.AbortError):
+            log.error("gRPC call failed", exc_info=exc)
+            await self.context.abort(grpc.StatusCode.INTERNAL, "internal error")
+
+
+class TaskService:
+    """The servicer; ``active_watches`` counts WatchTask streams in progress."""
+
+    def __init__(
+        self,
+        client: Client,
+        watch_client: Client,
+        auth: Authenticator,
+        max_watches: int,
+        block_ms: int = 1000,
+    ) -> None:
+        self.client = client
+        self.watch_client = watch_client
+        self.auth = auth
+        self.max_watches = max_watches
+        self.block_ms = block_ms
+        self.active_watches = 0
+
+    async def principal(self, context: Context) -> Principal:
+        """Who the call acts as, or UNAUTHENTICATED."""
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = value.decode() if isinstance(value, bytes) else value
+        try:
+            who = self.auth.authenticate(token_from(authorization, None))
+        except ProtocolError:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "unknown token")
+        if who is None:
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED, "send metadata authorization: Bearer <token>"
+            )
+        return who
+
+    @staticmethod
+    async def deny(context: Context, tenant: str) -> Never:
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED, f"this token acts for tenant {tenant!r} only"
+        )
+
+    async def SubmitTask(
+        self, request: pb.SubmitTaskRequest, context: Context
+    ) -> pb.SubmitTaskResponse:
+        who = await self.principal(context)
+        tenant = request.tenant
+        if not who.operator:
+            if tenant and tenant != who.tenant:
+                await self.deny(context, who.tenant)
+            tenant = who.tenant
+        async with Errors(context):
+            args = convert.submit_args(request)
+            task_id = await self.client.submit(tenant=tenant or "default", **args)
+        return pb.SubmitTaskResponse(task_id=task_id)
+
+    async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
+        who = await self.principal(context)
+        async with Errors(context):
+            view = await self.client.get(request.task_id)
+        if not who.may_read(view.tenant):
+            await self.deny(context, who.tenant)
+        return convert.task_message(view)
+
+    async def CancelTask(
+        self, request: pb.CancelTaskRequest, context: Context
+    ) -> pb.CancelTaskResponse:
+        who = await self.principal(context)
+        task_id = request.task_id
+        async with Errors(context):
+            word = await self.client.state_word(task_id)
+            if word is None:
+                raise TaskNotFound(task_id)
+            if not who.may_read(word.tenant):
+                await self.deny(context, who.tenant)
+            # the cancel script checks the tenant again, atomically
+            status = await self.client.cancel(task_id, tenant="" if who.operator else who.tenant)
+        return pb.CancelTaskResponse(task_id=task_id, status=convert.STATUS_ENUMS[status])
+
+    async def WatchTask(
+        self, request: pb.WatchTaskRequest, context: Context
+    ) -> AsyncIterator[pb.Event]:
+        who = await self.principal(context)
+        if self.active_watches >= self.max_watches:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_watches} watches are open on this server; retry later",
+            )
+        self.active_watches += 1
+        try:
+            async with Errors(context):
+                start = await self._watch_start(request, who, context)
+                if start is None:
+                    return
+                follow = self._follow(request.task_id, start, context)
+                async with contextlib.aclosing(follow) as events:
+                    async for event in events:
+                        yield convert.event_message(event)
+        finally:
+            self.active_watches -= 1
+
+    async def _follow(
+        self, task_id: str, after: str, context: Context
+    ) -> AsyncGenerator[Event, None]:
+        """The task's events after ``after``, live, until its terminal one (``Client.watch``'s
+        loop, plus a check that the call is still wanted after every read).
+
+        redis-py can swallow the ``CancelledError`` grpc uses to end the handler of a call the
+        client gave up on (redis/redis-py#2028): the blocked XREAD just returns. Checking the
+        call (and the task's pending cancellation) after each read bounds such a leak to one
+        ``watch_block_ms``.
+        """
+        store = self.watch_client.store
+        partition = partition_of(task_id, store.settings.partitions)
+        me = asyncio.current_task()
+        cursor = after
+        while True:
+            entries = await store.read_log(partition, cursor, block_ms=self.block_ms)
+            if me is not None and me.cancelling():
+                raise asyncio.CancelledError
+            if context.done():
+                return
+            for eid, fields in entries:
+                cursor = eid.decode()
+                if fields.get(b"task") != task_id.encode():
+                    continue
+                event = mapper.decode(eid, fields)
+                yield event
+                if event.type in TERMINAL_EVENTS:
+                    return
+
+    async def _watch_start(
+        self, request: pb.WatchTaskRequest, who: Principal, context: Context
+    ) -> str | None:
+        """The log position to read after; ``None`` when nothing can follow ``since``."""
+        task_id = request.task_id
+        word = await self.client.state_word(task_id)
+        if word is None:
+            raise TaskNotFound(task_id)
+        if not who.may_read(word.tenant):
+            await self.deny(context, who.tenant)
+        if not request.since:
+            return id_before(word.requested_id)
+        store = self.client.store
+        await check_retained(store, partition_of(task_id, store.settings.partitions), request.since)
+        since, end = parse_id(request.since), parse_id(word.ref)
+        if word.code in TERMINAL_CODES and since is not None and end is not None and since >= end:
+            return None  # resumed after the terminal event: the stream is complete
+        return request.since
