@@ -16,11 +16,14 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine import mapper
+from engine import mapper, pii
 from engine.connection import connect
 from engine.errors import InvalidTask, QueueFull, TaskNotFound
-from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData
+from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
+from engine.intake import Intake
 from engine.keys import new_task_id, partition_for_key, partition_of
+from engine.pii_vault import PiiVault
+from engine.sanitize import Offloader, ResultRef
 from engine.settings import Settings
 from engine.store import StateWord, Store, id_before, translate_errors
 from engine.task import TaskSpec, input_json, validate_task
@@ -79,6 +82,7 @@ class Client:
     def __init__(self, redis: aioredis.Redis, settings: Settings | None = None) -> None:
         self.settings = settings or Settings()
         self.store = Store(redis, self.settings)
+        self.intake = Intake(redis, self.settings)
         self._pending: dict[int, list[_Pending]] = {}
         self._flushers: dict[int, asyncio.Task[None]] = {}
         self._checked: asyncio.Future[None] | None = None
@@ -91,6 +95,7 @@ class Client:
     async def aclose(self) -> None:
         for task in list(self._flushers.values()):
             await task
+        await self.intake.aclose()
         await self.store.redis.aclose()
 
     async def __aenter__(self) -> Client:
@@ -111,11 +116,16 @@ class Client:
         idempotency_key: str | None = None,
         params: dict[str, Any] | None = None,
         deadline_s: float | None = None,
+        callback_url: str | None = None,
     ) -> str:
-        """Accept a task and return its id at once. Raises ``InvalidTask`` or ``QueueFull``."""
+        """Accept a task and return its id at once. Raises ``InvalidTask`` (and its kinds
+        ``PiiBlocked``, ``TemplateError``, ``BadCallbackUrl``), ``BudgetExceeded`` or
+        ``QueueFull``. ``callback_url`` is the same as ``params["callback_url"]``."""
         raw: dict[str, Any] = {"kind": kind, "input": input, "priority": priority, "tenant": tenant}
         if idempotency_key is not None:
             raw["idempotency_key"] = idempotency_key
+        if callback_url is not None:
+            params = {**(params or {}), "callback_url": callback_url}
         if params is not None:
             raw["params"] = params
         if deadline_s is not None:
@@ -123,6 +133,10 @@ class Client:
         return await self.submit_spec(validate_task(raw, self.settings))
 
     async def submit_spec(self, spec: TaskSpec, *, retry_of: str | None = None) -> str:
+        """Submit a validated task (see ``submit`` and ``engine.intake`` for what happens
+        to it first)."""
+        admitted = await self.intake.admit(spec, resubmit=retry_of is not None)
+        spec = admitted.spec
         if self._checked is None:  # once per client: never write to partitions no worker reads
             self._checked = asyncio.ensure_future(self.store.check_partitions())
         try:
@@ -164,6 +178,9 @@ class Client:
             spec.idempotency_key or "",
             orjson.dumps(record).decode(),
             requested.model_dump_json(),
+            admitted.pii_mapping,
+            str(self.intake.pii_ttl_s(deadline_ms)) if admitted.pii_mapping else "",
+            admitted.callback_url,
         )
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._pending.setdefault(partition, []).append(_Pending(item, future, spec.priority))
@@ -206,8 +223,11 @@ class Client:
             raise InvalidTask("task_id", "not a task id")
         return partition_of(task_id, self.settings.partitions)
 
-    async def get(self, task_id: str) -> TaskView:
-        """The task's current state, with its terminal event once it has one."""
+    async def get(self, task_id: str, *, for_caller: bool = True) -> TaskView:
+        """The task's current state, with its terminal event once it has one. ``for_caller``:
+        a result stored out of line is loaded into ``result.text``, and PII placeholders are
+        restored from the task's vault (when its tenant's policy allowed keeping a mapping).
+        The stored event itself never holds the original values."""
         partition = self._partition(task_id)
         found = await self.store.state(partition, task_id)
         if found is None:
@@ -219,6 +239,8 @@ class Client:
             entry = await self.store.event_at(partition, word.ref)
             if entry is not None:
                 terminal = mapper.decode(*entry)
+                if for_caller and isinstance(terminal, TaskSucceeded):
+                    terminal = await self.for_caller(terminal)
         return TaskView(
             task_id=task_id,
             status=STATUS_OF_CODE[word.code],
@@ -230,6 +252,24 @@ class Client:
             deadline_ms=record.get("deadline", 0),
             terminal=terminal,
         )
+
+    async def for_caller(self, event: TaskSucceeded) -> TaskSucceeded:
+        """``event`` as its caller may see it: the out-of-line text loaded, PII restored."""
+        result = event.data.result
+        text = result.text
+        if result.ref is not None:
+            ref = ResultRef(result.ref.key, result.ref.size, result.ref.sha256)
+            text = await Offloader(self.store.redis).load(ref)
+        if text is not None and pii.has_placeholders(text):
+            partition = self._partition(event.task_id)
+            mapping = await PiiVault(self.store.redis).get(
+                self.store.keys(partition).tag, event.task_id
+            )
+            text = pii.restore(text, mapping)
+        if text == result.text:
+            return event
+        data = event.data.model_copy(update={"result": result.model_copy(update={"text": text})})
+        return event.model_copy(update={"data": data})
 
     async def cancel(self, task_id: str, *, tenant: str = "") -> Status:
         """Cancel the task unless it already ended; returns its status afterwards."""

@@ -58,9 +58,19 @@ class ImageInfo(_Strict):
     description: str | None = None
 
 
+class ResultRefInfo(_Strict):
+    """Where a large result text lives (``engine.sanitize.Offloader``); ``text`` is then None."""
+
+    key: str
+    size: int
+    sha256: str
+
+
 class ResultInfo(_Strict):
     text: str | None = None
     images: list[ImageInfo] = Field(default_factory=list)
+    ref: ResultRefInfo | None = None  # the text was stored out of line (over the offload size)
+    truncated: bool = False  # the text was cut at AIIS_MAX_RESULT_BYTES
 
 
 # --- data of each event type -------------------------------------------------------------
@@ -129,6 +139,40 @@ class TaskCancelledData(_Strict):
     stage: Literal["queued", "retry_scheduled", "running"]
 
 
+# --- operational events: written to the ops stream ``<ns>:ops`` by ``aiis ops`` and the
+# workers, never to a task's partition log (so a task's terminal event stays its last one) ---
+
+
+class AlertRaisedData(_Strict):
+    alert_id: str  # "<rule>:<subject>", the same on the AlertResolved that ends it
+    rule: str
+    subject: str
+    severity: Literal["warning", "critical"]
+    message: str
+    value: float
+    threshold: float
+
+
+class AlertResolvedData(_Strict):
+    alert_id: str
+    rule: str
+    subject: str
+    value: float
+
+
+class WebhookAttemptedData(_Strict):
+    delivery_id: str
+    url: str  # without query and fragment
+    attempt: int
+    outcome: Literal["delivered", "retrying", "failed", "rejected"]
+    status: int | None = None
+    error: str | None = None
+    duration_ms: int
+    next_delay_s: float | None = None
+    event_type: str  # the terminal event delivered
+    event_id: str
+
+
 # --- envelopes ---------------------------------------------------------------------------
 
 
@@ -185,6 +229,24 @@ class TaskCancelled(_Envelope):
     data: TaskCancelledData
 
 
+class AlertRaised(_Envelope):
+    type: Literal["AlertRaised"] = "AlertRaised"
+    data: AlertRaisedData
+
+
+class AlertResolved(_Envelope):
+    type: Literal["AlertResolved"] = "AlertResolved"
+    data: AlertResolvedData
+
+
+class WebhookAttempted(_Envelope):
+    type: Literal["WebhookAttempted"] = "WebhookAttempted"
+    data: WebhookAttemptedData
+
+
+OPS_EVENTS = frozenset({"AlertRaised", "AlertResolved", "WebhookAttempted"})
+OpsEvent = Annotated[AlertRaised | AlertResolved | WebhookAttempted, Field(discriminator="type")]
+
 Event = Annotated[
     TaskRequested
     | TaskStarted
@@ -210,5 +272,8 @@ EVENT_TYPES: dict[str, type[_Envelope]] = {
         TaskFailed,
         TaskDeadLettered,
         TaskCancelled,
+        AlertRaised,
+        AlertResolved,
+        WebhookAttempted,
     )
 }

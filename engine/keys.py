@@ -94,6 +94,16 @@ class PartitionKeys:
         return f"{self.tag}:done"
 
     @property
+    def callbacks(self) -> str:
+        """Hash task id -> callback URL, until ``aiis ops`` has delivered the terminal event."""
+        return f"{self.tag}:cb"
+
+    def pii(self, task_id: str) -> str:
+        """A task's PII restore mapping (JSON, with a TTL); never in an event
+        (``engine.pii_vault``; submit.lua builds the same name from the tag)."""
+        return f"{self.tag}:pii:{task_id}"
+
+    @property
     def script_keys(self) -> list[str]:
         return [
             self.log,
@@ -106,6 +116,7 @@ class PartitionKeys:
             self.idem,
             self.dlq,
             self.done,
+            self.callbacks,
         ]
 
 
@@ -125,3 +136,18 @@ def autoscale_key(namespace: str, pool: str) -> str:
 
 def autoscale_pattern(namespace: str) -> str:
     return f"{namespace}:autoscale:*"
+
+
+def config_key(namespace: str) -> str:
+    """Hash of live configuration documents (``aiis config set``): pii_policy, budgets."""
+    return f"{namespace}:config"
+
+
+def ops_key(namespace: str) -> str:
+    """Stream of operational events: ``AlertRaised``, ``AlertResolved``, ``WebhookAttempted``."""
+    return f"{namespace}:ops"
+
+
+def ops_checkpoint_key(namespace: str) -> str:
+    """Hash partition -> last log id ``aiis ops`` has handled."""
+    return f"{namespace}:ops:checkpoint"

@@ -452,6 +452,11 @@ def redact(text: str) -> Redaction:
     return Redaction(out, dict(r.mapping), frozenset(r.found))
 
 
+def has_placeholders(text: str) -> bool:
+    """True when ``text`` holds something shaped like a placeholder (cheap pre-check)."""
+    return "<" in text and _PLACEHOLDER.search(text) is not None
+
+
 def restore(text: str, mapping: Mapping[str, str]) -> str:
     """Put the original values back in place of their placeholders (one pass: restored values
     are never rescanned)."""

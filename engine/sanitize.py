@@ -14,6 +14,7 @@ atomic script as the event.
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -32,8 +33,18 @@ _INVISIBLE = frozenset(
 )
 
 
+# any character clean_text would drop or change; text without one (and already NFC) is
+# returned as is, so the common case costs one C-level scan instead of a Python loop
+_SUSPECT = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u00ad\u200b-\u200d\u202a-\u202e\u2060\u2066-\u2069"
+    "\ufeff\ud800-\udfff\ue000-\uf8ff\U000f0000-\U0010ffff]"
+)
+
+
 def clean_text(text: str) -> str:
     """NFC-normalised ``text`` without control, bidi-override or zero-width characters."""
+    if _SUSPECT.search(text) is None and unicodedata.is_normalized("NFC", text):
+        return text
     text = text.replace("\r\n", "\n")
     out = []
     for ch in text:

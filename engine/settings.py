@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -53,3 +53,39 @@ class Settings(BaseSettings):
     # gateway
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(8765, ge=0, le=65535)
+
+    # security and operations (docs/security.md). JSON documents; a bad one is a clear error
+    # at start, and `aiis config set` refuses it (running components keep the last good one)
+    pii_policy: str = Field("", max_length=100_000)  # "redact" | {"default":…,"tenants":{…}}
+    budgets: str = Field("", max_length=100_000)  # {"default_usd": 50, "tenants": {"acme": 5}}
+    config_refresh_s: float = Field(5.0, gt=0, le=3600)  # re-read `aiis config set` values
+    max_request_bytes: int = Field(1_000_000, ge=1024, le=64_000_000)  # prompt, UTF-8
+    max_result_bytes: int = Field(4_000_000, ge=1024, le=256_000_000)  # longer: truncated
+    result_offload_bytes: int = Field(64 * 1024, ge=256, le=64_000_000)  # larger: out of line
+
+    # result cache (off unless enabled; a task opts out with params {"cache": false})
+    cache: bool = False
+    cache_ttl_s: float = Field(3600.0, gt=0, le=30 * 86400)
+    cache_max_entries: int = Field(100_000, ge=16, le=100_000_000)
+
+    # task webhooks (params {"callback_url": …}); the secret signs every delivery
+    webhook_secret: SecretStr | None = None
+    webhook_allow_private: bool = False  # RFC 1918 / ULA callback hosts
+    webhook_allow_loopback: bool = False  # tests and single-host setups only
+    webhook_max_attempts: int = Field(6, ge=1, le=20)
+    webhook_base_delay_s: float = Field(1.0, gt=0, le=600)
+    webhook_concurrency: int = Field(64, ge=1, le=10_000)
+
+    # `aiis ops`: budgets' spend, alerts, webhooks
+    ops_tick_s: float = Field(1.0, gt=0, le=600)
+    ops_stream_max_len: int = Field(100_000, ge=100, le=100_000_000)
+    alert_webhook_url: str | None = None
+    alert_backlog: int = Field(10_000, ge=1)  # queue depth (one priority) …
+    alert_backlog_s: float = Field(60.0, ge=0, le=86_400)  # … held this long
+    alert_error_rate_pct: float = Field(20.0, gt=0, le=100)
+    alert_error_clear_pct: float = Field(10.0, ge=0, le=100)
+    alert_error_window_s: float = Field(300.0, gt=0, le=86_400)
+    alert_error_min_calls: int = Field(20, ge=1, le=1_000_000)
+
+    # audit log stream bound (entries)
+    audit_max_len: int = Field(1_000_000, ge=1000, le=100_000_000)

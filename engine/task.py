@@ -23,7 +23,7 @@ class TaskSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     kind: Literal["text", "chat", "image"] = "text"
-    input: str | list[ChatMessageIn]
+    input: str | list[ChatMessageIn] = ""  # may stay empty when params.template renders it
     priority: Literal["high", "normal", "low"] = "normal"
     tenant: str = Field("default", pattern=TENANT_PATTERN)
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
@@ -53,7 +53,7 @@ def validate_task(raw: dict[str, Any], settings: Settings) -> TaskSpec:
     else:
         if not isinstance(spec.input, str):
             raise InvalidTask("input", f"{spec.kind} input must be a prompt string")
-        if not spec.input.strip():
+        if not spec.input.strip() and "template" not in spec.params:
             raise InvalidTask("input", "prompt is empty")
         size = len(spec.input)
     if size > settings.max_prompt_chars:

@@ -1,6 +1,6 @@
 -- Shared prelude, prepended to every engine script.
 -- KEYS (engine/keys.py PartitionKeys.script_keys): log, q:high, q:normal, q:low, delayed,
---   state, task, idem, dlq, done.
+--   state, task, idem, dlq, done, cb (task id -> callback URL).
 -- ARGV[1..4] (every script): now_ms, consumer, max_deliveries, dlq_maxlen; then script args.
 --
 -- State word (hash `state`, field = task id): code|attempt|tenant|priority|ref|requested_id
@@ -9,8 +9,10 @@
 --   ref: the queue entry id the task owns (Q, R), the terminal event id (S F X C), '' (D).
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
-local K_LOG, K_DELAYED, K_STATE, K_TASK, K_IDEM, K_DLQ, K_DONE =
-  KEYS[1], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10]
+local K_LOG, K_DELAYED, K_STATE, K_TASK, K_IDEM, K_DLQ, K_DONE, K_CB =
+  KEYS[1], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
+-- '<ns>:{pN}': per-task keys built from it share the partition's hash tag (one slot)
+local K_TAG = string.sub(K_LOG, 1, -5)
 local QUEUE = {high = KEYS[2], normal = KEYS[3], low = KEYS[4]}
 local GROUP = 'workers'
 local NOW = ARGV[1]

@@ -15,6 +15,7 @@ for i, rec in ipairs(recs) do
 end
 redis.call('HDEL', K_STATE, unpack(old))
 redis.call('HDEL', K_TASK, unpack(old))
+redis.call('HDEL', K_CB, unpack(old))  -- callbacks `aiis ops` never delivered
 if #idem > 0 then redis.call('HDEL', K_IDEM, unpack(idem)) end
 redis.call('ZREM', K_DONE, unpack(old))
 return #old
