@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
 import logging
 import signal
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from engine.audit import AuditLog
 from engine.client import Client
 from engine.connection import connect
 from engine.embedded import discover_url
@@ -36,7 +38,9 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
-def make_processor(settings: Settings, redis: aioredis.Redis) -> TaskProcessor:
+def make_processor(
+    settings: Settings, redis: aioredis.Redis, on_key_alert: Callable[[Any], None] | None = None
+) -> TaskProcessor:
     """The provider processor the worker calls, as ``AIIS_PROVIDER`` says."""
     if settings.provider == "echo":
         return EchoProvider()
@@ -44,6 +48,7 @@ def make_processor(settings: Settings, redis: aioredis.Redis) -> TaskProcessor:
         return ScriptedProvider()
     from providers.config import ProviderSettings  # noqa: PLC0415 - httpx only when used
     from providers.factory import build_processor  # noqa: PLC0415
+    from providers.keyring import SecretsError  # noqa: PLC0415
 
     try:
         provider_settings = ProviderSettings()
@@ -57,7 +62,16 @@ def make_processor(settings: Settings, redis: aioredis.Redis) -> TaskProcessor:
             "UNSPLASH_ACCESS_KEY, PEXELS_API_KEY) and no AIIS_SANDBOX_URL; `aiis serve` starts "
             "a sandbox by itself, or set AIIS_PROVIDER=echo"
         )
-    return build_processor(redis, provider_settings, settings.sandbox_url, on_circuit=_log_circuit)
+    try:
+        return build_processor(
+            redis,
+            provider_settings,
+            sandbox_url,
+            on_circuit=_log_circuit,
+            on_key_alert=on_key_alert,
+        )
+    except SecretsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _log_circuit(provider: str, transition: str, info: Mapping[str, Any]) -> None:
@@ -73,17 +87,103 @@ async def run_worker(settings: Settings, concurrency: int | None) -> None:
     try:
         await client.ping()
         await client.store.prepare()  # the deployment's partition count, consumer groups
-        processor = make_processor(settings, client.store.redis)
+        keys = _KeyEvents(client, settings)
+        processor = make_processor(settings, client.store.redis, keys.alert)
     except BaseException:
         await client.aclose()
         raise
     worker = Worker(client.store, processor, concurrency=concurrency)
+    keys.who = f"worker:{worker.consumer}"
     loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def stop_all() -> None:
+        stop.set()
+        worker.stop()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, worker.stop)
+        loop.add_signal_handler(sig, stop_all)
+    background = keys.start(getattr(processor, "keyring", None), stop)
     try:
         await worker.run()
     finally:
+        stop.set()
+        await asyncio.gather(*background, *keys.pending, return_exceptions=True)
         with contextlib.suppress(Exception):
             await processor.aclose()
         await client.aclose()
+
+
+class _KeyEvents:
+    """A worker's key events: rotation alerts to the ops stream, reloads (SIGHUP, secrets
+    file changes) to the audit log, scheduled round-robin."""
+
+    def __init__(self, client: Client, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self.who = f"worker:{getpass.getuser()}"
+        self.pending: set[asyncio.Task[Any]] = set()
+        self._reload_failed = False
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.ensure_future(coro)
+        self.pending.add(task)
+        task.add_done_callback(self.pending.discard)
+
+    def alert(self, alert: Any) -> None:
+        """A ``providers.keyring.KeyAlert`` as an ``AlertRaised`` event (key ids only)."""
+        from engine.ops import append_ops  # noqa: PLC0415
+
+        subject = alert.provider or "secrets"
+        data = {
+            "alert_id": f"{alert.kind}:{subject}",
+            "rule": alert.kind,
+            "subject": subject,
+            "severity": "warning" if alert.kind == "key_rejected" else "critical",
+            "message": alert.message,
+            "value": float(len(alert.key_ids)),
+            "threshold": 1.0,
+        }
+        if alert.kind == "secrets_reload_failed":
+            self._reload_failed = True
+        self._spawn(append_ops(self.client.store.redis, self.settings, "AlertRaised", data))
+
+    def reloaded(self, ok: bool) -> None:
+        from engine.ops import append_ops  # noqa: PLC0415
+
+        audit = AuditLog(self.client.store.redis, self.settings.namespace)
+        self._spawn(
+            audit.record(
+                "key_reload", tenant="*", token_id=self.who, outcome="ok" if ok else "error"
+            )
+        )
+        if ok and self._reload_failed:
+            self._reload_failed = False
+            data = {
+                "alert_id": "secrets_reload_failed:secrets",
+                "rule": "secrets_reload_failed",
+                "subject": "secrets",
+                "value": 0.0,
+            }
+            redis = self.client.store.redis
+            self._spawn(append_ops(redis, self.settings, "AlertResolved", data))
+
+    def start(self, keyring: Any, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+        """Reload on SIGHUP and on secrets file changes; rotate on a schedule."""
+        if keyring is None:
+            return []
+        from providers.config import ProviderSettings  # noqa: PLC0415
+
+        keyring.on_reload = self.reloaded
+        keyring.install_sighup()
+        provider_settings = ProviderSettings()
+        tasks = []
+        if provider_settings.secrets_dir is not None:
+            tasks.append(
+                asyncio.create_task(keyring.watch_files(provider_settings.secrets_dir, stop))
+            )
+        if provider_settings.key_rotate_s > 0:
+            tasks.append(
+                asyncio.create_task(keyring.rotate_every(provider_settings.key_rotate_s, stop))
+            )
+        return tasks

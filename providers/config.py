@@ -6,6 +6,7 @@ Keys are ``SecretStr`` (their repr is ``'**********'``); everything else has a b
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -15,6 +16,10 @@ ProviderName = Literal["gemini", "openai", "anthropic", "unsplash", "pexels"]
 PROVIDERS: tuple[ProviderName, ...] = ("gemini", "openai", "anthropic", "unsplash", "pexels")
 TEXT_PROVIDERS = frozenset({"gemini", "openai", "anthropic"})
 IMAGE_PROVIDERS = frozenset({"unsplash", "pexels"})
+# a provider's file in the secrets directory (AIIS_SECRETS_DIR), one key per line
+SECRET_FILES: dict[str, str] = {
+    p: "unsplash_access_key" if p == "unsplash" else f"{p}_api_key" for p in PROVIDERS
+}
 
 Chain = Annotated[tuple[str, ...], NoDecode]
 
@@ -99,6 +104,12 @@ class ProviderSettings(BaseSettings):
 
     redis_prefix: str = Field("aiis", min_length=1, validation_alias="AIIS_PROVIDERS_PREFIX")
 
+    # keys (providers/keyring.py): a secrets directory whose files replace the variables,
+    # scheduled round-robin (0 = only on rejection), how long a rejected key is skipped
+    secrets_dir: Path | None = Field(None, validation_alias="AIIS_SECRETS_DIR")
+    key_rotate_s: float = Field(0.0, ge=0, le=86_400 * 30, validation_alias="AIIS_KEY_ROTATE_S")
+    key_bad_for_s: float = Field(3600.0, gt=0, le=86_400 * 7, validation_alias="AIIS_KEY_BAD_FOR_S")
+
     @field_validator("text_chain", "chat_chain", "image_chain", mode="before")
     @classmethod
     def _split_chain(cls, value: Any) -> Any:
@@ -132,8 +143,12 @@ class ProviderSettings(BaseSettings):
         )
 
     def has_any_key(self) -> bool:
-        """True when at least one provider has a key (else the service runs on the sandbox)."""
-        return any(self.provider(p).api_key is not None for p in PROVIDERS)
+        """True when at least one provider has a key, in a variable or a secrets file (else
+        the service runs on the sandbox)."""
+        if any(self.provider(p).api_key is not None for p in PROVIDERS):
+            return True
+        d = self.secrets_dir
+        return d is not None and any((d / f).is_file() for f in SECRET_FILES.values())
 
 
 def _check_chain(value: tuple[str, ...], allowed: frozenset[str]) -> tuple[str, ...]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import httpx
 import redis.asyncio as aioredis
@@ -15,6 +15,7 @@ from providers.adapters.images import PexelsAdapter, UnsplashAdapter
 from providers.adapters.openai import OpenAIAdapter
 from providers.breaker import BreakerPolicy, Breakers, TransitionHook
 from providers.config import PROVIDERS, ProviderSettings
+from providers.keyring import KeyAlert, Keyring, default_loader, wrap_adapters
 from providers.pricing import PriceTable
 from providers.ratelimit import Limit, RateLimiter
 from providers.router import Adapter, Router
@@ -61,14 +62,24 @@ def build_router(
     transport: httpx.AsyncBaseTransport | None = None,
     on_circuit: TransitionHook | None = None,
     prices: PriceTable | None = None,
+    on_key_alert: Callable[[KeyAlert], None] | None = None,
 ) -> Router:
     """Adapters for every provider with a key; breakers and limits shared through ``redis``
-    (None: no breaker, no shared limit — for single-process tools only)."""
+    (None: no breaker, no shared limit — for single-process tools only). Keys come from a
+    ``Keyring`` (the variables, overridden by ``AIIS_SECRETS_DIR`` files; several keys per
+    provider, rotated on rejection); it is ``router.keyring``. A malformed secrets file raises
+    ``SecretsError`` here, at start."""
+    keyring = Keyring(
+        default_loader(settings.secrets_dir, lambda: settings),
+        on_alert=on_key_alert,
+        bad_for_s=settings.key_bad_for_s,
+    )
+    with_keys = set(keyring.providers())
     adapters: dict[str, Adapter] = {}
     limits = {}
     for name, cls in ADAPTERS.items():
         config = settings.provider(name)
-        if config.api_key is None:
+        if config.api_key is None and name not in with_keys:
             continue
         adapters[name] = cls(config, settings, transport)
         limits[name] = Limit(config.rpm, config.tpm, settings.rate_burst_fraction)
@@ -84,14 +95,16 @@ def build_router(
         "chat": settings.chat_chain,
         "image": settings.image_chain,
     }
-    return Router(
-        adapters,
+    router = Router(
+        wrap_adapters(adapters, keyring),
         chains,
         breakers=breakers,
         limiter=limiter,
         prices=prices,
         max_rate_wait_s=settings.rate_max_wait_s,
     )
+    router.keyring = keyring
+    return router
 
 
 def build_processor(
@@ -101,6 +114,7 @@ def build_processor(
     *,
     on_circuit: TransitionHook | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
+    on_key_alert: Callable[[KeyAlert], None] | None = None,
 ) -> Router:
     """The TaskProcessor the worker calls. With ``sandbox_url`` every provider points at that
     sandbox (keys default to sandbox keys); ``on_circuit(provider, "opened"|"closed", info)``
@@ -108,4 +122,6 @@ def build_processor(
     settings = settings or ProviderSettings()
     if sandbox_url is not None:
         settings = sandbox_settings(sandbox_url, settings)
-    return build_router(redis, settings, transport=transport, on_circuit=on_circuit)
+    return build_router(
+        redis, settings, transport=transport, on_circuit=on_circuit, on_key_alert=on_key_alert
+    )

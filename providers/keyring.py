@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
 import hashlib
 import logging
 import signal
@@ -29,8 +28,8 @@ from typing import Literal, TypeVar
 
 from pydantic import SecretStr
 
-from providers.adapters.base import Reply
-from providers.config import PROVIDERS, ProviderSettings
+from providers.adapters.base import KEY_IN_USE, Reply
+from providers.config import PROVIDERS, SECRET_FILES, ProviderSettings
 from providers.errors import AuthFailed, ProviderError
 from providers.router import Adapter
 from providers.types import ProgressSink, ProviderRequest
@@ -39,12 +38,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-KEY_IN_USE: contextvars.ContextVar[SecretStr | None] = contextvars.ContextVar(
-    "aiis_key_in_use", default=None
-)
-SECRET_FILES: dict[str, str] = {
-    p: "unsplash_access_key" if p == "unsplash" else f"{p}_api_key" for p in PROVIDERS
-}
 MAX_KEYS_PER_PROVIDER = 32
 MAX_SECRET_FILE_BYTES = 64 * 1024
 
@@ -185,6 +178,8 @@ class Keyring:
         self.bad_for_s = bad_for_s
         self._clock = clock
         self._rings: dict[str, _Ring] = {}
+        # called after every reload but the first, with whether the new keys are in use
+        self.on_reload: Callable[[bool], None] | None = None
         self.reload(initial=True)
 
     # --- loading -------------------------------------------------------------------------
@@ -199,6 +194,8 @@ class Keyring:
                 raise
             log.error("key reload failed, keeping the last good keys: %s", exc)
             self._alert("secrets_reload_failed", None, (), str(exc))
+            if self.on_reload is not None:
+                self.on_reload(False)
             return False
         rings: dict[str, _Ring] = {}
         for provider, secrets in sets.items():
@@ -216,6 +213,8 @@ class Keyring:
             rings[provider] = ring
         self._rings = rings
         log.info("keys loaded: %s", {p: len(r.keys) for p, r in rings.items()})
+        if not initial and self.on_reload is not None:
+            self.on_reload(True)
         return True
 
     def providers(self) -> list[str]:

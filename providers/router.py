@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from providers.adapters.base import Reply
 from providers.breaker import Breakers
@@ -22,6 +22,9 @@ from providers.errors import InvalidRequest, ProviderError, RateLimited
 from providers.pricing import PriceTable
 from providers.ratelimit import RateLimiter, estimate_tokens
 from providers.types import Kind, ProgressSink, ProviderRequest, ProviderResult
+
+if TYPE_CHECKING:
+    from providers.keyring import Keyring
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +108,7 @@ class Router:
         self.limiter = limiter
         self.prices = prices or PriceTable.load()
         self.max_rate_wait_s = max_rate_wait_s
+        self.keyring: Keyring | None = None  # set by providers.factory (key rotation)
 
     def plan(self, request: ProviderRequest) -> list[tuple[str, str | None]]:
         """The (provider, model) pairs to try, in order; a pinned provider or model is alone."""

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import httpx
+from pydantic import SecretStr
 
 from providers.config import ProviderConfig, ProviderSettings
 from providers.errors import NetworkError, ProviderError, ProviderTimeout
@@ -18,6 +20,11 @@ from providers.types import ChatMessage, ProgressSink, ProviderRequest, Provider
 from providers.wire import ClientPool, redact, remaining, transport_error
 
 T = TypeVar("T")
+
+# the key of the current call, set by ``providers.keyring`` (rotation); else the config's key
+KEY_IN_USE: contextvars.ContextVar[SecretStr | None] = contextvars.ContextVar(
+    "aiis_key_in_use", default=None
+)
 
 FINISH_STOP, FINISH_LENGTH, FINISH_FILTER = "stop", "length", "content_filter"
 
@@ -52,7 +59,7 @@ class HttpAdapter:
         return self.config.model
 
     def _key(self) -> str:
-        key = self.config.api_key
+        key = KEY_IN_USE.get() or self.config.api_key
         return key.get_secret_value() if key is not None else ""
 
     def _clean(self, text: str) -> str:

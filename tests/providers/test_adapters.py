@@ -33,6 +33,7 @@ def text_request(prompt: str, stream: bool = True, **params: object) -> Provider
 
 def adapter(router: Router, name: str) -> HttpAdapter:
     found = router.adapters[name]
+    found = getattr(found, "inner", found)  # unwrap the keyring's RotatingAdapter
     assert isinstance(found, HttpAdapter)
     return found
 

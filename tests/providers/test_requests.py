@@ -59,7 +59,7 @@ async def capture(provider: str, request: ProviderRequest) -> httpx.Request:
         None, make_settings("https://api.example.test"), transport=httpx.MockTransport(handler)
     )
     try:
-        adapter = router.adapters[provider]
+        adapter = getattr(router.adapters[provider], "inner", router.adapters[provider])
         assert isinstance(adapter, HttpAdapter)
         reply = await adapter.call(request, adapter.default_model, RecordingSink())
         assert reply.result.text == "ok"
