@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import getpass
 import os
 import socket
 import sys
@@ -17,11 +18,12 @@ import orjson
 import redis
 
 from engine import dlq as dead_letters
+from engine.audit import Action, AuditLog, audit_command
 from engine.autoscale import Autoscaler, ScalePolicy, parse_range
 from engine.client import Client
 from engine.connection import connect
 from engine.embedded import EmbeddedRedis, free_port
-from engine.errors import ConfigError
+from engine.errors import ConfigError, EngineError
 from engine.events import (
     TERMINAL_EVENTS,
     Event,
@@ -39,6 +41,35 @@ from engine.supervisor import Child, Pool, Supervisor
 
 def _client(settings: Settings) -> Client:
     return Client(connect(redis_url(settings), cluster=settings.redis_cluster), settings)
+
+
+def cli_identity() -> str:
+    """Who acts in audit records written by the CLI (there is no token: the OS user)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return f"cli:uid{os.getuid()}"
+
+
+async def _audit(
+    client: Client,
+    action: Action,
+    tenant: str = "*",
+    target: str | None = None,
+    outcome: str = "ok",
+    **detail: object,
+) -> None:
+    log = AuditLog(
+        client.store.redis, client.settings.namespace, max_len=client.settings.audit_max_len
+    )
+    await log.record(
+        action,
+        tenant=tenant,
+        token_id=cli_identity(),
+        target=target,
+        outcome="ok" if outcome == "ok" else "error",
+        detail=detail,
+    )
 
 
 async def _check_redis(url: str, settings: Settings) -> None:
@@ -213,15 +244,15 @@ class _Printer:
 
 async def submit(settings: Settings, args: argparse.Namespace) -> int:
     async with _client(settings) as client:
-        task_id = await client.submit(
-            args.prompt if args.kind != "chat" else [{"role": "user", "content": args.prompt}],
-            kind=args.kind,
-            priority=args.priority,
-            tenant=args.tenant,
-            idempotency_key=args.idempotency_key,
-            params=dict(args.param) or None,
-            deadline_s=args.deadline,
-        )
+        try:
+            task_id = await _submit(client, args)
+        except EngineError as exc:
+            with contextlib.suppress(EngineError):  # e.g. Redis is down: report the cause
+                await _audit(
+                    client, Action.SUBMIT, args.tenant, None, "error", error=type(exc).__name__
+                )
+            raise
+        await _audit(client, Action.SUBMIT, args.tenant, task_id, kind=args.kind)
         print(task_id, flush=True)
         if not args.wait:
             return 0
@@ -234,6 +265,18 @@ async def submit(settings: Settings, args: argparse.Namespace) -> int:
         return status
 
 
+async def _submit(client: Client, args: argparse.Namespace) -> str:
+    return await client.submit(
+        args.prompt if args.kind != "chat" else [{"role": "user", "content": args.prompt}],
+        kind=args.kind,
+        priority=args.priority,
+        tenant=args.tenant,
+        idempotency_key=args.idempotency_key,
+        params=dict(args.param) or None,
+        deadline_s=args.deadline,
+    )
+
+
 async def get(settings: Settings, task_id: str) -> int:
     async with _client(settings) as client:
         view = await client.get(task_id)
@@ -244,6 +287,7 @@ async def get(settings: Settings, task_id: str) -> int:
 async def cancel(settings: Settings, task_id: str) -> int:
     async with _client(settings) as client:
         status = await client.cancel(task_id)
+        await _audit(client, Action.CANCEL, target=task_id, status=status.value)
         print(status.value)
     return 0
 
@@ -260,7 +304,71 @@ async def dlq(settings: Settings, args: argparse.Namespace) -> int:
                     f"tenant {d.tenant}  {d.error[:100]}"
                 )
         elif args.dlq_command == "retry":
-            print(await dead_letters.retry(client, args.task_id))
+            new_id = await dead_letters.retry(client, args.task_id)
+            await _audit(client, Action.DLQ_RETRY, target=args.task_id, new_task=new_id)
+            print(new_id)
         else:
-            print(f"purged {await dead_letters.purge(client)} dead letters")
+            purged = await dead_letters.purge(client)
+            await _audit(client, Action.DLQ_PURGE, purged=purged)
+            print(f"purged {purged} dead letters")
+    return 0
+
+
+def ops(settings: Settings) -> int:
+    """``aiis ops`` until SIGTERM/SIGINT."""
+    from engine.ops import run_ops  # noqa: PLC0415 - httpx only when used
+
+    asyncio.run(run_ops(settings, redis_url(settings)))
+    return 0
+
+
+def audit(settings: Settings, args: argparse.Namespace) -> int:
+    return audit_command(args, settings.model_copy(update={"redis_url": redis_url(settings)}))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _value(text: str) -> str:
+    if text.startswith("@"):
+        try:
+            return Path(text[1:]).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read {text[1:]}: {exc.strerror}") from None
+    return text
+
+
+async def config(settings: Settings, args: argparse.Namespace) -> int:
+    from engine.keys import config_key  # noqa: PLC0415
+    from engine.policy import set_config  # noqa: PLC0415
+
+    async with _client(settings) as client:
+        redis = client.store.redis
+        if args.config_command == "show":
+            stored = await redis.hgetall(config_key(settings.namespace))
+            for name, value in sorted(stored.items()):
+                print(f"{_text(name)}: {_text(value)}")
+            return 0
+        try:
+            await set_config(redis, settings.namespace, args.name, _value(args.value))
+        except ConfigError as exc:
+            await _audit(client, Action.CONFIG_CHANGE, target=args.name, outcome="error")
+            raise ConfigError(f"{exc}; the current {args.name} stays in use") from None
+        await _audit(client, Action.CONFIG_CHANGE, target=args.name)
+        print(f"{args.name} updated; components pick it up within {settings.config_refresh_s} s")
+    return 0
+
+
+async def template(settings: Settings, args: argparse.Namespace) -> int:
+    async with _client(settings) as client:
+        store = client.intake.templates
+        if args.template_command == "show":
+            t = await store.get(args.name, args.version)
+            print(f"# {t.name} v{t.version}, variables: {', '.join(sorted(t.variables)) or '-'}")
+            print(t.body)
+            return 0
+        version = await store.register(args.name, _value(args.body))
+        await _audit(client, Action.CONFIG_CHANGE, target=f"template:{args.name}", version=version)
+        print(f"{args.name} v{version}")
     return 0

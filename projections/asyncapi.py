@@ -16,12 +16,13 @@ import orjson
 from faststream.redis import RedisBroker
 from faststream.specification import AsyncAPI
 
-from engine.events import EVENT_TYPES
+from engine.events import EVENT_TYPES, OPS_EVENTS
 from engine.mapper import CURRENT_VERSION
 
 TITLE = "ai-integration-service events"
 VERSION = "1"
 LOG = "aiis:{p0}:log"
+OPS = "aiis:ops"
 
 _DOCS = {
     "TaskRequested": "A producer submitted a task; it is queued at its priority.",
@@ -38,6 +39,12 @@ _DOCS = {
     "TaskDeadLettered": "Terminal: retries or deliveries exhausted, malformed, or past its "
     "deadline; a copy is in the dead-letter stream.",
     "TaskCancelled": "Terminal: cancelled at ``stage``.",
+    "AlertRaised": "Ops stream (<namespace>:ops, not a task log): an alert rule fired "
+    "(queue_backlog, provider_error_rate, cost_over_budget, circuit_open, "
+    "provider_keys_exhausted, secrets_reload_failed).",
+    "AlertResolved": "Ops stream: the alert ``alert_id`` cleared.",
+    "WebhookAttempted": "Ops stream: one delivery attempt of a task's terminal event to its "
+    "callback URL (``task_id`` names the task).",
 }
 
 
@@ -50,7 +57,7 @@ def build() -> dict[str, Any]:
     )
     for name, model in EVENT_TYPES.items():
         broker.publisher(
-            stream=LOG,
+            stream=OPS if name in OPS_EVENTS else LOG,
             title=name,
             description=f"{_DOCS.get(name, name)} Schema version v{CURRENT_VERSION[name]}.",
             schema=model,

@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from engine.audit import Action, AuditLog
+from engine.commands import cli_identity
 from engine.connection import connect
 from engine.runtime import redis_url
 from engine.settings import Settings
@@ -158,6 +160,10 @@ async def _replay(
     with _progress(console, total, "replaying") as advance:
         n = await replay(store, settings.partitions, chosen, root, advance)
     elapsed = time.monotonic() - started
+    audit = AuditLog(redis, settings.namespace, max_len=settings.audit_max_len)
+    await audit.record(
+        Action.REPLAY, tenant="*", token_id=cli_identity(), target=names, detail={"events": n}
+    )
     print(f"replayed {n:,} events into {names} in {elapsed:.1f} s; swapped in")
     return 0
 

@@ -71,7 +71,7 @@ def load(config: ViewConfig, entries: dict[str, Record]) -> CostShard:
 
 
 def evolve(view: CostShard, event: Envelope) -> CostShard:
-    if event["type"] != "TaskSucceeded":
+    if event["type"] != "TaskSucceeded":  # only successes cost; ops events included
         return view
     data = event["data"]
     day = event["ts"] // DAY_MS

@@ -139,6 +139,8 @@ def evolve(view: Shard, event: Envelope) -> Shard:
         _outcome(view, event, event["data"])
     elif etype == "TaskCancelled":
         view.drop("~att:" + event["task_id"])
+    # other types (TaskRequested … and the ops events AlertRaised, AlertResolved,
+    # WebhookAttempted, in OPS_EVENTS) carry no provider outcome: ignored on purpose
     return view
 
 

@@ -12,6 +12,7 @@ Entries:
 
 from __future__ import annotations
 
+from engine.events import OPS_EVENTS
 from projections.view import Envelope, Projection, Record, Shard, ViewConfig
 
 _COUNTER = {"w": "waiting", "d": "delayed", "r": "in_flight"}
@@ -66,8 +67,8 @@ def _counters(view: QueueShard, priority: str) -> dict[str, int]:
 
 def evolve(view: QueueShard, event: Envelope) -> QueueShard:
     etype = event["type"]
-    if etype == "TaskProgress":
-        return view
+    if etype == "TaskProgress" or etype in OPS_EVENTS:
+        return view  # ops events (alerts, webhook attempts) are no task transitions
     live_key = "~live:" + event["task_id"]
     live = view.entries.get(live_key)
     if etype == "TaskRequested":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
+from engine.events import OPS_EVENTS
 from projections.view import Envelope, Projection, Record, Shard, ViewConfig
 
 TERMINAL = {"succeeded", "failed", "dead_lettered", "cancelled"}
@@ -73,6 +74,8 @@ def evolve(view: TaskStateShard, event: Envelope) -> TaskStateShard:
     data = event["data"]
     if etype == "TaskProgress" and data.get("notice") != "fallback":
         return view  # text deltas and other notices do not change the task's record
+    if etype in OPS_EVENTS:
+        return view  # alerts and webhook attempts live in the ops stream, not a task's record
     tid = event["task_id"]
     rec = view.entries.get(tid)
     if rec is None:

@@ -139,4 +139,37 @@ def event_logs(draw: st.DrawFn, max_tasks: int = 10) -> list[Event]:
         cursors[i] += 1
         ts += draw(st.one_of(st.integers(-2_000, 90_000), st.just(86_400_000)))
         out.append((etype, f"task{i}", data, ts))
+        if draw(st.integers(0, 9)) == 0:  # ops events: every view must ignore them
+            out.append(draw(ops_event(f"task{i}", ts)))
     return out
+
+
+@st.composite
+def ops_event(draw: st.DrawFn, task: str, ts: int) -> Event:
+    """An AlertRaised / AlertResolved / WebhookAttempted (the ops stream's events)."""
+    kind = draw(st.sampled_from(["AlertRaised", "AlertResolved", "WebhookAttempted"]))
+    if kind == "AlertRaised":
+        data: dict[str, Any] = {
+            "alert_id": "circuit_open:gemini",
+            "rule": "circuit_open",
+            "subject": "gemini",
+            "severity": "critical",
+            "message": "circuit of gemini opened",
+            "value": 1.0,
+            "threshold": 1.0,
+        }
+        return (kind, "", data, ts)
+    if kind == "AlertResolved":
+        data = {"alert_id": "a:b", "rule": "a", "subject": "b", "value": 0.0}
+        return (kind, "", data, ts)
+    data = {
+        "delivery_id": "d1",
+        "url": "https://example.com/hook",
+        "attempt": 1,
+        "outcome": draw(st.sampled_from(["delivered", "retrying", "failed"])),
+        "status": 200,
+        "duration_ms": 3,
+        "event_type": "TaskSucceeded",
+        "event_id": "1-0",
+    }
+    return (kind, task, data, ts)

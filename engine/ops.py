@@ -1,0 +1,425 @@
+"""``aiis ops``: the operations reader — budgets' spend, alerts and task webhooks.
+
+A catch-up reader over every partition's log with its own checkpoint (``<ns>:ops:checkpoint``;
+like the projections, not a consumer group). Per event:
+
+- ``TaskSucceeded`` with a cost: ``Budgets.add_spend`` (counted once per event id, so a
+  re-read after a crash never charges twice) and a ``Spend`` observation;
+- outcomes and fallback notices: ``ProviderCall`` observations; circuit notices:
+  ``BreakerChanged``;
+- a terminal event of a task with a callback URL (``<tag>:cb``, written by submit.lua): a
+  signed delivery in the background (``engine.webhooks``), each attempt recorded as a
+  ``WebhookAttempted`` event; the URL is forgotten once delivered or given up.
+
+Every ``AIIS_OPS_TICK_S`` it observes queue depths (XLEN) and ticks the rules. Alert
+transitions become ``AlertRaised``/``AlertResolved`` events, log lines and, with
+``AIIS_ALERT_WEBHOOK_URL``, POSTs. Ops events go to the ops stream ``<ns>:ops`` (capped), never
+to a task's log. Alert state lives in memory: after a restart a condition that still holds is
+raised again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import redis.asyncio as aioredis
+
+from engine import mapper
+from engine.alerts import (
+    AlertEngine,
+    AlertNotifier,
+    AlertRecord,
+    AlertResolved,
+    BacklogRule,
+    BreakerChanged,
+    BreakerRule,
+    BudgetRule,
+    ErrorRateRule,
+    Observation,
+    ProviderCall,
+    QueueDepth,
+    Spend,
+    Tick,
+)
+from engine.budget import Budgets
+from engine.client import Client
+from engine.errors import EngineError, RedisUnavailable
+from engine.events import TERMINAL_EVENTS, TaskSucceeded
+from engine.keys import PRIORITIES, ops_checkpoint_key, ops_key
+from engine.settings import Settings
+from engine.store import translate_errors
+from engine.webhooks import (
+    DeliveryAttempt,
+    DeliveryPolicy,
+    Resolver,
+    UrlPolicy,
+    WebhookNotifier,
+    system_resolver,
+)
+
+log = logging.getLogger("aiis.ops")
+READ_COUNT = 500
+MAX_PENDING_DELIVERIES = 10_000
+
+
+async def append_ops(
+    redis: aioredis.Redis,
+    settings: Settings,
+    event_type: str,
+    data: Mapping[str, Any],
+    *,
+    task_id: str = "",
+    tenant: str = "*",
+) -> str:
+    """Append one event to the ops stream (``AlertRaised``, ``AlertResolved``,
+    ``WebhookAttempted``); returns its id."""
+    fields = mapper.entry_fields(event_type, task_id, tenant, int(time.time() * 1000), data)
+    with translate_errors():
+        eid = await redis.xadd(
+            ops_key(settings.namespace),
+            fields,  # type: ignore[arg-type]
+            maxlen=settings.ops_stream_max_len,
+            approximate=True,
+        )
+    return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+
+def alert_data(record: AlertRecord) -> dict[str, Any]:
+    """An alert record as the data of its event (``ts`` is the envelope's)."""
+    return record.model_dump(exclude={"type", "ts"})
+
+
+def rules(settings: Settings, budgets: Mapping[str, float], default_usd: float | None) -> list[Any]:
+    return [
+        BacklogRule(threshold=settings.alert_backlog, for_s=settings.alert_backlog_s),
+        ErrorRateRule(
+            raise_pct=settings.alert_error_rate_pct,
+            clear_pct=min(settings.alert_error_clear_pct, settings.alert_error_rate_pct),
+            window_s=settings.alert_error_window_s,
+            min_calls=settings.alert_error_min_calls,
+        ),
+        BudgetRule(default_usd=default_usd, tenants=dict(budgets)),
+        BreakerRule(),
+    ]
+
+
+class Ops:
+    """The reader; ``run(stop)`` until ``stop`` is set."""
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        http: httpx.AsyncClient | None = None,
+        resolve: Resolver = system_resolver,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        s = self.settings = client.settings
+        self.client = client
+        self.redis = client.store.redis
+        self.live = client.intake.live
+        self.budgets = Budgets(self.redis, s.namespace)
+        self._budget_doc = self.live.budgets
+        self.alerts = AlertEngine(rules(s, self._budget_doc.tenants, self._budget_doc.default_usd))
+        self.http = http or httpx.AsyncClient(follow_redirects=False)
+        self._own_http = http is None
+        self.notifier = (
+            AlertNotifier(self.http, s.alert_webhook_url, sleep=sleep)
+            if s.alert_webhook_url
+            else None
+        )
+        self.webhooks = None
+        if s.webhook_secret is not None:
+            self.webhooks = WebhookNotifier(
+                self.http,
+                s.webhook_secret,
+                policy=DeliveryPolicy(
+                    max_attempts=s.webhook_max_attempts, base_s=s.webhook_base_delay_s
+                ),
+                urls=UrlPolicy(s.webhook_allow_private, s.webhook_allow_loopback),
+                on_attempt=self._record_attempt,
+                resolve=resolve,
+                sleep=sleep,
+            )
+        self._slots = asyncio.Semaphore(s.webhook_concurrency)
+        self._background: set[asyncio.Task[Any]] = set()
+        self._delivering: dict[str, dict[str, Any]] = {}  # task id -> terminal envelope
+        self._totals: dict[tuple[str, str], float] = {}
+        self.cursors: dict[int, str] = {}
+        self.stats = {"events": 0, "alerts": 0, "deliveries": 0, "spend_events": 0}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        await self.load()
+        await self.recover_deliveries()
+        last_tick = 0.0
+        while not stop.is_set():
+            try:
+                if time.monotonic() - last_tick >= self.settings.ops_tick_s:
+                    last_tick = time.monotonic()
+                    await self.tick()
+                block_ms = max(1, int(self.settings.ops_tick_s * 1000))
+                if not await self.step(block_ms):
+                    continue
+            except RedisUnavailable as exc:
+                log.warning("ops: %s; retrying", exc)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+
+    async def aclose(self) -> None:
+        """Wait for deliveries in flight (they are bounded by their attempts)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        if self._own_http:
+            await self.http.aclose()
+
+    async def load(self) -> None:
+        with translate_errors():
+            raw = await self.redis.hgetall(ops_checkpoint_key(self.settings.namespace))
+        saved = {int(k): v.decode() if isinstance(v, bytes) else v for k, v in raw.items()}
+        self.cursors = {p: saved.get(p, "0-0") for p in range(self.settings.partitions)}
+
+    # --- reading the logs ------------------------------------------------------------------
+
+    async def step(self, block_ms: int | None = None) -> int:
+        """Handle the next events of every partition; returns how many."""
+        store = self.client.store
+        streams = {store.keys(p).log: c for p, c in self.cursors.items()}
+        with translate_errors():
+            reply: Any = await self.redis.xread(
+                streams,  # type: ignore[arg-type]
+                count=READ_COUNT,
+                block=block_ms,
+            )
+        n = 0
+        by_key = {store.keys(p).log: p for p in self.cursors}
+        for key, entries in reply or []:
+            name = key.decode() if isinstance(key, bytes) else key
+            partition = by_key[name]
+            await self._handle(partition, entries)
+            self.cursors[partition] = entries[-1][0].decode()
+            n += len(entries)
+        if n:
+            with translate_errors():
+                await self.redis.hset(
+                    ops_checkpoint_key(self.settings.namespace),
+                    mapping={str(p): c for p, c in self.cursors.items()},
+                )
+        return n
+
+    async def _handle(self, partition: int, entries: list[Any]) -> None:
+        terminal: list[dict[str, Any]] = []
+        observations: list[Observation] = []
+        for eid, fields in entries:
+            try:
+                env = mapper.envelope(eid, fields)
+            except EngineError as exc:
+                log.warning("ops: skipping an event it cannot read: %s", exc)
+                continue
+            self.stats["events"] += 1
+            etype, data, ts = env["type"], env["data"], env["ts"]
+            if etype == "TaskProgress":
+                notice, detail = data.get("notice"), data.get("detail") or {}
+                if notice in ("circuit_opened", "circuit_closed") and detail.get("provider"):
+                    opened = notice == "circuit_opened"
+                    observations.append(
+                        BreakerChanged(ts, detail["provider"], "opened" if opened else "closed")
+                    )
+                elif notice == "fallback" and detail.get("from"):
+                    observations.append(ProviderCall(ts, detail["from"], False))
+                continue
+            if etype == "TaskSucceeded":
+                if not data.get("cached"):
+                    observations.append(ProviderCall(ts, data["provider"], True))
+                cost = data.get("cost_usd")
+                if cost:
+                    spend = await self._spend(env["tenant"], float(cost), ts, env["id"])
+                    if spend is not None:
+                        observations.append(spend)
+            elif etype in ("TaskFailed", "TaskRetryScheduled", "TaskDeadLettered"):
+                provider = (data.get("error") or {}).get("provider")
+                if provider:
+                    observations.append(ProviderCall(ts, provider, False))
+            if etype in TERMINAL_EVENTS:
+                terminal.append(env)
+        await self._emit(self.alerts.observe_all(observations))
+        if terminal and self.webhooks is not None:
+            await self._callbacks(partition, terminal)
+
+    async def _spend(self, tenant: str, usd: float, ts: int, event_id: str) -> Spend | None:
+        day = datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y%m%d")
+        total = await self.budgets.add_spend(tenant, usd, day, event_id)
+        before = self._totals.get((tenant, day), 0.0)
+        self._totals[(tenant, day)] = total
+        if len(self._totals) > 100_000:  # bounded: forget the oldest days' tenants
+            self._totals = dict(list(self._totals.items())[-50_000:])
+        self.stats["spend_events"] += 1
+        return Spend(ts, tenant, total - before) if total > before else None
+
+    # --- ticks: queue depth, time-based rules, live budgets ---------------------------------
+
+    async def tick(self) -> None:
+        if self.live.budgets is not self._budget_doc:
+            self._budget_doc = self.live.budgets
+            self.alerts.rules = [
+                BudgetRule(
+                    default_usd=self._budget_doc.default_usd, tenants=dict(self._budget_doc.tenants)
+                )
+                if isinstance(r, BudgetRule)
+                else r
+                for r in self.alerts.rules
+            ]
+        self.live.maybe_refresh()
+        store = self.client.store
+        names: list[str] = []
+        with translate_errors():
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for keys in store.partitions:
+                    for prio in PRIORITIES:
+                        pipe.xlen(keys.queue(prio))
+                        names.append(f"p{keys.partition}:{prio.value}")
+                depths = await pipe.execute()
+        now = int(time.time() * 1000)
+        observations: list[Observation] = [
+            QueueDepth(now, name, int(d)) for name, d in zip(names, depths, strict=True)
+        ]
+        observations.append(Tick(now))
+        await self._emit(self.alerts.observe_all(observations))
+
+    async def _emit(self, records: list[AlertRecord]) -> None:
+        for record in records:
+            self.stats["alerts"] += 1
+            if isinstance(record, AlertResolved):
+                log.info("alert resolved: %s (value %s)", record.alert_id, record.value)
+            else:
+                log.warning("alert raised: %s: %s", record.alert_id, record.message)
+            await append_ops(self.redis, self.settings, record.type, alert_data(record))
+            if self.notifier is not None:
+                self._spawn(self.notifier.send(record))
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # --- task webhooks ---------------------------------------------------------------------
+
+    async def _callbacks(self, partition: int, terminal: list[dict[str, Any]]) -> None:
+        key = self.client.store.keys(partition).callbacks
+        ids = [env["task_id"] for env in terminal]
+        with translate_errors():
+            urls = await self.redis.hmget(key, ids)
+        for env, url in zip(terminal, urls, strict=True):
+            if url is not None:
+                text = url.decode() if isinstance(url, bytes) else str(url)
+                await self._deliver_later(partition, env, text)
+
+    async def _deliver_later(self, partition: int, env: dict[str, Any], url: str) -> None:
+        if env["task_id"] in self._delivering:
+            return
+        if len(self._background) >= MAX_PENDING_DELIVERIES:  # back-pressure on the reader
+            await asyncio.wait(set(self._background), return_when=asyncio.FIRST_COMPLETED)
+        self._delivering[env["task_id"]] = env
+        self._spawn(self._deliver(partition, env, url))
+
+    async def _deliver(self, partition: int, env: dict[str, Any], url: str) -> None:
+        assert self.webhooks is not None
+        task_id = env["task_id"]
+        try:
+            async with self._slots:
+                payload = await self._payload(env)
+                last = await self.webhooks.deliver(task_id, url, payload, env["type"])
+                self.stats["deliveries"] += 1
+                if last.outcome != "delivered":
+                    log.warning("webhook of task %s: %s (%s)", task_id, last.outcome, last.error)
+            with translate_errors():
+                await self.redis.hdel(self.client.store.keys(partition).callbacks, task_id)
+        except Exception:
+            log.exception("webhook of task %s: delivery crashed; it is retried at restart", task_id)
+        finally:
+            self._delivering.pop(task_id, None)
+
+    async def _record_attempt(self, attempt: DeliveryAttempt) -> None:
+        env = self._delivering.get(attempt.task_id)
+        if env is None:
+            return
+        data = attempt.model_dump(exclude={"task_id", "ts"})
+        data.update(event_type=env["type"], event_id=env["id"])
+        await append_ops(
+            self.redis,
+            self.settings,
+            "WebhookAttempted",
+            data,
+            task_id=attempt.task_id,
+            tenant=env["tenant"],
+        )
+
+    async def _payload(self, env: dict[str, Any]) -> dict[str, Any]:
+        """The terminal event as its caller sees it (PII restored, large text loaded)."""
+        if env["type"] == "TaskSucceeded":
+            event = TaskSucceeded.model_validate(env)
+            env = (await self.client.for_caller(event)).model_dump(mode="json")
+        return {"event": env}
+
+    async def recover_deliveries(self, limit: int = 10_000) -> int:
+        """Deliver callbacks whose terminal event is at or before the checkpoint (their
+        delivery was cut by a restart); later ones come through the reader."""
+        found = 0
+        store = self.client.store
+        if self.webhooks is None:
+            return 0
+        for partition, cursor in self.cursors.items():
+            keys = store.keys(partition)
+            with translate_errors():
+                pending: Any = await self.redis.hgetall(keys.callbacks)
+            for raw_id, raw_url in list(pending.items())[:limit]:
+                task_id = raw_id.decode()
+                word = await self.client.state_word(task_id)
+                if word is None or word.code not in "SFXC" or _after(word.ref, cursor):
+                    continue
+                entry = await store.event_at(partition, word.ref)
+                if entry is None:
+                    continue
+                await self._deliver_later(partition, mapper.envelope(*entry), raw_url.decode())
+                found += 1
+        return found
+
+
+def _after(a: str, b: str) -> bool:
+    def parse(x: str) -> tuple[int, int]:
+        ms, _, seq = x.partition("-")
+        return int(ms or 0), int(seq or 0)
+
+    return parse(a) > parse(b)
+
+
+async def run_ops(settings: Settings, url: str) -> None:
+    """``aiis ops`` until SIGTERM/SIGINT."""
+    import signal  # noqa: PLC0415
+
+    from engine.connection import connect  # noqa: PLC0415
+
+    client = Client(connect(url, cluster=settings.redis_cluster), settings)
+    ops = Ops(client)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    log.info(
+        "ops: spend, alerts%s%s",
+        ", alert webhook" if ops.notifier else "",
+        ", task webhooks" if ops.webhooks else " (task webhooks off: AIIS_WEBHOOK_SECRET unset)",
+    )
+    try:
+        await ops.run(stop)
+    finally:
+        await ops.aclose()
+        await client.aclose()
