@@ -13,7 +13,7 @@ import hashlib
 import ipaddress
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from engine.task import TENANT_PATTERN
@@ -29,6 +29,8 @@ class Principal:
     """Who a connection or request acts as."""
 
     tenant: str  # a tenant name, or "*" (operator)
+    # names the token in audit records: the first 12 hex of its SHA-256, never the token
+    token_id: str | None = field(default=None, compare=False)
 
     @property
     def operator(self) -> bool:
@@ -38,12 +40,17 @@ class Principal:
         return self.operator or tenant == self.tenant
 
 
-OPERATOR = Principal(ALL_TENANTS)
+OPERATOR = Principal(ALL_TENANTS, "open")  # open mode: loopback only, no token
 
 
 def hash_token(token: str) -> str:
     """The configured form of a token: ``sha256:<hex>``."""
     return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
+
+
+def token_id(digest: str) -> str:
+    """The id of a token in audit records, from its configured hash (``sha256:<hex>``)."""
+    return "t:" + digest.removeprefix("sha256:")[:12]
 
 
 def parse_tokens(text: str, source: str = "AIIS_GATEWAY_TOKENS") -> dict[str, str]:
@@ -104,10 +111,11 @@ class Authenticator:
         if not token:
             return None
         # the lookup is by the token's hash: comparing hashes leaks nothing about the token
-        tenant = self._table.get(hash_token(token))
+        digest = hash_token(token)
+        tenant = self._table.get(digest)
         if tenant is None:
             raise ProtocolError("unauthorized", "unknown token", status=401)
-        return Principal(tenant)
+        return Principal(tenant, token_id(digest))
 
 
 def token_from(authorization: str | None, query_token: str | None) -> str | None:

@@ -6,6 +6,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from engine.audit import AuditLog
 from engine.client import Client
 from engine.settings import Settings
 from gateway.auth import Authenticator
@@ -39,3 +40,4 @@ class Context:
     sse_streams: int = 0
     sse_outboxes: set[Any] = field(default_factory=set)  # open SSE streams' outboxes
     shutting_down: bool = False
+    audit: AuditLog | None = None  # submit and cancel records (who: tenant + token id)

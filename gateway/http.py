@@ -15,12 +15,13 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from engine.audit import Action
 from engine.errors import EngineError, InvalidTask, TaskNotFound
 from gateway.auth import Principal, token_from
 from gateway.context import Context
 from gateway.errors import ProtocolError
 from gateway.metrics import render_metrics
-from gateway.session import authorize_task, not_found, submit_task
+from gateway.session import audit, authorize_task, not_found, submit_task
 
 JSON = "application/json"
 
@@ -37,7 +38,7 @@ def error_response(exc: ProtocolError) -> Response:
     headers = {}
     if exc.status == 401:
         headers["WWW-Authenticate"] = 'Bearer realm="aiis"'
-    if exc.status == 429:
+    if exc.status == 429 and exc.code != "budget_exceeded":
         headers["Retry-After"] = "1"
     body = {"error": {"code": exc.code, "message": exc.message, **exc.extra}}
     return json_response(body, exc.status, headers)
@@ -106,6 +107,7 @@ async def cancel_task(request: Request) -> Response:
         status = await ctx.client.cancel(task_id, tenant="" if who.operator else who.tenant)
     except (TaskNotFound, InvalidTask):
         raise not_found(task_id) from None
+    await audit(ctx, who, Action.CANCEL, who.tenant, task_id, status=status.value)
     return json_response({"task_id": task_id, "status": status.value})
 
 

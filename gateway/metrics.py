@@ -1,12 +1,22 @@
-"""``GET /metrics``: the gateway's counters and gauges plus queue lengths read from Redis
-(XLEN of every work stream) at scrape time, in the Prometheus text format."""
+"""``GET /metrics``: the gateway's counters and gauges, queue lengths and in-flight counts read
+from Redis (XLEN, XPENDING, XINFO CONSUMERS) at scrape time, the projections' views (provider
+health, cost today, projection lag), and task counters the gateway's log reader keeps
+(``TaskMetrics``: processing time, tokens, cost since the gateway started), in the Prometheus
+text format. Every name is listed in docs/metrics.md."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import bisect
+from collections import Counter, defaultdict
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client.core import CollectorRegistry, CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import (
+    CollectorRegistry,
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
 from prometheus_client.registry import Collector
 from redis.exceptions import ResponseError
 
@@ -15,6 +25,162 @@ from engine.store import translate_errors
 
 if TYPE_CHECKING:
     from gateway.context import Context
+
+
+DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+MAX_SERIES = 1000  # label sets per family: kinds x providers x outcomes stay far below
+
+
+class TaskMetrics:
+    """Counters fed by the gateway's log reader (every event passes through it once)."""
+
+    def __init__(self) -> None:
+        self.durations: dict[tuple[str, str], list[float]] = {}  # (kind, provider) -> buckets
+        self.duration_sum: defaultdict[tuple[str, str], float] = defaultdict(float)
+        self.tasks: Counter[tuple[str, str]] = Counter()  # (kind, outcome)
+        self.tokens: Counter[tuple[str, str]] = Counter()  # (provider, direction)
+        self.cost: defaultdict[str, float] = defaultdict(float)  # provider -> USD
+        self.cached: Counter[str] = Counter()  # provider -> cache hits
+
+    def finished(self, kind: str, event_type: str, data: Mapping[str, Any]) -> None:
+        outcome = {
+            "TaskSucceeded": "succeeded",
+            "TaskFailed": "failed",
+            "TaskDeadLettered": "dead_lettered",
+            "TaskCancelled": "cancelled",
+        }[event_type]
+        if len(self.tasks) < MAX_SERIES:
+            self.tasks[(kind, outcome)] += 1
+        if outcome != "succeeded":
+            return
+        provider = str(data.get("provider", "unknown"))
+        if data.get("cached"):
+            self.cached[provider] += 1
+            return
+        key = (kind, provider)
+        if key not in self.durations and len(self.durations) >= MAX_SERIES:
+            return
+        buckets = self.durations.setdefault(key, [0.0] * (len(DURATION_BUCKETS_S) + 1))
+        seconds = float(data.get("latency_ms") or 0) / 1000
+        buckets[bisect.bisect_left(DURATION_BUCKETS_S, seconds)] += 1
+        self.duration_sum[key] += seconds
+        usage = data.get("usage") or {}
+        for direction in ("input", "output", "cached", "reasoning"):
+            self.tokens[(provider, direction)] += int(usage.get(f"{direction}_tokens") or 0)
+        self.cost[provider] += float(data.get("cost_usd") or 0.0)
+
+    def families(self) -> list[Any]:
+        hist = HistogramMetricFamily(
+            "aiis_task_duration_seconds",
+            "Provider call time of succeeded tasks (latency_ms), by kind and provider",
+            labels=["kind", "provider"],
+        )
+        for (kind, provider), counts in sorted(self.durations.items()):
+            cumulative, running = [], 0.0
+            for bound, n in zip((*DURATION_BUCKETS_S, float("inf")), counts, strict=True):
+                running += n
+                cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
+            hist.add_metric([kind, provider], cumulative, self.duration_sum[(kind, provider)])
+        tasks = CounterMetricFamily(
+            "aiis_tasks_finished", "Terminal events by kind and outcome", labels=["kind", "outcome"]
+        )
+        for (kind, outcome), n in sorted(self.tasks.items()):
+            tasks.add_metric([kind, outcome], n)
+        tokens = CounterMetricFamily(
+            "aiis_tokens", "Tokens used by provider and direction", labels=["provider", "direction"]
+        )
+        for (provider, direction), n in sorted(self.tokens.items()):
+            tokens.add_metric([provider, direction], n)
+        cost = CounterMetricFamily("aiis_cost_usd", "Cost in USD by provider", labels=["provider"])
+        for provider, usd in sorted(self.cost.items()):
+            cost.add_metric([provider], usd)
+        cached = CounterMetricFamily(
+            "aiis_cache_hits", "Tasks answered from the result cache", labels=["provider"]
+        )
+        for provider, n in sorted(self.cached.items()):
+            cached.add_metric([provider], n)
+        return [hist, tasks, tokens, cost, cached]
+
+
+def _report_families(report: Mapping[str, Any] | None) -> list[Any]:
+    """Provider health, cost today and projection lag from the projections' views."""
+    if not report:
+        return []
+    rate = GaugeMetricFamily(
+        "aiis_provider_success_rate",
+        "Share of a provider's calls that succeeded in the health window",
+        labels=["provider"],
+    )
+    latency = GaugeMetricFamily(
+        "aiis_provider_latency_ms",
+        "Provider call latency percentiles in the health window",
+        labels=["provider", "quantile"],
+    )
+    calls = CounterMetricFamily(
+        "aiis_provider_calls", "Provider calls by outcome", labels=["provider", "outcome"]
+    )
+    breaker = GaugeMetricFamily(
+        "aiis_provider_breaker_open", "1 while the provider's circuit is open", labels=["provider"]
+    )
+    opened = CounterMetricFamily(
+        "aiis_provider_breaker_opened", "Times the provider's circuit opened", labels=["provider"]
+    )
+    for name, h in sorted((report.get("providers") or {}).items()):
+        window = h.get("window") or {}
+        if window.get("success_rate") is not None:
+            rate.add_metric([name], float(window["success_rate"]))
+        for q, v in (h.get("latency_ms") or {}).items():
+            if v is not None:
+                latency.add_metric([name, q], float(v))
+        calls.add_metric([name, "ok"], float(h.get("ok") or 0))
+        calls.add_metric([name, "failed"], float(h.get("fail") or 0))
+        breaker.add_metric([name], 1.0 if h.get("breaker") == "opened" else 0.0)
+        opened.add_metric([name], float(h.get("breaker_opened") or 0))
+    cost_today = GaugeMetricFamily(
+        "aiis_cost_usd_today", "Cost of the UTC day so far, by tenant", labels=["tenant"]
+    )
+    for tenant, rec in sorted(((report.get("cost_today") or {}).get("by_tenant") or {}).items()):
+        cost_today.add_metric([tenant], float(rec.get("usd") or 0.0))
+    lag = GaugeMetricFamily(
+        "aiis_projection_lag_ms", "How far each projection is behind the log", labels=["projection"]
+    )
+    behind = GaugeMetricFamily(
+        "aiis_projection_behind_events",
+        "Log entries a projection has yet to apply",
+        labels=["projection"],
+    )
+    for name, st in sorted((report.get("projections") or {}).items()):
+        lag.add_metric([name], float(st.get("lag_ms") or 0))
+        behind.add_metric([name], float(st.get("behind") or 0))
+    return [rate, latency, calls, breaker, opened, cost_today, lag, behind]
+
+
+async def _workers(ctx: Context, in_flight: int) -> list[GaugeMetricFamily]:
+    """Live worker consumers (seen within the visibility timeout) and their utilisation,
+    in flight / (workers x AIIS_CONCURRENCY of this deployment)."""
+    store = ctx.client.store
+    settings = ctx.client.settings
+    live: set[str] = set()
+    with translate_errors():
+        for keys in store.partitions:
+            for prio in PRIORITIES:
+                try:
+                    consumers: Any = await store.redis.xinfo_consumers(keys.queue(prio), GROUP)
+                except ResponseError:
+                    continue
+                for c in consumers:
+                    if int(c.get("idle", 0)) <= settings.visibility_timeout_s * 1000:
+                        name = c.get("name")
+                        live.add(name.decode() if isinstance(name, bytes) else str(name))
+    capacity = len(live) * settings.concurrency
+    return [
+        GaugeMetricFamily("aiis_workers", "Worker processes seen recently", value=len(live)),
+        GaugeMetricFamily(
+            "aiis_worker_utilisation",
+            "Calls in flight over the workers' capacity (assumes one AIIS_CONCURRENCY)",
+            value=in_flight / capacity if capacity else 0.0,
+        ),
+    ]
 
 
 class _Snapshot(Collector):
@@ -140,10 +306,14 @@ async def render_metrics(ctx: Context) -> CollectorRegistry:
         "Entries of each work queue handed to a worker and not yet finished (XPENDING)",
         labels=["partition", "queue"],
     )
-    for partition, queue, n in await _in_flight(ctx):
+    flights = await _in_flight(ctx)
+    for partition, queue, n in flights:
         in_flight.add_metric([partition, queue], n)
     fam.append(in_flight)
+    fam.extend(await _workers(ctx, sum(n for _, _, n in flights)))
     fam.extend(await _pool_metrics(ctx))
+    fam.extend(ctx.stats.tasks.families())
+    fam.extend(_report_families(await ctx.stats.projections_report()))
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(fam))
     return registry

@@ -14,8 +14,13 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
+from engine.audit import Action
+from engine.budget import BudgetExceeded
 from engine.errors import EngineError, InvalidTask, QueueFull, RedisUnavailable, TaskNotFound
+from engine.pii import PiiBlocked
 from engine.task import validate_task
+from engine.templates import TemplateError
+from engine.webhooks import BadCallbackUrl
 from gateway import protocol, since
 from gateway.auth import Principal
 from gateway.context import Context
@@ -35,8 +40,56 @@ def not_found(task_id: str) -> ProtocolError:
     return ProtocolError("not_found", f"no task {task_id[:64]!r}", status=404)
 
 
+# InvalidTask kinds with their own wire code (most specific first); all are HTTP 400
+INVALID_CODES: tuple[tuple[type[InvalidTask], str], ...] = (
+    (PiiBlocked, "pii_blocked"),
+    (BadCallbackUrl, "bad_callback_url"),
+    (TemplateError, "template_error"),
+    (InvalidTask, "invalid_task"),
+)
+
+
+async def audit(
+    ctx: Context,
+    who: Principal,
+    action: Action,
+    tenant: str,
+    target: str | None,
+    outcome: str = "ok",
+    **detail: Any,
+) -> None:
+    """An audit record (who: tenant + token id); a failure to write it is logged, never the
+    caller's problem."""
+    if ctx.audit is None:
+        return
+    try:
+        await ctx.audit.record(
+            action,
+            tenant=tenant,
+            token_id=who.token_id,
+            target=target,
+            outcome="ok" if outcome == "ok" else "denied",
+            detail=detail,
+        )
+    except EngineError as exc:
+        log.warning("audit record of %s not written: %s", action.value, exc)
+
+
 async def submit_task(ctx: Context, who: Principal, task: dict[str, Any], transport: str) -> str:
     """Validate and submit ``task`` as ``who``; ``ProtocolError`` with the HTTP status."""
+    try:
+        task_id = await _submit_task(ctx, who, task, transport)
+    except ProtocolError as exc:
+        if exc.code != "unavailable":
+            tenant = who.tenant if not who.operator else str(task.get("tenant", "default"))
+            await audit(ctx, who, Action.SUBMIT, tenant, None, "denied", code=exc.code)
+        raise
+    tenant = who.tenant if not who.operator else str(task.get("tenant", "default"))
+    await audit(ctx, who, Action.SUBMIT, tenant, task_id, transport=transport)
+    return task_id
+
+
+async def _submit_task(ctx: Context, who: Principal, task: dict[str, Any], transport: str) -> str:
     raw = dict(task)
     tenant = raw.get("tenant")
     if not who.operator:
@@ -51,7 +104,13 @@ async def submit_task(ctx: Context, who: Principal, task: dict[str, Any], transp
         task_id = await ctx.client.submit_spec(spec)
     except InvalidTask as exc:
         ctx.counters.submits[(transport, "invalid")] += 1
-        raise ProtocolError("invalid_task", str(exc), field=exc.field) from None
+        code = next(c for kind, c in INVALID_CODES if isinstance(exc, kind))
+        raise ProtocolError(code, str(exc), field=exc.field) from None
+    except BudgetExceeded as exc:
+        ctx.counters.submits[(transport, "budget_exceeded")] += 1
+        raise ProtocolError(
+            "budget_exceeded", str(exc), status=429, resets_at=exc.resets_at
+        ) from None
     except QueueFull as exc:
         ctx.counters.submits[(transport, "queue_full")] += 1
         raise ProtocolError("queue_full", str(exc), status=429, retry_after_s=1) from None

@@ -21,6 +21,7 @@ import orjson
 from engine.keys import PRIORITIES
 from engine.store import Store, translate_errors
 from gateway.auth import Principal
+from gateway.metrics import TaskMetrics
 from gateway.outbox import Item, Outbox
 from gateway.settings import GatewaySettings
 from projections.settings import ProjectionSettings
@@ -59,6 +60,7 @@ class Stats:
             store.settings.partitions, store.settings.task_retention_s, proj
         )
         self._views = ShardStore(store.redis, store.settings.namespace, config)
+        self.tasks = TaskMetrics()
 
     # --- what the hub shows us ---------------------------------------------------------------
 
@@ -87,6 +89,10 @@ class Stats:
         row["status"] = STATUS_OF.get(event_type, row["status"])
         row["event"] = event_type
         row["updated_ms"] = int(item.fields.get(b"ts", b"0") or 0)
+        if item.terminal:
+            with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError, ValueError):
+                data = orjson.loads(item.fields.get(b"data", b"{}"))
+                self.tasks.finished(str(row.get("kind") or "unknown"), event_type, data)
         if event_type in ("TaskRequested", "TaskSucceeded", "TaskFailed"):
             with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
                 data = orjson.loads(item.fields.get(b"data", b"{}"))
@@ -136,6 +142,10 @@ class Stats:
             dlq += int(replies[i + len(PRIORITIES) + 1])
             log_len += int(replies[i + len(PRIORITIES) + 2])
         return {"depth": depth, "delayed": delayed, "dead_letters": dlq, "log_entries": log_len}
+
+    async def projections_report(self) -> dict[str, Any] | None:
+        """``projections.stats.gather`` now, or None when the views cannot be read."""
+        return await self._projections()
 
     async def _projections(self) -> dict[str, Any] | None:
         now = dt.datetime.now(dt.UTC)

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Never
 import grpc
 
 from engine import mapper
+from engine.budget import BudgetExceeded
 from engine.client import Client
 from engine.errors import (
     ConfigError,
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 STATUS_OF: tuple[tuple[type[EngineError], grpc.StatusCode], ...] = (
     (InvalidTask, grpc.StatusCode.INVALID_ARGUMENT),
     (QueueFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (BudgetExceeded, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (TaskNotFound, grpc.StatusCode.NOT_FOUND),
     (RedisUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),

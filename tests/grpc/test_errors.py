@@ -97,6 +97,18 @@ async def test_queue_full_is_resource_exhausted(
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue full" in details
 
 
+async def test_spent_budget_is_resource_exhausted(
+    engine: Engine, make_server: MakeServer, connect: Any
+) -> None:
+    """A tenant whose daily budget is spent gets RESOURCE_EXHAUSTED, saying so."""
+    settings = engine.settings.model_copy(update={"budgets": '{"tenants": {"acme": 0.0}}'})
+    stub = connect(await make_server(settings))
+    code, details, _ = await status_of(
+        stub.SubmitTask(pb.SubmitTaskRequest(prompt="hi"), metadata=ACME)
+    )
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "budget exceeded" in details
+
+
 async def test_too_many_watches_and_too_big_messages_are_resource_exhausted(
     engine: Engine, make_server: MakeServer, connect: Any
 ) -> None:
