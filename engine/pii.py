@@ -363,9 +363,27 @@ def _postal_codes(s: str) -> Iterable[Span]:
 _DETECTORS = (_emails, _ibans, _digit_runs, _ips, _phones, _postal_codes)
 
 
+_IBAN_HEAD = re.compile(r"[A-Z]{2}[0-9]{2}")
+
+
+def _may_hold_pii(s: str) -> bool:
+    """False when no detector can match ``s`` (already shadowed to ASCII digits), checked
+    cheaply: e-mails need ``@``, IPv6 ``:``, IPv4 a dot and four digits, IBANs a country code
+    and check digits, and every other category (phones, cards, My Number, postal codes) at
+    least seven digits. Most prompts fail all of these, and skip the detectors."""
+    if "@" in s or ":" in s:
+        return True
+    digits = sum(map(s.count, "0123456789"))
+    if digits >= 7 or (digits >= 4 and "." in s):
+        return True
+    return digits >= 2 and _IBAN_HEAD.search(s) is not None
+
+
 def detect(text: str, categories: Iterable[Category] | None = None) -> list[Span]:
     """Non-overlapping PII spans of ``text``, in order; longer wins where candidates overlap."""
     shadow = text.translate(_SHADOW)
+    if not _may_hold_pii(shadow):
+        return []
     wanted = set(categories) if categories is not None else set(Category)
     found: list[tuple[int, int, int, Span]] = []
     for rank, detector in enumerate(_DETECTORS):
@@ -530,7 +548,7 @@ def screen(texts: Sequence[str], policy: TenantPolicy) -> Screened:
     ``off`` passes them through; ``block`` raises ``PiiBlocked`` naming the categories found;
     ``redact`` replaces values with placeholders sharing one mapping.
     """
-    if policy.mode is Mode.OFF:
+    if policy.mode is Mode.OFF or not any(_may_hold_pii(t.translate(_SHADOW)) for t in texts):
         return Screened(tuple(texts), {}, frozenset(), False)
     r = Redactor.for_texts(texts)
     out = tuple(r.redact(t) for t in texts)

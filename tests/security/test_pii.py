@@ -12,12 +12,14 @@ from hypothesis import strategies as st
 
 from engine.errors import InvalidTask
 from engine.pii import (
+    _SHADOW,
     Category,
     Mode,
     PiiBlocked,
     PiiPolicies,
     Redactor,
     TenantPolicy,
+    _may_hold_pii,
     detect,
     iban_ok,
     luhn_ok,
@@ -292,3 +294,33 @@ async def test_vault_roundtrip_outside_the_event(redis: Any, namespace: str) -> 
     assert restore("Sent to <EMAIL_1>.", mapping) == "Sent to a@example.com."
     await vault.forget(tag, "task-1")
     assert await vault.get(tag, "task-1") == {}
+
+
+def _full_detect(text: str) -> list[tuple[int, int, str]]:
+    """``detect`` with its fast pre-check switched off."""
+    from engine import pii
+
+    original = pii._may_hold_pii
+    pii._may_hold_pii = lambda s: True
+    try:
+        return [(s.start, s.end, s.category.value) for s in detect(text)]
+    finally:
+        pii._may_hold_pii = original
+
+
+def test_fast_pre_check_never_hides_pii_in_the_corpus() -> None:
+    """The pre-check that skips the detectors skips only texts where they find nothing."""
+    skipped = 0
+    for line in CORPUS.read_bytes().splitlines():
+        text = orjson.loads(line)["text"]
+        fast = [(s.start, s.end, s.category.value) for s in detect(text)]
+        assert fast == _full_detect(text), text
+        skipped += fast == [] and not _may_hold_pii(text.translate(_SHADOW))
+    assert skipped > 0  # it does skip something
+
+
+@settings(max_examples=300)
+@given(st.text(alphabet=st.sampled_from("0123456789０１２３ .-+:@()ABGBDEabc\n〒"), max_size=40))
+def test_fast_pre_check_agrees_with_the_detectors(text: str) -> None:
+    """On random digit-heavy text, detect with and without the pre-check agree."""
+    assert [(s.start, s.end, s.category.value) for s in detect(text)] == _full_detect(text)
