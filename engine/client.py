@@ -284,8 +284,11 @@ class Client:
         found = await self.store.state(self._partition(task_id), task_id)
         return found[0] if found else None
 
-    async def watch(self, task_id: str, since: str | None = None) -> AsyncIterator[Event]:
-        """The task's events from the start (or after ``since``), live, until its terminal one."""
+    async def watch(
+        self, task_id: str, since: str | None = None, *, block_ms: int = 1000
+    ) -> AsyncIterator[Event]:
+        """The task's events from the start (or after ``since``), live, until its terminal one.
+        Each read blocks at most ``block_ms``."""
         partition = self._partition(task_id)
         if since is None:
             word = await self.state_word(task_id)
@@ -293,8 +296,13 @@ class Client:
                 raise TaskNotFound(task_id)
             since = id_before(word.requested_id)
         cursor = since
+        me = asyncio.current_task()
         while True:
-            for eid, fields in await self.store.read_log(partition, cursor, block_ms=1000):
+            entries = await self.store.read_log(partition, cursor, block_ms=block_ms)
+            if me is not None and me.cancelling():
+                # redis-py can swallow a cancellation that lands in a blocked XREAD
+                raise asyncio.CancelledError
+            for eid, fields in entries:
                 cursor = eid.decode()
                 if fields.get(b"task") != task_id.encode():
                     continue

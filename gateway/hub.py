@@ -84,6 +84,7 @@ class Hub:
         self.decode_errors = 0
         self.connected = False
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -97,6 +98,9 @@ class Hub:
 
     async def stop(self) -> None:
         if self._task is not None:
+            # redis-py can swallow the cancellation of a blocked XREAD (redis-py#2028): the
+            # loop also checks the flag after every read, so it ends within one block
+            self._stopping = True
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
@@ -107,7 +111,7 @@ class Hub:
 
     async def _run(self) -> None:
         backoff = 0.1
-        while True:
+        while not self._stopping:
             try:
                 with translate_errors():
                     reply: Any = await self.store.redis.xread(

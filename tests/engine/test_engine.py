@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -431,3 +432,27 @@ async def test_reclaim_acknowledges_entries_deleted_while_pending(make_client: M
     assert got.started == []
     pending = await store.redis.xpending(queue, "workers")
     assert pending["pending"] == 0
+
+
+@pytest.mark.slow
+async def test_a_cancelled_watch_always_ends(real_client: Callable[..., Client]) -> None:
+    """Cancelling a consumer of watch() ends it, even when redis-py swallows the cancellation
+    of the blocked XREAD (redis-py#2028: a few percent of cancels, depending on timing)."""
+    client = real_client()
+    task_id = await client.submit("never runs: no worker")
+    rng = random.Random(2028)
+
+    async def consume() -> None:
+        async for _ in client.watch(task_id, block_ms=50):
+            pass
+
+    stuck = 0
+    for _ in range(200):
+        running = asyncio.create_task(consume())
+        await asyncio.sleep(rng.uniform(0, 0.12))
+        running.cancel()
+        done, _ = await asyncio.wait({running}, timeout=0.5)
+        if not done:
+            stuck += 1
+            await asyncio.wait({running}, timeout=2)  # the next read ends it
+    assert stuck == 0
