@@ -29,7 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 
-from engine import pii
+from engine import redaction
 from engine.connection import connect
 from engine.errors import EngineError
 from engine.settings import Settings
@@ -90,7 +90,7 @@ class Scrubber:
                 if s:
                     value = value.replace(s, REDACTED)
         value = _SECRET_SHAPES.sub(REDACTED, value)
-        return pii.redact(value).text
+        return redaction.redact(value).text
 
     def detail(self, detail: Mapping[str, Any]) -> dict[str, Scalar]:
         out: dict[str, Scalar] = {}

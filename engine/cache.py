@@ -5,7 +5,7 @@ chat messages), params as canonical JSON (sorted keys; ``cache`` and other engin
 left out) and the provider chain. Entries are scoped per tenant by default: a shared cache
 would let one tenant learn what another asked (by timing or a zero cost) and hand it another
 tenant's answer. Keyed on the PII-redacted input, two requests that differ only in redacted
-values share an entry, and each caller gets its own values back through ``pii.restore``.
+values share an entry, and each caller gets its own values back through ``redaction.restore``.
 
 A task opts out with ``params: {"cache": false}``.
 

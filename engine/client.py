@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine import mapper, pii
+from engine import mapper, redaction
 from engine.connection import connect
 from engine.errors import InvalidTask, QueueFull, TaskNotFound
 from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
@@ -260,12 +260,12 @@ class Client:
         if result.ref is not None:
             ref = ResultRef(result.ref.key, result.ref.size, result.ref.sha256)
             text = await Offloader(self.store.redis).load(ref)
-        if text is not None and pii.has_placeholders(text):
+        if text is not None and redaction.has_placeholders(text):
             partition = self._partition(event.task_id)
             mapping = await PiiVault(self.store.redis).get(
                 self.store.keys(partition).tag, event.task_id
             )
-            text = pii.restore(text, mapping)
+            text = redaction.restore(text, mapping)
         if text == result.text:
             return event
         data = event.data.model_copy(update={"result": result.model_copy(update={"text": text})})

@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine import pii
+from engine import redaction
 from engine.budget import Budgets
 from engine.errors import InvalidTask
 from engine.events import ChatMessageIn
@@ -78,7 +78,7 @@ class Intake:
         cleaned = clean_request(texts, self.limits)
         if spec.kind != "chat" and not cleaned[0].strip():
             raise InvalidTask("input", "prompt is empty (after removing control characters)")
-        screened = pii.screen(cleaned, live.pii.for_tenant(spec.tenant))
+        screened = redaction.screen(cleaned, live.pii.for_tenant(spec.tenant))
         if list(screened.texts) != texts:
             update["input"] = _rebuild(update.get("input", spec.input), screened.texts)
         if update:

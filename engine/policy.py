@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from engine.budget import BudgetConfig, BudgetConfigError, parse_config
 from engine.errors import ConfigError, EngineError
 from engine.keys import config_key
-from engine.pii import Mode, PiiPolicies, TenantPolicy
+from engine.redaction import Mode, PiiPolicies, TenantPolicy
 from engine.settings import Settings
 from engine.store import translate_errors
 

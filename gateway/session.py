@@ -17,7 +17,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from engine.audit import Action
 from engine.budget import BudgetExceeded
 from engine.errors import EngineError, InvalidTask, QueueFull, RedisUnavailable, TaskNotFound
-from engine.pii import PiiBlocked
+from engine.redaction import PiiBlocked
 from engine.task import validate_task
 from engine.templates import TemplateError
 from engine.webhooks import BadCallbackUrl

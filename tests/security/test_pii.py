@@ -1,4 +1,4 @@
-"""PII detection, redaction, restore and per-tenant policy (engine/pii.py)."""
+"""PII detection (engine/pii.py), redaction, restore and per-tenant policy (engine/redaction.py)."""
 
 from __future__ import annotations
 
@@ -11,19 +11,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine.errors import InvalidTask
-from engine.pii import (
-    _SHADOW,
-    Category,
+from engine.pii import SHADOW, Category, detect, iban_ok, luhn_ok, may_hold_pii, my_number_ok
+from engine.redaction import (
     Mode,
     PiiBlocked,
     PiiPolicies,
     Redactor,
     TenantPolicy,
-    _may_hold_pii,
-    detect,
-    iban_ok,
-    luhn_ok,
-    my_number_ok,
     redact,
     restore,
     screen,
@@ -300,12 +294,12 @@ def _full_detect(text: str) -> list[tuple[int, int, str]]:
     """``detect`` with its fast pre-check switched off."""
     from engine import pii
 
-    original = pii._may_hold_pii
-    pii._may_hold_pii = lambda s: True
+    original = pii.may_hold_pii
+    pii.may_hold_pii = lambda s: True
     try:
         return [(s.start, s.end, s.category.value) for s in detect(text)]
     finally:
-        pii._may_hold_pii = original
+        pii.may_hold_pii = original
 
 
 def test_fast_pre_check_never_hides_pii_in_the_corpus() -> None:
@@ -315,7 +309,7 @@ def test_fast_pre_check_never_hides_pii_in_the_corpus() -> None:
         text = orjson.loads(line)["text"]
         fast = [(s.start, s.end, s.category.value) for s in detect(text)]
         assert fast == _full_detect(text), text
-        skipped += fast == [] and not _may_hold_pii(text.translate(_SHADOW))
+        skipped += fast == [] and not may_hold_pii(text.translate(SHADOW))
     assert skipped > 0  # it does skip something
 
 

@@ -19,8 +19,8 @@ from engine.errors import ConfigError, InvalidTask
 from engine.events import TERMINAL_EVENTS, TaskSucceeded
 from engine.keys import ops_key
 from engine.ops import Ops
-from engine.pii import PiiBlocked
 from engine.policy import set_config
+from engine.redaction import PiiBlocked
 from engine.templates import MissingVariables
 from engine.webhooks import BadCallbackUrl, verify_signature
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
