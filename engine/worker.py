@@ -22,12 +22,11 @@ import time
 import orjson
 
 from engine.autoscale import InFlightLimit
-from engine.cache import ResultCache, cache_enabled, request_key
-from engine.errors import EngineError, RedisUnavailable
+from engine.errors import RedisUnavailable
 from engine.keys import PRIORITIES
 from engine.outbox import Outbox, Running, Sink, error_data, succeeded_data
+from engine.results import Results
 from engine.retry import RetryPolicy, Verdict, decide
-from engine.sanitize import Limits, Offloader, clean_result
 from engine.settings import Settings
 from engine.store import Started, Store
 from providers.errors import ProviderError
@@ -78,17 +77,7 @@ class Worker:
         self._halt = asyncio.Event()
         self._fetches = 0
         self.stats = {"started": 0, "committed": 0, "fenced": 0, "reclaimed": 0, "released": 0}
-        self.cache = (
-            ResultCache(
-                store.redis, s.namespace, ttl_s=s.cache_ttl_s, max_entries=s.cache_max_entries
-            )
-            if s.cache
-            else None
-        )
-        self.limits = Limits(s.max_request_bytes, s.max_result_bytes)
-        self.offloader = Offloader(
-            store.redis, threshold_bytes=s.result_offload_bytes, ttl_s=int(s.task_retention_s)
-        )
+        self.results = Results(store, getattr(processor, "chains", None) or {})
         self.stats["cache_hits"] = 0
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -224,9 +213,13 @@ class Worker:
             if now_ms >= deadline_ms:
                 raise TimeoutError
             request = self._request(run)
-            cache_key = self._cache_key(run, request)
-            if cache_key is not None and await self._cache_hit(run, cache_key, started):
-                return
+            cache_key = self.results.cache_key(run, request)
+            if cache_key is not None:
+                hit = await self.results.cached(run, cache_key, started)
+                if hit is not None:
+                    self.stats["cache_hits"] += 1
+                    self.outbox.op(run, "S", hit)
+                    return
             async with asyncio.timeout((deadline_ms - now_ms) / 1000):
                 result = await self.processor.process(request, Sink(self.outbox, run))
         except asyncio.CancelledError:
@@ -251,66 +244,9 @@ class Worker:
         else:
             self.limit.record(None)
             data = succeeded_data(run, result, time.monotonic() - started)
-            if result.text is not None:
-                await self._store_text(run, data["result"], result.text)
-            if cache_key is not None and self.cache is not None:
-                try:
-                    await self.cache.put(cache_key, data, run.held.task_id)
-                except EngineError as exc:
-                    log.warning("task %s: result not cached: %s", run.held.task_id, exc)
+            await self.results.finish(run, data, result.text, cache_key)
             self.outbox.flush_buffer(run)
             self.outbox.op(run, "S", data)
-
-    # --- results: cache, sanitising, out-of-line storage ------------------------------------
-
-    def _cache_key(self, run: Running, request: ProviderRequest) -> str | None:
-        """The cache key of the request, when the cache is on and the task did not opt out."""
-        if self.cache is None or not cache_enabled(request.params):
-            return None
-        chains = getattr(self.processor, "chains", None) or {}
-        return request_key(
-            request.tenant,
-            request.kind,
-            run.record["input"],
-            request.params,
-            chains.get(request.kind, ()),
-        )
-
-    async def _cache_hit(self, run: Running, key: str, started: float) -> bool:
-        """Commit a cached success (``cached: true``, cost 0) if there is one."""
-        assert self.cache is not None
-        try:
-            hit = await self.cache.get(key)
-        except EngineError as exc:
-            log.warning(
-                "task %s: cache unavailable, calling the provider: %s", run.held.task_id, exc
-            )
-            return False
-        if hit is None:
-            return False
-        self.stats["cache_hits"] += 1
-        latency_ms = int((time.monotonic() - started) * 1000)
-        self.outbox.op(run, "S", hit.succeeded_data(run.held.attempt, latency_ms))
-        return True
-
-    async def _store_text(self, run: Running, result: dict[str, object], text: str) -> None:
-        """Sanitise the result text in place; over the offload size it goes to its own key and
-        the event carries a reference."""
-        cleaned, truncated = clean_result(text, self.limits)
-        result["text"] = cleaned
-        if truncated:
-            result["truncated"] = True
-        if not self.offloader.needs_offload(cleaned):
-            return
-        tag = self.store.keys(run.partition).tag
-        try:
-            ref = await self.offloader.store(tag, run.held.task_id, run.held.attempt, cleaned)
-        except EngineError as exc:  # keep it inline: a big event beats a lost result
-            log.warning("task %s: result kept inline: %s", run.held.task_id, exc)
-            return
-        if ref is not None:
-            result["text"] = None
-            result["ref"] = ref.as_dict()
 
     def _failed(
         self,
