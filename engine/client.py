@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -285,10 +285,15 @@ class Client:
         return found[0] if found else None
 
     async def watch(
-        self, task_id: str, since: str | None = None, *, block_ms: int = 1000
-    ) -> AsyncIterator[Event]:
-        """The task's events from the start (or after ``since``), live, until its terminal one.
-        Each read blocks at most ``block_ms``."""
+        self,
+        task_id: str,
+        since: str | None = None,
+        *,
+        block_ms: int = 1000,
+        stop: Callable[[], bool] | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """The task's events from the start (or after ``since``), live, until its terminal one
+        (or until ``stop()`` says so, checked after every read of at most ``block_ms``)."""
         partition = self._partition(task_id)
         if since is None:
             word = await self.state_word(task_id)
@@ -302,6 +307,8 @@ class Client:
             if me is not None and me.cancelling():
                 # redis-py can swallow a cancellation that lands in a blocked XREAD
                 raise asyncio.CancelledError
+            if stop is not None and stop():
+                return
             for eid, fields in entries:
                 cursor = eid.decode()
                 if fields.get(b"task") != task_id.encode():

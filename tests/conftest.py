@@ -8,6 +8,7 @@ import contextlib
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import fakeredis
@@ -135,3 +136,35 @@ async def workers() -> AsyncIterator[Workers]:
     w = Workers()
     yield w
     await w.stop_all()
+
+
+@dataclass
+class Engine:
+    settings: Settings
+    client: Client
+    workers: Workers
+
+    def start_worker(self) -> None:
+        self.workers.start(self.client)
+
+    async def log(self, tenant: str | None = None, task_id: str | None = None) -> list[str]:
+        """Ids of the log's entries (of one tenant or task), oldest first."""
+        out = []
+        for p in range(self.settings.partitions):
+            for eid, fields in await self.client.store.entries(self.client.store.keys(p).log):
+                if tenant is not None and fields[b"tenant"] != tenant.encode():
+                    continue
+                if task_id is not None and fields[b"task"] != task_id.encode():
+                    continue
+                out.append(eid.decode())
+        return out
+
+
+@pytest.fixture
+async def engine(redis_url: str, workers: Workers) -> AsyncIterator[Engine]:
+    settings = fast_settings(redis_url=redis_url)
+    client = Client.from_url(redis_url, settings)
+    await client.store.prepare()
+    yield Engine(settings, client, workers)
+    await workers.stop_all()
+    await client.aclose()

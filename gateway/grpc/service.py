@@ -11,7 +11,6 @@ terminal event), which is always current. ``projections`` has no read API for on
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -20,7 +19,6 @@ from typing import TYPE_CHECKING, Any, Never
 
 import grpc
 
-from engine import mapper
 from engine.budget import BudgetExceeded
 from engine.client import Client
 from engine.errors import (
@@ -31,7 +29,7 @@ from engine.errors import (
     RedisUnavailable,
     TaskNotFound,
 )
-from engine.events import TERMINAL_EVENTS, Event
+from engine.events import Event
 from engine.keys import partition_of
 from engine.store import id_before
 from gateway.auth import Authenticator, Principal, token_from
@@ -204,35 +202,13 @@ class TaskService:
         finally:
             self.active_watches -= 1
 
-    async def _follow(
-        self, task_id: str, after: str, context: Context
-    ) -> AsyncGenerator[Event, None]:
-        """The task's events after ``after``, live, until its terminal one (``Client.watch``'s
-        loop, plus a check that the call is still wanted after every read).
-
-        redis-py can swallow the ``CancelledError`` grpc uses to end the handler of a call the
-        client gave up on (redis/redis-py#2028): the blocked XREAD just returns. Checking the
-        call (and the task's pending cancellation) after each read bounds such a leak to one
-        ``watch_block_ms``.
-        """
-        store = self.watch_client.store
-        partition = partition_of(task_id, store.settings.partitions)
-        me = asyncio.current_task()
-        cursor = after
-        while True:
-            entries = await store.read_log(partition, cursor, block_ms=self.block_ms)
-            if me is not None and me.cancelling():
-                raise asyncio.CancelledError
-            if context.done():
-                return
-            for eid, fields in entries:
-                cursor = eid.decode()
-                if fields.get(b"task") != task_id.encode():
-                    continue
-                event = mapper.decode(eid, fields)
-                yield event
-                if event.type in TERMINAL_EVENTS:
-                    return
+    def _follow(self, task_id: str, after: str, context: Context) -> AsyncGenerator[Event, None]:
+        """The task's events after ``after``, live, until its terminal one, or until the call
+        is over (checked after every read: redis-py can swallow the ``CancelledError`` grpc
+        uses to end the handler of a call the client gave up on, redis/redis-py#2028)."""
+        return self.watch_client.watch(
+            task_id, since=after, block_ms=self.block_ms, stop=context.done
+        )
 
     async def _watch_start(
         self, request: pb.WatchTaskRequest, who: Principal, context: Context

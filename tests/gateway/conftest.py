@@ -5,55 +5,20 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from engine.client import Client
 from engine.events import TERMINAL_EVENTS
 from engine.settings import Settings
 from gateway.auth import hash_token
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
-from tests.conftest import Workers, fast_settings
 
 TOKENS = {"tok-acme": "acme", "tok-beta": "beta", "tok-ops": "*"}
 TOKENS_ENV = ",".join(f"{hash_token(t)}={tenant}" for t, tenant in TOKENS.items())
-
-
-@dataclass
-class Engine:
-    settings: Settings
-    client: Client
-    workers: Workers
-
-    def start_worker(self) -> None:
-        self.workers.start(self.client)
-
-    async def log(self, tenant: str | None = None, task_id: str | None = None) -> list[str]:
-        """Ids of the log's entries (of one tenant or task), oldest first."""
-        out = []
-        for p in range(self.settings.partitions):
-            for eid, fields in await self.client.store.entries(self.client.store.keys(p).log):
-                if tenant is not None and fields[b"tenant"] != tenant.encode():
-                    continue
-                if task_id is not None and fields[b"task"] != task_id.encode():
-                    continue
-                out.append(eid.decode())
-        return out
-
-
-@pytest.fixture
-async def engine(redis_url: str, workers: Workers) -> AsyncIterator[Engine]:
-    settings = fast_settings(redis_url=redis_url)
-    client = Client.from_url(redis_url, settings)
-    await client.store.prepare()
-    yield Engine(settings, client, workers)
-    await workers.stop_all()
-    await client.aclose()
 
 
 MakeGateway = Callable[..., Awaitable[Gateway]]

@@ -8,7 +8,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from tests.gateway.conftest import TOKENS_ENV, Engine, MakeGateway, recv, request
+from tests.conftest import Engine
+from tests.gateway.conftest import TOKENS_ENV, MakeGateway, recv, request
 
 
 async def _alive(ws: ClientConnection) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from playwright.async_api import async_playwright, expect
 
-from tests.gateway.conftest import Engine, MakeGateway
+from tests.conftest import Engine
+from tests.gateway.conftest import MakeGateway
 
 CHROMIUM = Path("/usr/bin/chromium")
 HAVE_CHROMIUM = CHROMIUM.exists()

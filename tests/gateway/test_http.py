@@ -5,7 +5,8 @@ from __future__ import annotations
 import httpx
 
 from engine.keys import autoscale_key
-from tests.gateway.conftest import Engine, MakeGateway
+from tests.conftest import Engine
+from tests.gateway.conftest import MakeGateway
 
 
 async def _sse_ids(response: httpx.Response, limit: int | None = None) -> list[str]:

@@ -8,7 +8,7 @@ from gateway.hub import Hub, Subscription
 from gateway.outbox import Item, Outbox
 from gateway.protocol import Target
 from gateway.settings import GatewaySettings
-from tests.gateway.conftest import Engine
+from tests.conftest import Engine
 
 
 async def test_events_arriving_live_during_replay_are_delivered_once_in_order(

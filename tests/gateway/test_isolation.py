@@ -7,13 +7,8 @@ import pytest
 from websockets.asyncio.client import connect
 
 from engine.client import Client
-from tests.gateway.conftest import (
-    TOKENS_ENV,
-    Engine,
-    MakeGateway,
-    events_until_terminal,
-    request,
-)
+from tests.conftest import Engine
+from tests.gateway.conftest import TOKENS_ENV, MakeGateway, events_until_terminal, request
 
 STREAM = {"script": ["stream:3"]}
 

@@ -9,7 +9,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.gateway.conftest import Engine, MakeGateway, events_until_terminal, recv, request
+from tests.conftest import Engine
+from tests.gateway.conftest import MakeGateway, events_until_terminal, recv, request
 
 STREAM = {"script": ["stream:8"]}
 

@@ -8,8 +8,8 @@ import httpx
 from engine.audit import AuditLog
 from engine.policy import set_config
 from gateway.auth import hash_token, token_id
-
-from .conftest import TOKENS_ENV, Engine, MakeGateway
+from tests.conftest import Engine
+from tests.gateway.conftest import TOKENS_ENV, MakeGateway
 
 
 async def test_refused_submits_have_codes_and_every_submit_is_audited(

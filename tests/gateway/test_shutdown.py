@@ -12,7 +12,8 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.gateway.conftest import Engine, recv, request
+from tests.conftest import Engine
+from tests.gateway.conftest import recv, request
 
 
 @pytest.mark.slow

@@ -11,7 +11,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from engine.events import TERMINAL_EVENTS
-from tests.gateway.conftest import Engine, MakeGateway, recv, request
+from tests.conftest import Engine
+from tests.gateway.conftest import MakeGateway, recv, request
 
 
 async def terminal_count(ws: ClientConnection, n: int) -> list[dict[str, Any]]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import io
 
 from gateway.watch import Watcher
-from tests.gateway.conftest import Engine, MakeGateway
+from tests.conftest import Engine
+from tests.gateway.conftest import MakeGateway
 
 
 async def test_watch_prints_a_tasks_events_and_resumes_after_since(

@@ -4,7 +4,6 @@ factory of gRPC servers on a free loopback port that are always stopped, and cha
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -16,7 +15,7 @@ from gateway.auth import Authenticator, hash_token
 from gateway.grpc.gen import tasks_pb2_grpc
 from gateway.grpc.server import GrpcServer
 from gateway.grpc.settings import GrpcSettings
-from tests.conftest import Workers, fast_settings
+from tests.conftest import Engine
 
 TOKENS = {"tok-acme": "acme", "tok-beta": "beta", "tok-ops": "*"}
 AUTH = Authenticator({hash_token(t): tenant for t, tenant in TOKENS.items()})
@@ -29,32 +28,6 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
 ACME = bearer("tok-acme")
 BETA = bearer("tok-beta")
 OPS = bearer("tok-ops")
-
-
-@dataclass
-class Engine:
-    settings: Settings
-    client: Client
-    workers: Workers
-
-    def start_worker(self) -> None:
-        self.workers.start(self.client)
-
-    async def log(self, task_id: str) -> list[str]:
-        """Ids of the task's events in the log, oldest first."""
-        store = self.client.store
-        entries = await store.entries(store.keys(0).log)
-        return [eid.decode() for eid, f in entries if f[b"task"] == task_id.encode()]
-
-
-@pytest.fixture
-async def engine(redis_url: str, workers: Workers) -> AsyncIterator[Engine]:
-    settings = fast_settings(redis_url=redis_url)
-    client = Client.from_url(redis_url, settings)
-    await client.store.prepare()
-    yield Engine(settings, client, workers)
-    await workers.stop_all()
-    await client.aclose()
 
 
 MakeServer = Callable[..., Awaitable[GrpcServer]]

@@ -11,8 +11,8 @@ import pytest
 from engine.client import Client
 from engine.embedded import free_port
 from gateway.grpc.gen import tasks_pb2 as pb
-from tests.conftest import fast_settings
-from tests.grpc.conftest import ACME, BETA, OPS, Engine, MakeServer, bearer
+from tests.conftest import Engine, fast_settings
+from tests.grpc.conftest import ACME, BETA, OPS, MakeServer, bearer
 
 UNKNOWN_ID = "0" * 32
 

@@ -10,7 +10,8 @@ from google.protobuf import json_format
 
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.server import GrpcServer
-from tests.grpc.conftest import ACME, OPS, Engine
+from tests.conftest import Engine
+from tests.grpc.conftest import ACME, OPS
 
 TERMINAL = {"TaskSucceeded", "TaskFailed", "TaskDeadLettered", "TaskCancelled"}
 
@@ -39,7 +40,7 @@ async def test_submit_then_watch_until_terminal(stub: Any, engine: Engine) -> No
     types = [e.type for e in events]
     assert types[:2] == ["TaskRequested", "TaskStarted"] and types[-1] == "TaskSucceeded"
     assert set(types[2:-1]) == {"TaskProgress"}  # deltas are coalesced: one event or more
-    assert [e.id for e in events] == await engine.log(reply.task_id)
+    assert [e.id for e in events] == await engine.log(task_id=reply.task_id)
     assert {(e.task_id, e.tenant, e.v) for e in events} == {(reply.task_id, "acme", 1)}
     done = json_format.MessageToDict(events[-1].data)
     assert done["result"]["text"] == "hi there"
@@ -67,7 +68,7 @@ async def test_resume_from_since_has_no_gap_and_no_duplicate(stub: Any, engine: 
     call.cancel()
     rest = await watch_all(stub, reply.task_id, since=first[-1].id)
     assert rest[-1].type == "TaskSucceeded"
-    assert [e.id for e in first + rest] == await engine.log(reply.task_id)
+    assert [e.id for e in first + rest] == await engine.log(task_id=reply.task_id)
     for k in (0, 3):  # from the finished log too
         tail = await watch_all(stub, reply.task_id, since=(first + rest)[k].id)
         assert [e.id for e in tail] == [e.id for e in (first + rest)[k + 1 :]]

@@ -19,7 +19,8 @@ from gateway.errors import GatewayConfigError
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.server import GrpcServer, serve_grpc
 from gateway.grpc.settings import GrpcSettings
-from tests.grpc.conftest import Engine, MakeServer
+from tests.conftest import Engine
+from tests.grpc.conftest import MakeServer
 
 ROOT = Path(__file__).resolve().parents[2]
 OPEN = Authenticator({})
