@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -321,8 +321,3 @@ class Client:
     async def ping(self) -> None:
         with translate_errors():
             await self.store.redis.ping()
-
-
-async def submit_many(client: Client, specs: Sequence[dict[str, Any]]) -> list[str]:
-    """Submit many tasks concurrently (they are group-committed in batches)."""
-    return list(await asyncio.gather(*(client.submit(**s) for s in specs)))

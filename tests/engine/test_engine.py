@@ -15,7 +15,6 @@ from engine.errors import ConfigError, QueueFull, TaskNotFound
 from engine.events import Status
 from engine.keys import PRIORITIES
 from engine.worker import Worker
-from providers.errors import ProviderError
 from providers.types import ProgressSink, ProviderRequest, ProviderResult
 from tests.conftest import Workers
 from tests.engine.helpers import (
@@ -400,10 +399,6 @@ async def test_many_tasks_each_end_exactly_once(make_client: MakeClient, workers
     assert counts == {i: 1 for i in ids}
     for priority in PRIORITIES:
         assert await client.store.redis.xlen(client.store.keys(0).queue(priority)) == 0
-
-
-class Failing(ProviderError):
-    pass
 
 
 async def test_partition_count_mismatch_is_refused(make_client: MakeClient) -> None:
