@@ -112,6 +112,10 @@ class GrpcServer:
             self.port = server.add_insecure_port(f"{self.target}")
             await server.start()
         except BaseException:
+            # A server that never started still owns a C-core object: stop it on this loop, or
+            # its finaliser runs later on a closed loop ("AioServer.shutdown never awaited").
+            with contextlib.suppress(Exception):
+                await server.stop(None)
             await self._close_clients()
             raise
         self._server = server

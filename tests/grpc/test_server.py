@@ -63,13 +63,36 @@ async def test_open_mode_serves_everyone_on_loopback_only(
         await exposed.start()
 
 
-async def test_a_port_in_use_is_an_error(engine: Engine, make_server: MakeServer) -> None:
-    """A second server on a port already served fails to start instead of sharing it."""
+async def test_a_port_in_use_is_an_error(
+    engine: Engine, make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second server on a port already served fails to start instead of sharing it, and
+    the half-built server is stopped on this loop (left to its finaliser, it fails later on a
+    closed loop, inside some other test: "AioServer.shutdown was never awaited")."""
     first = await make_server(engine.settings)
+    built: list[Any] = []
+    stopped: list[Any] = []
+    real_server = grpc.aio.server
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        server = real_server(*args, **kwargs)
+        real_stop = server.stop
+
+        async def stop(grace: float | None) -> None:
+            stopped.append(server)
+            await real_stop(grace)
+
+        server.stop = stop
+        built.append(server)
+        return server
+
+    monkeypatch.setattr(grpc.aio, "server", spy)
     second = GrpcServer(engine.settings, None, OPEN, GrpcSettings(), host="127.0.0.1")
     second.port = first.port
     with pytest.raises(RuntimeError):
         await second.start()
+    assert len(built) == 1
+    assert stopped == built
 
 
 async def test_serve_grpc_runs_until_the_stop_event(engine: Engine) -> None:
