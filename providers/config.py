@@ -76,9 +76,10 @@ class ProviderSettings(BaseSettings):
     )
     # whole call, capped further by the task's deadline
     call_timeout_s: float = Field(300.0, gt=0, le=3600, validation_alias="AIIS_CALL_TIMEOUT_S")
-    # streams per HTTP/2 connection is capped at 100 by httpcore; more in flight -> more clients
+    # calls to one provider in flight per process, and the most streams we put on one HTTP/2
+    # connection (the server's SETTINGS may allow fewer: real APIs say 100-250)
     max_in_flight: int = Field(2000, ge=1, le=20000, validation_alias="AIIS_PROVIDER_MAX_IN_FLIGHT")
-    streams_per_connection: int = Field(100, ge=1, le=100, validation_alias="AIIS_H2_STREAMS")
+    streams_per_connection: int = Field(1000, ge=1, le=10000, validation_alias="AIIS_H2_STREAMS")
     # plain-http base URLs (sandbox, local proxies) speak h2c only with prior knowledge
     http2_prior_knowledge: bool = Field(False, validation_alias="AIIS_HTTP2_PRIOR_KNOWLEDGE")
     max_output_tokens: int = Field(

@@ -1,4 +1,4 @@
-"""HTTP plumbing every adapter shares: the pooled HTTP/2 clients, the SSE reader with its idle
+"""HTTP plumbing every adapter shares: the pooled HTTP/2 client, the SSE reader with its idle
 timeout, and the translation of transport failures and status codes into the error taxonomy.
 """
 
@@ -30,9 +30,12 @@ from providers.errors import (
     ProviderTimeout,
     RateLimited,
 )
+from providers.h2transport import H2Transport
 
 MAX_MESSAGE_CHARS = 300
 MAX_CACHED_URLS = 256
+# HTTP/1.1 connections per origin that does not speak HTTP/2 (vLLM, Ollama, some proxies)
+HTTP1_MAX_CONNECTIONS = 256
 
 
 class _DropDebug(logging.Filter):
@@ -49,17 +52,19 @@ MAX_EVENT_BYTES = 1 << 20  # one SSE event; a bigger one is a malformed stream
 
 
 @functools.cache
-def _ssl_context() -> ssl.SSLContext:
-    # loading the CA bundle costs ~40 ms; every client of the process shares one context
+def _ssl_context(alpn: str) -> ssl.SSLContext:
+    """One context per ALPN use (loading the CA bundle costs ~40 ms): httpcore sets its own
+    ALPN list on the context it is given at every connect, so the HTTP/2 transport's context
+    must not be the one the HTTP/1.1 fallback uses."""
     return ssl.create_default_context(cafile=certifi.where())
 
 
 class ClientPool:
-    """One provider's HTTP clients: one HTTP/2 connection each, used least-loaded first.
-
-    httpcore caps a connection at 100 concurrent streams and never opens a second HTTP/2
-    connection to the same origin, so ``ceil(max_in_flight / streams)`` clients are created
-    lazily; a quiet provider uses one connection, a busy one a handful.
+    """One provider's HTTP client: one ``httpx.AsyncClient`` over ``H2Transport``, which
+    multiplexes as many streams per HTTP/2 connection as the server allows (capped by
+    ``AIIS_H2_STREAMS``) and opens another connection only when those are full; an origin that
+    does not speak HTTP/2 is served over pooled HTTP/1.1 connections instead. ``max_in_flight``
+    bounds the calls this process makes to the provider at once.
     """
 
     def __init__(
@@ -71,42 +76,41 @@ class ClientPool:
         self._config = config
         self._settings = settings
         self._transport = transport
-        self._size = (
-            1 if transport else math.ceil(settings.max_in_flight / settings.streams_per_connection)
-        )
-        self._clients: list[httpx.AsyncClient] = []
-        self._load: list[int] = []
+        self._client: httpx.AsyncClient | None = None
         self._in_flight = asyncio.Semaphore(settings.max_in_flight)
         self._base = httpx.URL(config.base_url.rstrip("/") + "/")
         self._urls: dict[tuple[str, tuple[tuple[str, str], ...]], httpx.URL] = {}
 
     def _new_client(self) -> httpx.AsyncClient:
         s = self._settings
-        prior_knowledge = s.http2_prior_knowledge and self._config.base_url.startswith("http://")
+        transport = self._transport
+        if transport is None:
+            http1_connections = min(s.max_in_flight, HTTP1_MAX_CONNECTIONS)
+            transport = H2Transport(
+                ssl_context=_ssl_context("h2"),
+                prior_knowledge=s.http2_prior_knowledge,
+                max_streams=s.streams_per_connection,
+                # enough connections for max_in_flight even where a server allows 100 streams
+                max_connections=max(1, math.ceil(s.max_in_flight / 100)),
+                http1=httpx.AsyncHTTPTransport(
+                    verify=_ssl_context("http/1.1"),
+                    http2=False,
+                    limits=httpx.Limits(
+                        max_connections=http1_connections,
+                        max_keepalive_connections=http1_connections,
+                    ),
+                ),
+            )
         timeout = httpx.Timeout(
             connect=s.connect_timeout_s, read=s.read_timeout_s, write=30.0, pool=s.read_timeout_s
         )
         return httpx.AsyncClient(
             base_url=self._config.base_url,
-            http2=True,
-            http1=not prior_knowledge,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            transport=self._transport,
+            transport=transport,
             follow_redirects=False,
             trust_env=False,
-            verify=_ssl_context(),
         )
-
-    def _pick(self) -> int:
-        for i, load in enumerate(self._load):
-            if load < self._settings.streams_per_connection:
-                return i
-        if len(self._clients) < self._size:
-            self._clients.append(self._new_client())
-            self._load.append(0)
-            return len(self._clients) - 1
-        return min(range(len(self._load)), key=self._load.__getitem__)
 
     def _absolute(self, url: str, params: dict[str, str] | None) -> httpx.URL:
         # parsing and merging URLs is a visible share of a call's CPU: memoise the few distinct
@@ -134,34 +138,25 @@ class ClientPool:
     ) -> AsyncIterator[httpx.Response]:
         """Send a request and yield the (unread) response; the caller reads or streams it."""
         async with self._in_flight:
-            i = self._pick()
-            self._load[i] += 1
+            client = self._client
+            if client is None:
+                client = self._client = self._new_client()
+            content = orjson.dumps(json) if json is not None else None
+            if content is not None:
+                headers = {**headers, "content-type": "application/json"}
+            request = client.build_request(
+                method, self._absolute(url, params), headers=headers, content=content
+            )
+            response = await client.send(request, stream=True)
             try:
-                content = orjson.dumps(json) if json is not None else None
-                if content is not None:
-                    headers = {**headers, "content-type": "application/json"}
-                client = self._clients[i]
-                request = client.build_request(
-                    method, self._absolute(url, params), headers=headers, content=content
-                )
-                response = await client.send(request, stream=True)
-                try:
-                    yield response
-                finally:
-                    await response.aclose()
+                yield response
             finally:
-                if i < len(self._load):  # aclose() may have emptied the pool meanwhile
-                    self._load[i] -= 1
-
-    @property
-    def connections(self) -> int:
-        return len(self._clients)
+                await response.aclose()
 
     async def aclose(self) -> None:
-        for client in self._clients:
+        if self._client is not None:
+            client, self._client = self._client, None
             await client.aclose()
-        self._clients.clear()
-        self._load.clear()
 
 
 def redact(text: str, secrets: Iterable[str | None]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -75,10 +76,21 @@ def _request(
 class HttpServer:
     """Serves ``app`` on host:port (0 = any free port); counts connections by protocol."""
 
-    def __init__(self, app: App, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        app: App,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls: ssl.SSLContext | None = None,
+        max_streams: int = H2_MAX_STREAMS,
+    ) -> None:
         self.app = app
         self.host = host
         self.port = port
+        self.tls = tls  # with ALPN set on it, clients choose h2 or http/1.1 as with real APIs
+        self.max_streams = max_streams
+        self._h2: set[_H2] = set()
         self.connections = 0
         self.h2_connections = 0
         self.in_flight = 0
@@ -87,7 +99,9 @@ class HttpServer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, self.host, self.port, backlog=2048)
+        self._server = await asyncio.start_server(
+            self._accept, self.host, self.port, backlog=2048, ssl=self.tls
+        )
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def stop(self) -> None:
@@ -101,6 +115,12 @@ class HttpServer:
         if self._server is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    def goaway(self) -> None:
+        """Send GOAWAY on every HTTP/2 connection, as a server being drained does: streams not
+        answered yet are refused, and clients must move to a new connection."""
+        for connection in list(self._h2):
+            connection.goaway()
 
     def _spawn(self, coro: Awaitable[None]) -> asyncio.Task[None]:
         task: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -123,7 +143,12 @@ class HttpServer:
                     first += more
                 if first.startswith(H2_PREFACE):
                     self.h2_connections += 1
-                    await _H2(self, reader, writer).serve(first)
+                    connection = _H2(self, reader, writer)
+                    self._h2.add(connection)
+                    try:
+                        await connection.serve(first)
+                    finally:
+                        self._h2.discard(connection)
                     return
             await self._serve_h1(reader, writer, first)
         except (ConnectionError, asyncio.IncompleteReadError, h11.ProtocolError):
@@ -229,7 +254,8 @@ class _H2:
 
     async def serve(self, first: bytes) -> None:
         self.conn.initiate_connection()
-        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: H2_MAX_STREAMS})
+        limit = self.server.max_streams
+        self.conn.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limit})
         self.flush()
         data = first
         try:
@@ -266,6 +292,11 @@ class _H2:
                 reset.cancel()
         elif isinstance(event, h2.events.WindowUpdated | h2.events.RemoteSettingsChanged):
             self.window.set()
+
+    def goaway(self) -> None:
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.conn.close_connection(last_stream_id=0)
+            self.flush()
 
     async def _respond(self, sid: int) -> None:
         try:
