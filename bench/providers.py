@@ -1,10 +1,15 @@
-"""Provider concurrency benchmark: one process drives N calls through the Router (breakers and
-rate limits on a real redis-server included) against the sandbox with 1 s latency, which runs in
-its own process.
+"""Provider concurrency benchmark (issue #3): 2,000 tasks through ONE worker process against the
+sandbox with 1 s latency, which runs in its own process, on a real redis-server.
 
-    python bench/providers.py --calls 2000 --concurrency 2000 --latency 1.0
+    python bench/providers.py                       # the issue's run: tasks through `aiis worker`
+    python bench/providers.py --no-stream           # JSON answers instead of SSE streams
+    python bench/providers.py --router              # the router alone, no engine (one process)
+    python bench/providers.py --router --bare       # ... and plain httpx clients: the floor
 
-Prints peak calls in flight, calls/s, connections the sandbox accepted, and peak RSS.
+The worker run queues all tasks first, then starts `python -m engine worker` with enough
+concurrency for all of them, and measures from the first `TaskStarted` to the last terminal event
+(Redis stream timestamps). Prints tasks/s, peak calls in flight at the sandbox, the HTTP/2
+connections the sandbox accepted, worker CPU per task and the worker's peak RSS.
 """
 
 from __future__ import annotations
@@ -15,9 +20,11 @@ import contextlib
 import os
 import re
 import resource
+import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -28,9 +35,15 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.client import Client
+from engine.embedded import EmbeddedRedis
+from engine.settings import Settings
 from providers.config import ProviderSettings
-from providers.factory import build_router, sandbox_settings
+from providers.factory import build_router, sandbox_env, sandbox_settings
 from providers.types import ProviderRequest
+
+ROOT = Path(__file__).resolve().parents[1]
+TERMINAL = frozenset({b"TaskSucceeded", b"TaskFailed", b"TaskDeadLettered", b"TaskCancelled"})
 
 
 class CountingSink:
@@ -204,6 +217,124 @@ async def bare(args: argparse.Namespace, sandbox_url: str) -> None:
     )
 
 
+def _proc_stat(pid: int) -> tuple[float, float]:
+    """(CPU seconds, peak RSS MB) of a live process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    peak = 0.0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            peak = int(line.split()[1]) / 1024
+    return cpu, peak
+
+
+async def _log_summary(client: Client) -> tuple[int, int, int, dict[bytes, int]]:
+    """(first TaskStarted ms, last terminal ms, tasks ended, terminal events by type)."""
+    first, last, ended = 0, 0, 0
+    kinds: dict[bytes, int] = {}
+    for keys in client.store.partitions:
+        cursor = "-"
+        while True:
+            rows: Any = await client.store.redis.xrange(keys.log, cursor, "+", count=10_000)
+            for event_id, fields in rows:
+                kind = fields[b"type"]
+                ms = int(event_id.split(b"-")[0])
+                if kind == b"TaskStarted" and (first == 0 or ms < first):
+                    first = ms
+                elif kind in TERMINAL:
+                    ended += 1
+                    last = max(last, ms)
+                    kinds[kind] = kinds.get(kind, 0) + 1
+            if len(rows) < 10_000:
+                break
+            cursor = "(" + rows[-1][0].decode()
+    return first, last, ended, kinds
+
+
+async def through_worker(args: argparse.Namespace, sandbox_url: str) -> None:
+    """The issue's benchmark: queued tasks, one `aiis worker` process, the sandbox elsewhere."""
+    with tempfile.TemporaryDirectory() as tmp:
+        server = EmbeddedRedis(Path(tmp))
+        url = server.start()
+        try:
+            await _through_worker(args, sandbox_url, url)
+        finally:
+            server.stop()
+
+
+async def _through_worker(args: argparse.Namespace, sandbox_url: str, url: str) -> None:
+    n = args.calls
+    namespace = "benchproviders"
+    settings = Settings(redis_url=url, namespace=namespace, queue_max_depth=10_000_000)
+    client = Client.from_url(url, settings)
+    await client.store.prepare()
+    for start in range(0, n, 1000):
+        await asyncio.gather(
+            *(
+                client.submit(f"benchmark prompt {i}", params={"stream": args.stream})
+                for i in range(start, min(n, start + 1000))
+            )
+        )
+    env = {
+        **os.environ,
+        **sandbox_env(sandbox_url),
+        "AIIS_REDIS_URL": url,
+        "AIIS_NAMESPACE": namespace,
+        "AIIS_PROVIDER": "auto",
+        "AIIS_QUEUE_MAX_DEPTH": "10000000",
+        # limits high enough never to throttle: the shared limiter still runs its Lua per call
+        "AIIS_GEMINI_RPM": "10000000",
+        "AIIS_GEMINI_TPM": "1000000000",
+        "AIIS_PROVIDER_MAX_IN_FLIGHT": str(max(n, 1)),
+        "PYTHONPATH": str(ROOT),
+    }
+    command = [sys.executable, "-m", "engine", "worker", "--concurrency", str(args.concurrency)]
+    worker = subprocess.Popen(
+        command, env=env, cwd=ROOT, stderr=subprocess.DEVNULL if args.quiet else None
+    )
+    spy = None
+    if args.profile:  # sample the worker while it works (py-spy is not a project dependency)
+        spy = subprocess.Popen(
+            ["py-spy", "record", "-r", "200", "-f", "raw", "-o", args.profile,
+             "--pid", str(worker.pid)]
+        )  # fmt: skip
+    try:
+        while True:
+            done = sum([await client.store.redis.zcard(k.done) for k in client.store.partitions])
+            if done >= n:
+                break
+            if worker.poll() is not None:
+                raise RuntimeError(f"the worker exited with {worker.returncode}")
+            await asyncio.sleep(0.05)
+        cpu, peak_rss = _proc_stat(worker.pid)
+    finally:
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(30)
+        worker.terminate()
+        worker.wait(30)
+    first, last, ended, kinds = await _log_summary(client)
+    await client.aclose()
+    async with httpx.AsyncClient() as http:
+        stats = (await http.get(f"{sandbox_url}/_sandbox/stats")).json()
+    elapsed = (last - first) / 1000
+    by_kind = ", ".join(f"{k.decode()} {v}" for k, v in kinds.items())
+    print(
+        f"tasks:              {n} through one worker process (concurrency {args.concurrency}), "
+        f"stream={args.stream}, sandbox latency {args.latency:g} s, embedded redis-server"
+    )
+    print(f"terminal events:    {ended} ({by_kind})")
+    print(f"first start->end:   {elapsed:.2f} s")
+    print(f"tasks/s:            {n / elapsed:.0f}")
+    print(f"peak in flight:     {stats.get('peak_in_flight')} calls at the sandbox")
+    print(
+        f"connections:        {stats.get('h2_connections')} HTTP/2 at the sandbox "
+        f"({stats.get('connections')} in all, this script's stats request included)"
+    )
+    print(f"worker CPU:         {cpu:.2f} s with start-up, {1000 * cpu / n:.2f} ms per task")
+    print(f"worker peak RSS:    {peak_rss:.0f} MB")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--calls", type=int, default=2000)
@@ -212,9 +343,14 @@ def main() -> None:
     parser.add_argument("--no-stream", dest="stream", action="store_false")
     parser.add_argument("--no-redis", dest="redis", action="store_false")
     parser.add_argument("--bare", action="store_true", help="plain httpx, for the floor")
+    parser.add_argument("--router", action="store_true", help="the router alone, no engine")
+    parser.add_argument("--quiet", action="store_true", help="hide the worker's log")
+    parser.add_argument("--profile", help="py-spy samples of the worker into this file")
     args = parser.parse_args()
     with sandbox_process(args.latency) as url:
-        if args.bare:
+        if not (args.router or args.bare):
+            asyncio.run(through_worker(args, url))
+        elif args.bare:
             asyncio.run(bare(args, url))
         elif args.redis:
             with redis_server() as redis_url:
