@@ -38,6 +38,31 @@ async def test_burst_then_refuse_without_budget(fake_redis: aioredis.Redis) -> N
     assert 0 < (info.value.retry_after or 0) <= 0.1
 
 
+async def test_calls_made_together_share_one_round_trip(fake_redis: aioredis.Redis) -> None:
+    """Ten calls started in the same loop turn are decided by one script run, in order, as if
+    each ran alone: the burst of 6 goes, the other 4 are refused; a call after that is a new
+    round trip."""
+    rl = limiter(fake_redis, gemini=Limit(rpm=600, burst_fraction=0.01))  # burst 6, 1 per 100 ms
+    runs = 0
+    script = rl._acquire
+
+    async def counted(**kwargs: object) -> object:
+        nonlocal runs
+        runs += 1
+        return await script(**kwargs)  # type: ignore[arg-type]
+
+    rl._acquire = counted  # type: ignore[assignment]
+    results = await asyncio.gather(
+        *(rl.acquire("gemini", max_wait=0) for _ in range(10)), return_exceptions=True
+    )
+    assert runs == 1
+    assert results[:6] == [0.0] * 6
+    assert all(isinstance(r, RateLimited) for r in results[6:])
+    with pytest.raises(RateLimited):
+        await rl.acquire("gemini", max_wait=0)
+    assert runs == 2
+
+
 async def test_waits_for_a_slot_within_budget(fake_redis: aioredis.Redis) -> None:
     """When the next slot frees before the budget runs out, the call waits for it."""
     rl = limiter(fake_redis, gemini=Limit(rpm=600, burst_fraction=0.0))  # 1 per 100 ms
