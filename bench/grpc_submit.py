@@ -1,16 +1,31 @@
-"""SubmitTask over gRPC against one gRPC server process, beside the same number of tasks
-submitted by the Python ``Client`` straight to Redis, in one run (DESIGN.md §5: measured here,
-never asserted in tests).
+"""SubmitTask over gRPC against ONE gateway process, beside the same number of tasks submitted
+by the Python ``Client`` straight to Redis, in one run (DESIGN.md §5: measured here, never
+asserted in tests).
 
-    python bench/grpc_submit.py [--tasks 20000] [--concurrency 50] [--channels 50]
+    python bench/grpc_submit.py [--tasks 20000] [--concurrency 50] [--rounds 3]
 
 Starts an embedded redis-server and ``python -m gateway.grpc`` in a subprocess (open mode on
-loopback, no workers: tasks only queue), then runs ``--concurrency`` concurrent callers, each
-submitting one task at a time (unary calls spread over ``--channels`` channels). The direct
-run has the same number of concurrent callers on one ``Client``. Prints tasks/s of both, the
-ratio (goal ≥ 50 %) and the gRPC call latency percentiles. For scale it also measures the
-floor of grpc.aio itself: the same calls against a server whose handler does nothing
-(``--serve-noop PORT`` runs that server).
+loopback, no workers: tasks only queue). Each round runs, with ``--concurrency`` concurrent
+callers or streams each time:
+
+- ``unary/py``     unary SubmitTask calls from a Python grpc.aio client (one call at a time per
+                   caller, one channel per caller);
+- ``unary/h2load`` the same unary calls from h2load (nghttp2's C load generator speaking gRPC
+                   frames; one connection per caller), so the client costs little CPU and the
+                   figure shows the gateway's capacity. Skipped, saying so, without ``h2load``
+                   (Debian: ``apt-get install nghttp2-client``);
+- ``stream/py``    the SubmitTasks bidi stream: one stream per caller, each carrying its share
+                   of the tasks, replies read as they come (a Python grpc.aio client);
+- ``stream/h2load`` the same streams from h2load (each request body is the stream's share of
+                   SubmitTaskRequest frames; skipped without h2load);
+- ``direct``       the same number of tasks from as many callers on one Python ``Client``
+                   straight to Redis (the baseline; goal: gRPC ≥ 50 % of it);
+- ``noop/...``     unary calls against a grpc.aio server whose handler does nothing (grpc's
+                   own cost in Python, for scale).
+
+Per mode it prints the rate, the ratio to ``direct`` and the CPU time per task of each
+process (gateway, load generator, redis-server; from /proc and getrusage), as the median of
+the rounds. The machine's other load shows in the CPU figures, not only in the rates.
 """
 
 from __future__ import annotations
@@ -18,12 +33,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -38,7 +57,55 @@ from engine.settings import Settings
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.gen import tasks_pb2_grpc
 
-MAX_DEPTH = 10_000_000
+MAX_DEPTH = 100_000_000
+PROMPT = "benchmark prompt"
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a live process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK  # utime, stime
+
+
+def self_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Sample:
+    rate: float  # tasks/s
+    server_us: float  # CPU µs per task in the gateway (or the no-op server)
+    client_us: float  # … in the load generator
+    redis_us: float  # … in redis-server
+
+
+@dataclass
+class Procs:
+    server: int
+    redis: int
+
+
+async def measure(
+    tasks: int, procs: Procs, run: Callable[[], Awaitable[None]], *, external: bool = False
+) -> Sample:
+    """Run one phase; CPU of the load generator is this process's, or (``external``) that of
+    the child processes reaped during it."""
+    client0 = children_cpu() if external else self_cpu()
+    server0, redis0 = proc_cpu(procs.server), proc_cpu(procs.redis)
+    t0 = time.perf_counter()
+    await run()
+    wall = time.perf_counter() - t0
+    client = (children_cpu() if external else self_cpu()) - client0
+    server, redis = proc_cpu(procs.server) - server0, proc_cpu(procs.redis) - redis0
+    per = 1e6 / tasks
+    return Sample(tasks / wall, server * per, client * per, redis * per)
 
 
 def start_server(redis_url: str, namespace: str, port: int) -> subprocess.Popen[bytes]:
@@ -99,103 +166,203 @@ async def wait_serving(target: str, proc: subprocess.Popen[bytes]) -> None:
             await asyncio.sleep(0.1)
 
 
-async def run_grpc(target: str, tasks: int, concurrency: int, channels: int) -> list[float]:
-    """Latencies (s) of ``tasks`` SubmitTask calls made by ``concurrency`` callers."""
-    opened = [grpc.aio.insecure_channel(target) for _ in range(channels)]
+def request() -> pb.SubmitTaskRequest:
+    return pb.SubmitTaskRequest(prompt=PROMPT, priority=pb.PRIORITY_NORMAL)
+
+
+async def unary_py(target: str, tasks: int, concurrency: int) -> None:
+    """``tasks`` unary SubmitTask calls from ``concurrency`` callers, one channel each."""
+    opened = [grpc.aio.insecure_channel(target) for _ in range(concurrency)]
     stubs = [tasks_pb2_grpc.TaskServiceStub(c) for c in opened]
-    request = pb.SubmitTaskRequest(prompt="benchmark prompt", priority=pb.PRIORITY_NORMAL)
-    latencies: list[float] = []
+    message = request()
     left = tasks
 
-    async def caller(i: int) -> None:
+    async def caller(stub: tasks_pb2_grpc.TaskServiceStub) -> None:
         nonlocal left
-        stub = stubs[i % channels]
         while left > 0:
             left -= 1
-            t0 = time.perf_counter()
-            await stub.SubmitTask(request)
-            latencies.append(time.perf_counter() - t0)
+            await stub.SubmitTask(message)
 
     try:
-        await asyncio.gather(*(caller(i) for i in range(concurrency)))
+        await asyncio.gather(*(caller(s) for s in stubs))
     finally:
         for c in opened:
             await c.close()
-    return latencies
 
 
-async def run_direct(client: Client, tasks: int, concurrency: int) -> None:
+async def stream_py(target: str, tasks: int, concurrency: int) -> None:
+    """``tasks`` submits over ``concurrency`` SubmitTasks streams (one channel each)."""
+    opened = [grpc.aio.insecure_channel(target) for _ in range(concurrency)]
+    message = request()
+    shares = [tasks // concurrency + (i < tasks % concurrency) for i in range(concurrency)]
+
+    async def one(channel: grpc.aio.Channel, n: int) -> None:
+        async def requests() -> AsyncIterator[pb.SubmitTaskRequest]:
+            for _ in range(n):
+                yield message
+
+        got = 0
+        async for reply in tasks_pb2_grpc.TaskServiceStub(channel).SubmitTasks(requests()):
+            if not reply.task_id:
+                raise SystemExit(f"SubmitTasks item failed: {reply.error}")
+            got += 1
+        assert got == n
+
+    try:
+        await asyncio.gather(*(one(c, n) for c, n in zip(opened, shares, strict=True)))
+    finally:
+        for c in opened:
+            await c.close()
+
+
+def h2load_body(directory: Path, messages: int) -> Path:
+    """A request body for h2load: ``messages`` gRPC length-prefixed SubmitTaskRequests."""
+    data = request().SerializeToString()
+    path = directory / f"submit-{messages}.grpc"
+    path.write_bytes((b"\x00" + len(data).to_bytes(4, "big") + data) * messages)
+    return path
+
+
+async def h2load(target: str, method: str, requests: int, concurrency: int, body: Path) -> None:
+    """``requests`` calls from h2load over ``concurrency`` connections, one call at a time
+    each (the Python phases' shape). h2load checks the HTTP status only; the caller checks
+    that every task was made."""
+    args = ["h2load", "-n", str(requests), "-c", str(concurrency), "-m", "1", "-d", str(body)]
+    args += ["-H", "content-type: application/grpc", "-H", "te: trailers"]
+    proc = await asyncio.create_subprocess_exec(
+        *args, f"http://{target}/aiis.v1.TaskService/{method}", stdout=asyncio.subprocess.PIPE
+    )
+    out, _ = await proc.communicate()
+    text = out.decode()
+    if proc.returncode != 0 or f"{requests} succeeded" not in text:
+        raise SystemExit(f"h2load failed:\n{text}")
+
+
+async def direct(client: Client, tasks: int, concurrency: int) -> None:
     left = tasks
 
     async def caller() -> None:
         nonlocal left
         while left > 0:
             left -= 1
-            await client.submit("benchmark prompt")
+            await client.submit(PROMPT)
 
     await asyncio.gather(*(caller() for _ in range(concurrency)))
 
 
+async def queued(client: Client) -> int:
+    """Tasks in the namespace's queues (to check that every gRPC call made a task)."""
+    store = client.store
+    total = 0
+    for p in range(client.settings.partitions):
+        total += int(await store.redis.hlen(store.keys(p).state))
+    return total
+
+
 async def main(args: argparse.Namespace) -> None:
+    n, conc = args.tasks, args.concurrency
+    has_h2load = shutil.which("h2load") is not None
+    samples: dict[str, list[Sample]] = {}
+    if n % conc:
+        raise SystemExit("--tasks must be a multiple of --concurrency")
     with tempfile.TemporaryDirectory() as tmp:
+        one, share = h2load_body(Path(tmp), 1), h2load_body(Path(tmp), n // conc)
         redis = EmbeddedRedis(Path(tmp), appendonly=False)
         redis.start()
-        port = free_port()
+        assert redis.process is not None
+        port, noop_port = free_port(), free_port()
         grpc_ns, direct_ns = f"bg{uuid.uuid4().hex[:8]}", f"bd{uuid.uuid4().hex[:8]}"
-        server = start_server(redis.url, grpc_ns, port)
-        target = f"127.0.0.1:{port}"
+        server, noop = start_server(redis.url, grpc_ns, port), start_noop(noop_port)
+        target, noop_target = f"127.0.0.1:{port}", f"127.0.0.1:{noop_port}"
         settings = Settings(namespace=direct_ns, redis_url=redis.url, queue_max_depth=MAX_DEPTH)
         client = Client.from_url(redis.url, settings)
+        gw_view = Client.from_url(redis.url, settings.model_copy(update={"namespace": grpc_ns}))
+        procs, noop_procs = Procs(server.pid, redis.process.pid), Procs(noop.pid, redis.process.pid)
+        phases: list[tuple[str, Procs, Callable[[], Awaitable[None]], bool]] = [
+            ("unary/py", procs, lambda: unary_py(target, n, conc), False),
+            ("stream/py", procs, lambda: stream_py(target, n, conc), False),
+            ("direct", procs, lambda: direct(client, n, conc), False),
+            ("noop unary/py", noop_procs, lambda: unary_py(noop_target, n, conc), False),
+        ]
+        if has_h2load:
+            phases[1:1] = [
+                ("unary/h2load", procs, lambda: h2load(target, "SubmitTask", n, conc, one), True)
+            ]
+            phases[3:3] = [
+                (
+                    "stream/h2load",
+                    procs,
+                    lambda: h2load(target, "SubmitTasks", conc, conc, share),
+                    True,
+                )
+            ]
+            phases.append(
+                (
+                    "noop unary/h2load",
+                    noop_procs,
+                    lambda: h2load(noop_target, "SubmitTask", n, conc, one),
+                    True,
+                )
+            )
         try:
             await wait_serving(target, server)
+            await wait_serving(noop_target, noop)
             await client.store.prepare()
-            # warm-up: connections, script loading, JIT-less but cache-warm paths
-            await run_grpc(target, 500, args.concurrency, args.channels)
-            await run_direct(client, 500, args.concurrency)
-
-            t0 = time.perf_counter()
-            latencies = await run_grpc(target, args.tasks, args.concurrency, args.channels)
-            grpc_s = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            await run_direct(client, args.tasks, args.concurrency)
-            direct_s = time.perf_counter() - t0
+            # warm-up: connections, script loading, caches
+            await unary_py(target, 500, conc)
+            await stream_py(target, 500, conc)
+            await direct(client, 500, conc)
+            for r in range(args.rounds):
+                for name, owner, run, external in phases:
+                    before = await queued(gw_view)
+                    sample = await measure(n, owner, run, external=external)
+                    if owner is procs and name != "direct":
+                        made = await queued(gw_view) - before
+                        if made != n:
+                            raise SystemExit(f"{name}: {made} tasks made for {n} calls")
+                    samples.setdefault(name, []).append(sample)
+                print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
         finally:
             await client.aclose()
-            server.terminate()
-            server.wait(15)
+            await gw_view.aclose()
+            for proc in (server, noop):
+                proc.terminate()
+                proc.wait(15)
             redis.stop()
-    noop_port = free_port()
-    noop = start_noop(noop_port)
-    try:
-        noop_target = f"127.0.0.1:{noop_port}"
-        await wait_serving(noop_target, noop)
-        await run_grpc(noop_target, 500, args.concurrency, args.channels)
-        t0 = time.perf_counter()
-        await run_grpc(noop_target, args.tasks, args.concurrency, args.channels)
-        noop_s = time.perf_counter() - t0
-    finally:
-        noop.terminate()
-        noop.wait(15)
-    grpc_rate, direct_rate = args.tasks / grpc_s, args.tasks / direct_s
-    noop_rate = args.tasks / noop_s
-    cuts = statistics.quantiles(latencies, n=100)
-    print(f"tasks per run: {args.tasks}, callers: {args.concurrency}, channels: {args.channels}")
-    print(f"gRPC SubmitTask (one server process): {grpc_rate:10,.0f} tasks/s")
-    print(f"Python Client straight to Redis:      {direct_rate:10,.0f} tasks/s")
-    print(f"grpc.aio floor (handler does nothing): {noop_rate:9,.0f} calls/s")
-    print(f"ratio gRPC / direct:                  {grpc_rate / direct_rate:10.1%}  (goal ≥ 50 %)")
-    print(f"ratio gRPC / grpc.aio floor:          {grpc_rate / noop_rate:10.1%}")
+    report(args, samples, has_h2load)
+
+
+def report(args: argparse.Namespace, samples: dict[str, list[Sample]], has_h2load: bool) -> None:
+    def med(name: str, field: str) -> float:
+        return statistics.median(getattr(s, field) for s in samples[name])
+
+    direct_rate = med("direct", "rate")
     print(
-        f"gRPC call latency: p50 {cuts[49] * 1000:.2f} ms, p99 {cuts[98] * 1000:.2f} ms, "
-        f"max {max(latencies) * 1000:.2f} ms"
+        f"{args.tasks} tasks per phase, {args.concurrency} concurrent callers/streams, "
+        f"one gateway process; median of {args.rounds} rounds (2 cores, shared)"
     )
+    if not has_h2load:
+        print("h2load not found (apt-get install nghttp2-client): its phases are skipped")
+    print(
+        f"{'mode':<18} {'tasks/s':>9} {'vs direct':>10}   CPU µs per task: "
+        f"{'gateway':>8} {'loadgen':>8} {'redis':>7}"
+    )
+    for name, runs in samples.items():
+        rate = med(name, "rate")
+        rates = ", ".join(f"{s.rate:,.0f}" for s in runs)
+        print(
+            f"{name:<18} {rate:9,.0f} {rate / direct_rate:10.1%}                   "
+            f"{med(name, 'server_us'):8.0f} {med(name, 'client_us'):8.0f} "
+            f"{med(name, 'redis_us'):7.0f}   ({rates})"
+        )
+    print("goal: gRPC ≥ 50 % of direct (gateway = the server process; for direct it is idle)")
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--channels", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument(
         "--serve-noop", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS
     )

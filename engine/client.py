@@ -207,6 +207,8 @@ class Client:
                             p.future.set_exception(exc)
                     continue
                 for p, (status, value) in zip(batch, results, strict=True):
+                    if p.future.done():  # its submitter was cancelled; the others still wait
+                        continue
                     if status == "full":
                         depth = int(value)
                         limit = self.settings.queue_max_depth

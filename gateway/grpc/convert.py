@@ -120,4 +120,24 @@ def task_message(view: TaskView) -> pb.Task:
         created_ms=view.created_ms,
         deadline_ms=view.deadline_ms,
         terminal=event_message(view.terminal) if view.terminal is not None else None,
+        source=pb.TASK_SOURCE_LOG,
+    )
+
+
+def task_from_record(task_id: str, record: dict[str, Any], view: TaskView | None) -> pb.Task:
+    """A task answered from its ``task_state`` record; ``view`` (the engine's, ``None`` once
+    the engine has forgotten the task) adds the terminal event and the deadline."""
+    terminal = view.terminal if view is not None else None
+    return pb.Task(
+        task_id=task_id,
+        status=STATUS_ENUMS[Status(record["status"])],
+        tenant=record["tenant"],
+        kind=KIND_ENUMS.get(record["kind"] or "", pb.TASK_KIND_UNSPECIFIED),
+        priority=PRIORITY_ENUMS.get(record["priority"] or "", pb.PRIORITY_UNSPECIFIED),
+        attempts=record["attempts"],
+        created_ms=record["requested_ts"] or 0,
+        deadline_ms=view.deadline_ms if view is not None else 0,
+        terminal=event_message(terminal) if terminal is not None else None,
+        source=pb.TASK_SOURCE_PROJECTION,
+        record=struct(record),
     )

@@ -93,7 +93,12 @@ class GrpcServer:
             self._client = Client(connect(url, cfg.redis_pool, cluster=cluster), self.settings)
         self._watch_client = Client(connect(url, cfg.max_watches, cluster=cluster), self.settings)
         self.service = TaskService(
-            self._client, self._watch_client, auth, cfg.max_watches, cfg.watch_block_ms
+            self._client,
+            self._watch_client,
+            auth,
+            cfg.max_watches,
+            cfg.watch_block_ms,
+            cfg.stream_window,
         )
         server = grpc.aio.server(
             options=[

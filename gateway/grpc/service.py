@@ -1,16 +1,19 @@
-"""``aiis.v1.TaskService``: the four RPCs over the engine's producer API.
+"""``aiis.v1.TaskService``: the RPCs over the engine's producer API.
 
 Every call authenticates first (metadata ``authorization: Bearer <token>``, the WebSocket
 gateway's tokens and ``Authenticator``). Engine errors become status codes in one place
-(``abort``); nothing else escapes a handler as an exception of ours.
+(``status_for``; ``abort`` ends a call with it, ``SubmitTasks`` puts it in the item's reply);
+nothing else escapes a handler as an exception of ours.
 
-GetTask reads the engine (``Client.get``: the task's state word and, once it has one, its
-terminal event), which is always current. ``projections`` has no read API for one
-``task_state`` record yet; see docs/grpc.md.
+GetTask answers a finished task from the ``task_state`` projection's record (final: exactly one
+terminal event per task) and anything else from the engine (``Client.get``, always current), so
+a task the projection has not seen yet is never NOT_FOUND and its lag never shows; see
+docs/grpc.md.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncGenerator, AsyncIterator
@@ -38,6 +41,7 @@ from gateway.grpc import convert
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.protocol import parse_id
 from gateway.since import check_retained
+from projections.lookup import TERMINAL, task_record
 
 log = logging.getLogger("aiis.grpc")
 
@@ -59,6 +63,20 @@ STATUS_OF: tuple[tuple[type[EngineError], grpc.StatusCode], ...] = (
 )
 
 
+def status_for(exc: EngineError) -> tuple[grpc.StatusCode, str, str]:
+    """(status code, message, field) that ``exc`` stands for; field only for a bad task."""
+    code = next((c for cls, c in STATUS_OF if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
+    if isinstance(exc, InvalidTask):
+        return code, f"{exc.field}: {exc.message}", exc.field
+    if isinstance(exc, RedisUnavailable):
+        log.warning("gRPC call failed: %s", exc)  # the address stays in the log, not the reply
+        return code, "the engine is unavailable (Redis unreachable); retry", ""
+    if code == grpc.StatusCode.INTERNAL:
+        log.error("gRPC call failed: %s", exc)
+        return code, "internal error", ""
+    return code, str(exc), ""
+
+
 async def abort(context: Context, exc: EngineError | ProtocolError) -> Never:
     """End the call with the status code (and message) ``exc`` stands for."""
     if isinstance(exc, ProtocolError):  # a bad `since`
@@ -67,17 +85,27 @@ async def abort(context: Context, exc: EngineError | ProtocolError) -> Never:
             code = grpc.StatusCode.INVALID_ARGUMENT
             context.set_trailing_metadata(((FIELD_KEY, "since"),))
         await context.abort(code, exc.message)
-    code = next((c for cls, c in STATUS_OF if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
-    if isinstance(exc, InvalidTask):
-        context.set_trailing_metadata(((FIELD_KEY, exc.field),))
-        await context.abort(code, f"{exc.field}: {exc.message}")
-    if isinstance(exc, RedisUnavailable):
-        log.warning("gRPC call failed: %s", exc)  # the address stays in the log, not the reply
-        await context.abort(code, "the engine is unavailable (Redis unreachable); retry")
-    if code == grpc.StatusCode.INTERNAL:
-        log.error("gRPC call failed: %s", exc)
-        await context.abort(code, "internal error")
-    await context.abort(code, str(exc))
+    code, message, field = status_for(exc)
+    if field:
+        context.set_trailing_metadata(((FIELD_KEY, field),))
+    await context.abort(code, message)
+
+
+def item_error(
+    index: int, code: grpc.StatusCode, message: str, field: str = ""
+) -> pb.SubmitTasksReply:
+    """A SubmitTasks reply carrying one item's failure."""
+    error = pb.ItemError(code=code.value[0], message=message, field=field)
+    return pb.SubmitTasksReply(index=index, error=error)
+
+
+def submit_tenant(who: Principal, requested: str) -> str | None:
+    """The tenant a submit acts for, or ``None`` when ``who`` may not name ``requested``."""
+    if who.operator:
+        return requested or "default"
+    if requested and requested != who.tenant:
+        return None
+    return who.tenant
 
 
 class Errors:
@@ -113,12 +141,14 @@ class TaskService:
         auth: Authenticator,
         max_watches: int,
         block_ms: int = 1000,
+        stream_window: int = 256,
     ) -> None:
         self.client = client
         self.watch_client = watch_client
         self.auth = auth
         self.max_watches = max_watches
         self.block_ms = block_ms
+        self.stream_window = stream_window
         self.active_watches = 0
 
     async def principal(self, context: Context) -> Principal:
@@ -139,6 +169,7 @@ class TaskService:
 
     @staticmethod
     async def deny(context: Context, tenant: str) -> Never:
+        """End the call with PERMISSION_DENIED."""
         await context.abort(
             grpc.StatusCode.PERMISSION_DENIED, f"this token acts for tenant {tenant!r} only"
         )
@@ -147,22 +178,87 @@ class TaskService:
         self, request: pb.SubmitTaskRequest, context: Context
     ) -> pb.SubmitTaskResponse:
         who = await self.principal(context)
-        tenant = request.tenant
-        if not who.operator:
-            if tenant and tenant != who.tenant:
-                await self.deny(context, who.tenant)
-            tenant = who.tenant
+        tenant = submit_tenant(who, request.tenant)
+        if tenant is None:
+            await self.deny(context, who.tenant)
         async with Errors(context):
             args = convert.submit_args(request)
-            task_id = await self.client.submit(tenant=tenant or "default", **args)
+            task_id = await self.client.submit(tenant=tenant, **args)
         return pb.SubmitTaskResponse(task_id=task_id)
+
+    async def SubmitTasks(
+        self, requests: AsyncIterator[pb.SubmitTaskRequest], context: Context
+    ) -> AsyncIterator[pb.SubmitTasksReply]:
+        """One reply per request, in order. Up to ``stream_window`` items are in flight at once
+        (so they share the engine's group commits); beyond that the stream stops reading, and
+        HTTP/2 flow control holds the client back."""
+        who = await self.principal(context)
+        slots = asyncio.Semaphore(self.stream_window)
+        # at most `stream_window` items plus the end marker: put_nowait never blocks or fails
+        window: asyncio.Queue[asyncio.Future[pb.SubmitTasksReply] | None] = asyncio.Queue()
+
+        async def read() -> None:
+            try:
+                index = 0
+                async for request in requests:
+                    await slots.acquire()
+                    window.put_nowait(asyncio.ensure_future(self._submit_item(who, request, index)))
+                    index += 1
+            finally:
+                window.put_nowait(None)
+
+        reader = asyncio.ensure_future(read())
+        try:
+            while (item := await window.get()) is not None:
+                reply = await item
+                slots.release()
+                yield reply
+            await reader  # a broken request stream ends the call with its error
+        finally:
+            # Items already handed to the engine are left to finish (their tasks exist or will);
+            # only the reading stops.
+            reader.cancel()
+
+    async def _submit_item(
+        self, who: Principal, request: pb.SubmitTaskRequest, index: int
+    ) -> pb.SubmitTasksReply:
+        tenant = submit_tenant(who, request.tenant)
+        if tenant is None:
+            message = f"this token acts for tenant {who.tenant!r} only"
+            return item_error(index, grpc.StatusCode.PERMISSION_DENIED, message)
+        try:
+            args = convert.submit_args(request)
+            task_id = await self.client.submit(tenant=tenant, **args)
+        except EngineError as exc:
+            return item_error(index, *status_for(exc))
+        except Exception:
+            log.exception("gRPC SubmitTasks item failed")
+            return item_error(index, grpc.StatusCode.INTERNAL, "internal error")
+        return pb.SubmitTasksReply(index=index, task_id=task_id)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
         who = await self.principal(context)
+        task_id = request.task_id
         async with Errors(context):
-            view = await self.client.get(request.task_id)
-        if not who.may_read(view.tenant):
-            await self.deny(context, who.tenant)
+            settings = self.client.settings
+            record = await task_record(
+                self.client.store.redis, settings.namespace, settings.partitions, task_id
+            )
+            if record is not None and record["status"] in TERMINAL:
+                # final (exactly one terminal event per task): the projection answers; the
+                # engine adds the terminal event (result loaded) and the deadline, while it
+                # still has the task (it forgets it after AIIS_TASK_RETENTION_S)
+                if not who.may_read(record["tenant"]):
+                    await self.deny(context, who.tenant)
+                try:
+                    view = await self.client.get(task_id)
+                except TaskNotFound:
+                    view = None
+                return convert.task_from_record(task_id, record, view)
+            # not seen yet, or in progress (the record may lag): the engine is always current
+            view = await self.client.get(task_id)
+            if not who.may_read(view.tenant):
+                await self.deny(context, who.tenant)
         return convert.task_message(view)
 
     async def CancelTask(

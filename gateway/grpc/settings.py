@@ -27,5 +27,8 @@ class GrpcSettings(BaseSettings):
     watch_block_ms: int = Field(1000, ge=10, le=60_000)  # one XREAD's wait
     max_concurrent_rpcs: int = Field(10_000, ge=1, le=1_000_000)  # then RESOURCE_EXHAUSTED
     redis_pool: int = Field(64, ge=1, le=10_000)  # connections for unary calls, when owned
+    # SubmitTasks items in flight per stream (submitted, reply not yet sent); then the server
+    # stops reading that stream and HTTP/2 flow control holds its client back
+    stream_window: int = Field(256, ge=1, le=10_000)
 
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)  # for calls in flight, on stop

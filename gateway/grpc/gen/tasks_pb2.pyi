@@ -32,6 +32,12 @@ class TaskStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     TASK_STATUS_FAILED: _ClassVar[TaskStatus]
     TASK_STATUS_DEAD_LETTERED: _ClassVar[TaskStatus]
     TASK_STATUS_CANCELLED: _ClassVar[TaskStatus]
+
+class TaskSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TASK_SOURCE_UNSPECIFIED: _ClassVar[TaskSource]
+    TASK_SOURCE_PROJECTION: _ClassVar[TaskSource]
+    TASK_SOURCE_LOG: _ClassVar[TaskSource]
 TASK_KIND_UNSPECIFIED: TaskKind
 TASK_KIND_TEXT: TaskKind
 TASK_KIND_CHAT: TaskKind
@@ -48,6 +54,9 @@ TASK_STATUS_SUCCEEDED: TaskStatus
 TASK_STATUS_FAILED: TaskStatus
 TASK_STATUS_DEAD_LETTERED: TaskStatus
 TASK_STATUS_CANCELLED: TaskStatus
+TASK_SOURCE_UNSPECIFIED: TaskSource
+TASK_SOURCE_PROJECTION: TaskSource
+TASK_SOURCE_LOG: TaskSource
 
 class ChatMessage(_message.Message):
     __slots__ = ("role", "content")
@@ -88,6 +97,26 @@ class SubmitTaskResponse(_message.Message):
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     def __init__(self, task_id: _Optional[str] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "message", "field")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    field: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ..., field: _Optional[str] = ...) -> None: ...
+
+class SubmitTasksReply(_message.Message):
+    __slots__ = ("index", "task_id", "error")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    task_id: str
+    error: ItemError
+    def __init__(self, index: _Optional[int] = ..., task_id: _Optional[str] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
 
 class GetTaskRequest(_message.Message):
     __slots__ = ("task_id",)
@@ -136,7 +165,7 @@ class Event(_message.Message):
     def __init__(self, id: _Optional[str] = ..., type: _Optional[str] = ..., task_id: _Optional[str] = ..., tenant: _Optional[str] = ..., ts: _Optional[int] = ..., v: _Optional[int] = ..., data: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Task(_message.Message):
-    __slots__ = ("task_id", "status", "tenant", "kind", "priority", "attempts", "created_ms", "deadline_ms", "terminal")
+    __slots__ = ("task_id", "status", "tenant", "kind", "priority", "attempts", "created_ms", "deadline_ms", "terminal", "source", "record")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
@@ -146,6 +175,8 @@ class Task(_message.Message):
     CREATED_MS_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     TERMINAL_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    RECORD_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     status: TaskStatus
     tenant: str
@@ -155,4 +186,6 @@ class Task(_message.Message):
     created_ms: int
     deadline_ms: int
     terminal: Event
-    def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., tenant: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., priority: _Optional[_Union[Priority, str]] = ..., attempts: _Optional[int] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., terminal: _Optional[_Union[Event, _Mapping]] = ...) -> None: ...
+    source: TaskSource
+    record: _struct_pb2.Struct
+    def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., tenant: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., priority: _Optional[_Union[Priority, str]] = ..., attempts: _Optional[int] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., terminal: _Optional[_Union[Event, _Mapping]] = ..., source: _Optional[_Union[TaskSource, str]] = ..., record: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...

@@ -40,6 +40,11 @@ class TaskServiceStub:
                 request_serializer=aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.SerializeToString,
                 response_deserializer=aiis_dot_v1_dot_tasks__pb2.SubmitTaskResponse.FromString,
                 _registered_method=True)
+        self.SubmitTasks = channel.stream_stream(
+                '/aiis.v1.TaskService/SubmitTasks',
+                request_serializer=aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.SerializeToString,
+                response_deserializer=aiis_dot_v1_dot_tasks__pb2.SubmitTasksReply.FromString,
+                _registered_method=True)
         self.GetTask = channel.unary_unary(
                 '/aiis.v1.TaskService/GetTask',
                 request_serializer=aiis_dot_v1_dot_tasks__pb2.GetTaskRequest.SerializeToString,
@@ -69,8 +74,20 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SubmitTasks(self, request_iterator, context):
+        """Many tasks over one stream, for high-volume producers: one reply per request, in request
+        order, each carrying the task id or that item's error (the stream goes on). Idempotency
+        keys are honoured per item. The stream itself fails only for UNAUTHENTICATED, a message
+        over the size limit, or the server shutting down.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetTask(self, request, context):
-        """The task's current state, with its terminal event once it has one.
+        """The task's state, with its terminal event once it has one: from the task_state
+        projection once it holds the finished task, otherwise from the engine (the log), so a task
+        just submitted is never NOT_FOUND and a lagging projection never hides a newer state.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -98,6 +115,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.SubmitTask,
                     request_deserializer=aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.FromString,
                     response_serializer=aiis_dot_v1_dot_tasks__pb2.SubmitTaskResponse.SerializeToString,
+            ),
+            'SubmitTasks': grpc.stream_stream_rpc_method_handler(
+                    servicer.SubmitTasks,
+                    request_deserializer=aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.FromString,
+                    response_serializer=aiis_dot_v1_dot_tasks__pb2.SubmitTasksReply.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTask,
@@ -143,6 +165,33 @@ class TaskService:
             '/aiis.v1.TaskService/SubmitTask',
             aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.SerializeToString,
             aiis_dot_v1_dot_tasks__pb2.SubmitTaskResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SubmitTasks(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/aiis.v1.TaskService/SubmitTasks',
+            aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.SerializeToString,
+            aiis_dot_v1_dot_tasks__pb2.SubmitTasksReply.FromString,
             options,
             channel_credentials,
             insecure,
