@@ -4,7 +4,7 @@ sandbox with 1 s latency, which runs in its own process, on a real redis-server.
     python bench/providers.py                       # the issue's run: tasks through `aiis worker`
     python bench/providers.py --no-stream           # JSON answers instead of SSE streams
     python bench/providers.py --router              # the router alone, no engine (one process)
-    python bench/providers.py --router --bare       # ... and plain httpx clients: the floor
+    python bench/providers.py --bare                # bare httpx: httpcore vs H2Transport
 
 The worker run queues all tasks first, then starts `python -m engine worker` with enough
 concurrency for all of them, and measures from the first `TaskStarted` to the last terminal event
@@ -40,6 +40,7 @@ from engine.embedded import EmbeddedRedis
 from engine.settings import Settings
 from providers.config import ProviderSettings
 from providers.factory import build_router, sandbox_env, sandbox_settings
+from providers.h2transport import H2Transport
 from providers.types import ProviderRequest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,20 +189,33 @@ async def run(args: argparse.Namespace, sandbox_url: str, redis_url: str | None)
 
 
 async def bare(args: argparse.Namespace, sandbox_url: str) -> None:
-    """The floor: the same non-streamed Gemini calls with plain httpx HTTP/2 clients (no
-    router, adapter, breaker or limiter), 100 streams per connection as the adapters use."""
+    """The floor, side by side: the same non-streamed Gemini calls with bare httpx clients (no
+    router, adapter, breaker or limiter) over httpx's own HTTP/2 (httpcore: 100 streams per
+    connection, so one client per 100 calls) and over our H2Transport (one client)."""
     size = max(1, -(-args.concurrency // 100))
-    clients = [
+    httpcore_clients = [
         httpx.AsyncClient(http2=True, http1=False, limits=httpx.Limits(max_connections=1))
         for _ in range(size)
     ]
+    ours = H2Transport(prior_knowledge=True)
+    for label, clients in (
+        ("httpx + httpcore", httpcore_clients),
+        ("httpx + H2Transport", [httpx.AsyncClient(transport=ours)]),
+    ):
+        rate, cpu = await _bare_run(args, sandbox_url, clients)
+        print(f"{label + ':':<22}{rate:>6.0f} calls/s, CPU {1000 * cpu:.2f} ms per call")
+
+
+async def _bare_run(
+    args: argparse.Namespace, sandbox_url: str, clients: list[httpx.AsyncClient]
+) -> tuple[float, float]:
     url = f"{sandbox_url}/gemini/v1beta/models/gemini-2.5-flash:generateContent"
     gate = asyncio.Semaphore(args.concurrency)
 
     async def one(i: int) -> None:
         body = {"contents": [{"role": "user", "parts": [{"text": f"benchmark prompt {i}"}]}]}
         async with gate:
-            response = await clients[i % size].post(
+            response = await clients[i % len(clients)].post(
                 url, json=body, headers={"x-goog-api-key": "sandbox-key-gemini"}
             )
             response.json()
@@ -211,10 +225,7 @@ async def bare(args: argparse.Namespace, sandbox_url: str) -> None:
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
     for client in clients:
         await client.aclose()
-    print(
-        f"bare httpx:         {args.calls} calls in {elapsed:.2f} s = "
-        f"{args.calls / elapsed:.0f}/s, CPU {1000 * cpu / args.calls:.2f} ms per call"
-    )
+    return args.calls / elapsed, cpu / args.calls
 
 
 def _proc_stat(pid: int) -> tuple[float, float]:

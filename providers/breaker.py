@@ -113,6 +113,7 @@ class RedisBreakerRepository(AsyncAbstractRepository):
         self.messages = []
         self._token = f"{id(self):x}-{time.time_ns():x}"
         self._healthy: dict[str, float] = {}  # provider -> monotonic time the cached read expires
+        self._reading: dict[str, asyncio.Future[None]] = {}  # provider -> read in flight
         self._acquire = redis.register_script(_ACQUIRE)
         self._fail = redis.register_script(_FAIL)
         self._settle = redis.register_script(_SETTLE)
@@ -136,9 +137,27 @@ class RedisBreakerRepository(AsyncAbstractRepository):
         it saves a Redis round trip per call, and at worst calls go out for that long after
         another worker opened the breaker."""
         p = self.policy
-        now = time.monotonic()
-        if self._healthy.get(name, 0.0) > now:
+        if self._healthy.get(name, 0.0) > time.monotonic():
             return Context(name, p.threshold, p.open_s)
+        pending = self._reading.get(name)
+        if pending is not None:
+            # another call is reading this breaker right now (2,000 calls starting together
+            # would otherwise make 2,000 reads): if it finds it healthy, so is ours; if not,
+            # read ourselves (the read may claim the probe, which must stay one call's)
+            await asyncio.shield(pending)
+            if self._healthy.get(name, 0.0) > time.monotonic():
+                return Context(name, p.threshold, p.open_s)
+            return await self._read(name)
+        done = self._reading[name] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._read(name)
+        finally:
+            del self._reading[name]
+            done.set_result(None)
+
+    async def _read(self, name: str) -> Context:
+        p = self.policy
+        now = time.monotonic()
         state, opened_at, failures = await self._acquire(
             keys=self._keys(name),
             args=[time.time(), p.open_s, int(p.probe_lock_s * 1000), self._token],

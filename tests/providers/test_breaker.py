@@ -96,6 +96,25 @@ async def test_failures_from_two_workers_add_up(fake_redis: aioredis.Redis) -> N
     assert await a.state("openai") == "opened"
 
 
+async def test_calls_starting_together_share_one_read(fake_redis: aioredis.Redis) -> None:
+    """Twenty calls on a cold, healthy breaker read its state once, not twenty times (the
+    first read's healthy answer is shared); the half-open test below shows a read that is not
+    healthy is never shared."""
+    b = breakers(fake_redis)
+    reads = 0
+    script = b.repository._acquire
+
+    async def counted(**kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        return await script(**kwargs)
+
+    b.repository._acquire = counted  # type: ignore[method-assign]
+    results = await asyncio.gather(*(b.call("gemini", ok) for _ in range(20)))
+    assert results == ["ok"] * 20
+    assert reads == 1
+
+
 async def test_half_open_single_probe_then_close(fake_redis: aioredis.Redis) -> None:
     """Half-open: one of ten concurrent calls probes, success closes, transitions once each."""
     events: list[tuple[str, str]] = []
