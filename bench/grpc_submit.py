@@ -2,7 +2,7 @@
 by the Python ``Client`` straight to Redis, in one run (DESIGN.md §5: measured here, never
 asserted in tests).
 
-    python bench/grpc_submit.py [--tasks 20000] [--concurrency 50] [--rounds 3]
+    python bench/grpc_submit.py [--tasks 20000] [--concurrency 50] [--rounds 3] [--batch 100]
 
 Starts an embedded redis-server and ``python -m gateway.grpc`` in a subprocess (open mode on
 loopback, no workers: tasks only queue). Each round runs, with ``--concurrency`` concurrent
@@ -14,10 +14,12 @@ callers or streams each time:
                    frames; one connection per caller), so the client costs little CPU and the
                    figure shows the gateway's capacity. Skipped, saying so, without ``h2load``
                    (Debian: ``apt-get install nghttp2-client``);
-- ``stream/py``    the SubmitTasks bidi stream: one stream per caller, each carrying its share
-                   of the tasks, replies read as they come (a Python grpc.aio client);
-- ``stream/h2load`` the same streams from h2load (each request body is the stream's share of
-                   SubmitTaskRequest frames; skipped without h2load);
+- ``stream xN/py`` the SubmitTasks bidi stream: one stream per caller, each carrying its share
+                   of the tasks in messages of N tasks (``--batch``; and N = 1, one task per
+                   message, so the per-message figure stays visible), replies read as they come
+                   (a Python grpc.aio client);
+- ``stream xN/h2load`` the same streams from h2load (each request body is the stream's share of
+                   SubmitTasksRequest frames of N tasks; skipped without h2load);
 - ``direct``       the same number of tasks from as many callers on one Python ``Client``
                    straight to Redis (the baseline; goal: gRPC ≥ 50 % of it);
 - ``noop/...``     unary calls against a grpc.aio server whose handler does nothing (grpc's
@@ -170,6 +172,13 @@ def request() -> pb.SubmitTaskRequest:
     return pb.SubmitTaskRequest(prompt=PROMPT, priority=pb.PRIORITY_NORMAL)
 
 
+def batches(tasks: int, size: int) -> list[pb.SubmitTasksRequest]:
+    """``tasks`` tasks as SubmitTasks messages of ``size`` tasks (the last one may be short)."""
+    full, last = divmod(tasks, size)
+    sizes = [size] * full + ([last] if last else [])
+    return [pb.SubmitTasksRequest(tasks=[request()] * n) for n in sizes]
+
+
 async def unary_py(target: str, tasks: int, concurrency: int) -> None:
     """``tasks`` unary SubmitTask calls from ``concurrency`` callers, one channel each."""
     opened = [grpc.aio.insecure_channel(target) for _ in range(concurrency)]
@@ -190,22 +199,25 @@ async def unary_py(target: str, tasks: int, concurrency: int) -> None:
             await c.close()
 
 
-async def stream_py(target: str, tasks: int, concurrency: int) -> None:
-    """``tasks`` submits over ``concurrency`` SubmitTasks streams (one channel each)."""
+async def stream_py(target: str, tasks: int, concurrency: int, batch: int) -> None:
+    """``tasks`` submits over ``concurrency`` SubmitTasks streams (one channel each), in
+    messages of ``batch`` tasks."""
     opened = [grpc.aio.insecure_channel(target) for _ in range(concurrency)]
-    message = request()
     shares = [tasks // concurrency + (i < tasks % concurrency) for i in range(concurrency)]
 
     async def one(channel: grpc.aio.Channel, n: int) -> None:
-        async def requests() -> AsyncIterator[pb.SubmitTaskRequest]:
-            for _ in range(n):
+        messages = batches(n, batch)
+
+        async def requests() -> AsyncIterator[pb.SubmitTasksRequest]:
+            for message in messages:
                 yield message
 
         got = 0
         async for reply in tasks_pb2_grpc.TaskServiceStub(channel).SubmitTasks(requests()):
-            if not reply.task_id:
-                raise SystemExit(f"SubmitTasks item failed: {reply.error}")
-            got += 1
+            for result in reply.results:
+                if not result.task_id:
+                    raise SystemExit(f"SubmitTasks item failed: {result.error}")
+                got += 1
         assert got == n
 
     try:
@@ -215,11 +227,23 @@ async def stream_py(target: str, tasks: int, concurrency: int) -> None:
             await c.close()
 
 
-def h2load_body(directory: Path, messages: int) -> Path:
-    """A request body for h2load: ``messages`` gRPC length-prefixed SubmitTaskRequests."""
-    data = request().SerializeToString()
-    path = directory / f"submit-{messages}.grpc"
-    path.write_bytes((b"\x00" + len(data).to_bytes(4, "big") + data) * messages)
+def frame(message: pb.SubmitTaskRequest | pb.SubmitTasksRequest) -> bytes:
+    """One gRPC length-prefixed message (uncompressed)."""
+    data = message.SerializeToString()
+    return b"\x00" + len(data).to_bytes(4, "big") + data
+
+
+def h2load_body(directory: Path) -> Path:
+    """A unary SubmitTask request body for h2load."""
+    path = directory / "submit.grpc"
+    path.write_bytes(frame(request()))
+    return path
+
+
+def h2load_stream_body(directory: Path, tasks: int, batch: int) -> Path:
+    """A SubmitTasks request body for h2load: ``tasks`` tasks in messages of ``batch``."""
+    path = directory / f"stream-{tasks}x{batch}.grpc"
+    path.write_bytes(b"".join(frame(m) for m in batches(tasks, batch)))
     return path
 
 
@@ -260,13 +284,19 @@ async def queued(client: Client) -> int:
 
 
 async def main(args: argparse.Namespace) -> None:
-    n, conc = args.tasks, args.concurrency
+    n, conc, size = args.tasks, args.concurrency, args.batch
     has_h2load = shutil.which("h2load") is not None
     samples: dict[str, list[Sample]] = {}
     if n % conc:
         raise SystemExit("--tasks must be a multiple of --concurrency")
+    if not 1 <= size <= 1000:
+        raise SystemExit(
+            "--batch must be 1 to 1000 (the server's default AIIS_GRPC_STREAM_MAX_BATCH)"
+        )
     with tempfile.TemporaryDirectory() as tmp:
-        one, share = h2load_body(Path(tmp), 1), h2load_body(Path(tmp), n // conc)
+        one = h2load_body(Path(tmp))
+        share1 = h2load_stream_body(Path(tmp), n // conc, 1)
+        share = h2load_stream_body(Path(tmp), n // conc, size)
         redis = EmbeddedRedis(Path(tmp), appendonly=False)
         redis.start()
         assert redis.process is not None
@@ -278,39 +308,35 @@ async def main(args: argparse.Namespace) -> None:
         client = Client.from_url(redis.url, settings)
         gw_view = Client.from_url(redis.url, settings.model_copy(update={"namespace": grpc_ns}))
         procs, noop_procs = Procs(server.pid, redis.process.pid), Procs(noop.pid, redis.process.pid)
+
+        def unary_h2(at: str) -> Callable[[], Awaitable[None]]:
+            return lambda: h2load(at, "SubmitTask", n, conc, one)
+
+        def stream_h2(body: Path) -> Callable[[], Awaitable[None]]:
+            return lambda: h2load(target, "SubmitTasks", conc, conc, body)
+
         phases: list[tuple[str, Procs, Callable[[], Awaitable[None]], bool]] = [
             ("unary/py", procs, lambda: unary_py(target, n, conc), False),
-            ("stream/py", procs, lambda: stream_py(target, n, conc), False),
+            ("unary/h2load", procs, unary_h2(target), True),
+            ("stream x1/py", procs, lambda: stream_py(target, n, conc, 1), False),
+            ("stream x1/h2load", procs, stream_h2(share1), True),
+            (f"stream x{size}/py", procs, lambda: stream_py(target, n, conc, size), False),
+            (f"stream x{size}/h2load", procs, stream_h2(share), True),
             ("direct", procs, lambda: direct(client, n, conc), False),
             ("noop unary/py", noop_procs, lambda: unary_py(noop_target, n, conc), False),
+            ("noop unary/h2load", noop_procs, unary_h2(noop_target), True),
         ]
-        if has_h2load:
-            phases[1:1] = [
-                ("unary/h2load", procs, lambda: h2load(target, "SubmitTask", n, conc, one), True)
-            ]
-            phases[3:3] = [
-                (
-                    "stream/h2load",
-                    procs,
-                    lambda: h2load(target, "SubmitTasks", conc, conc, share),
-                    True,
-                )
-            ]
-            phases.append(
-                (
-                    "noop unary/h2load",
-                    noop_procs,
-                    lambda: h2load(noop_target, "SubmitTask", n, conc, one),
-                    True,
-                )
-            )
+        # without h2load its rows are skipped (and the report says so); --batch 1: no repeats
+        named = {p[0]: p for p in phases if has_h2load or not p[0].endswith("/h2load")}
+        phases = list(named.values())
         try:
             await wait_serving(target, server)
             await wait_serving(noop_target, noop)
             await client.store.prepare()
             # warm-up: connections, script loading, caches
             await unary_py(target, 500, conc)
-            await stream_py(target, 500, conc)
+            await stream_py(target, 500, conc, 1)
+            await stream_py(target, 500, conc, size)
             await direct(client, 500, conc)
             for r in range(args.rounds):
                 for name, owner, run, external in phases:
@@ -344,14 +370,18 @@ def report(args: argparse.Namespace, samples: dict[str, list[Sample]], has_h2loa
     if not has_h2load:
         print("h2load not found (apt-get install nghttp2-client): its phases are skipped")
     print(
-        f"{'mode':<18} {'tasks/s':>9} {'vs direct':>10}   CPU µs per task: "
+        "stream xN = SubmitTasks with N tasks per stream message (x1: one task per message); "
+        "unary = one SubmitTask call per task"
+    )
+    print(
+        f"{'mode':<20} {'tasks/s':>9} {'vs direct':>10}   CPU µs per task: "
         f"{'gateway':>8} {'loadgen':>8} {'redis':>7}"
     )
     for name, runs in samples.items():
         rate = med(name, "rate")
         rates = ", ".join(f"{s.rate:,.0f}" for s in runs)
         print(
-            f"{name:<18} {rate:9,.0f} {rate / direct_rate:10.1%}                   "
+            f"{name:<20} {rate:9,.0f} {rate / direct_rate:10.1%}                   "
             f"{med(name, 'server_us'):8.0f} {med(name, 'client_us'):8.0f} "
             f"{med(name, 'redis_us'):7.0f}   ({rates})"
         )
@@ -363,6 +393,9 @@ if __name__ == "__main__":
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--batch", type=int, default=100, help="tasks per SubmitTasks message (default 100)"
+    )
     parser.add_argument(
         "--serve-noop", type=int, default=None, metavar="PORT", help=argparse.SUPPRESS
     )

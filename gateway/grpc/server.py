@@ -99,6 +99,7 @@ class GrpcServer:
             cfg.max_watches,
             cfg.watch_block_ms,
             cfg.stream_window,
+            cfg.stream_max_batch,
         )
         server = grpc.aio.server(
             options=[

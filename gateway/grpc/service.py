@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Never
 
@@ -39,6 +39,7 @@ from gateway.auth import Authenticator, Principal, token_from
 from gateway.errors import ProtocolError
 from gateway.grpc import convert
 from gateway.grpc.gen import tasks_pb2 as pb
+from gateway.grpc.stream import FIELD_KEY, StreamCounters, serve_batches
 from gateway.protocol import parse_id
 from gateway.since import check_retained
 from projections.lookup import TERMINAL, task_record
@@ -46,7 +47,6 @@ from projections.lookup import TERMINAL, task_record
 log = logging.getLogger("aiis.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
-FIELD_KEY = "aiis-field"  # trailing metadata: the request field an INVALID_ARGUMENT is about
 TERMINAL_CODES = "SFXC"  # state-word codes of the terminal statuses
 
 if TYPE_CHECKING:
@@ -93,10 +93,10 @@ async def abort(context: Context, exc: EngineError | ProtocolError) -> Never:
 
 def item_error(
     index: int, code: grpc.StatusCode, message: str, field: str = ""
-) -> pb.SubmitTasksReply:
-    """A SubmitTasks reply carrying one item's failure."""
+) -> pb.SubmitTaskResult:
+    """A SubmitTasks result carrying one item's failure."""
     error = pb.ItemError(code=code.value[0], message=message, field=field)
-    return pb.SubmitTasksReply(index=index, error=error)
+    return pb.SubmitTaskResult(index=index, error=error)
 
 
 def submit_tenant(who: Principal, requested: str) -> str | None:
@@ -132,7 +132,8 @@ class Errors:
 
 
 class TaskService:
-    """The servicer; ``active_watches`` counts WatchTask streams in progress."""
+    """The servicer; ``active_watches`` counts WatchTask streams in progress, ``streams`` the
+    SubmitTasks streams and their items in flight."""
 
     def __init__(
         self,
@@ -142,6 +143,7 @@ class TaskService:
         max_watches: int,
         block_ms: int = 1000,
         stream_window: int = 256,
+        stream_max_batch: int = 1000,
     ) -> None:
         self.client = client
         self.watch_client = watch_client
@@ -149,7 +151,9 @@ class TaskService:
         self.max_watches = max_watches
         self.block_ms = block_ms
         self.stream_window = stream_window
+        self.stream_max_batch = stream_max_batch
         self.active_watches = 0
+        self.streams = StreamCounters()
 
     async def principal(self, context: Context) -> Principal:
         """Who the call acts as, or UNAUTHENTICATED."""
@@ -187,41 +191,33 @@ class TaskService:
         return pb.SubmitTaskResponse(task_id=task_id)
 
     async def SubmitTasks(
-        self, requests: AsyncIterator[pb.SubmitTaskRequest], context: Context
+        self, requests: AsyncIterator[pb.SubmitTasksRequest], context: Context
     ) -> AsyncIterator[pb.SubmitTasksReply]:
-        """One reply per request, in order. Up to ``stream_window`` items are in flight at once
-        (so they share the engine's group commits); beyond that the stream stops reading, and
-        HTTP/2 flow control holds the client back."""
+        """One reply per batch, in order, one result per task (``stream.py``): authenticated
+        once, each item checked and submitted on its own."""
         who = await self.principal(context)
-        slots = asyncio.Semaphore(self.stream_window)
-        # at most `stream_window` items plus the end marker: put_nowait never blocks or fails
-        window: asyncio.Queue[asyncio.Future[pb.SubmitTasksReply] | None] = asyncio.Queue()
 
-        async def read() -> None:
-            try:
-                index = 0
-                async for request in requests:
-                    await slots.acquire()
-                    window.put_nowait(asyncio.ensure_future(self._submit_item(who, request, index)))
-                    index += 1
-            finally:
-                window.put_nowait(None)
+        async def submit(tasks: Sequence[pb.SubmitTaskRequest], first: int) -> pb.SubmitTasksReply:
+            if len(tasks) == 1:  # a stream of single items: no gather
+                return pb.SubmitTasksReply(results=[await self._submit_item(who, tasks[0], first)])
+            items = (self._submit_item(who, t, first + i) for i, t in enumerate(tasks))
+            return pb.SubmitTasksReply(results=await asyncio.gather(*items))
 
-        reader = asyncio.ensure_future(read())
-        try:
-            while (item := await window.get()) is not None:
-                reply = await item
-                slots.release()
+        replies = serve_batches(
+            requests,
+            context,
+            submit,
+            window=self.stream_window,
+            max_batch=self.stream_max_batch,
+            counters=self.streams,
+        )
+        async with contextlib.aclosing(replies):
+            async for reply in replies:
                 yield reply
-            await reader  # a broken request stream ends the call with its error
-        finally:
-            # Items already handed to the engine are left to finish (their tasks exist or will);
-            # only the reading stops.
-            reader.cancel()
 
     async def _submit_item(
         self, who: Principal, request: pb.SubmitTaskRequest, index: int
-    ) -> pb.SubmitTasksReply:
+    ) -> pb.SubmitTaskResult:
         tenant = submit_tenant(who, request.tenant)
         if tenant is None:
             message = f"this token acts for tenant {who.tenant!r} only"
@@ -234,7 +230,7 @@ class TaskService:
         except Exception:
             log.exception("gRPC SubmitTasks item failed")
             return item_error(index, grpc.StatusCode.INTERNAL, "internal error")
-        return pb.SubmitTasksReply(index=index, task_id=task_id)
+        return pb.SubmitTaskResult(index=index, task_id=task_id)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
         who = await self.principal(context)

@@ -30,5 +30,8 @@ class GrpcSettings(BaseSettings):
     # SubmitTasks items in flight per stream (submitted, reply not yet sent); then the server
     # stops reading that stream and HTTP/2 flow control holds its client back
     stream_window: int = Field(256, ge=1, le=10_000)
+    # tasks per SubmitTasks message; more ends the stream with INVALID_ARGUMENT (field `tasks`).
+    # A batch bigger than the window is admitted alone, when nothing else is in flight.
+    stream_max_batch: int = Field(1000, ge=1, le=10_000)
 
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)  # for calls in flight, on stop

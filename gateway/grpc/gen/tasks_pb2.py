@@ -25,21 +25,21 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61iis/v1/tasks.proto\x12\x07\x61iis.v1\x1a\x1cgoogle/protobuf/struct.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"3\n\tChatInput\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.aiis.v1.ChatMessage\"\x92\x02\n\x11SubmitTaskRequest\x12\x1f\n\x04kind\x18\x01 \x01(\x0e\x32\x11.aiis.v1.TaskKind\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\"\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x12.aiis.v1.ChatInputH\x00\x12#\n\x08priority\x18\x04 \x01(\x0e\x32\x11.aiis.v1.Priority\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\ndeadline_s\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\tB\x07\n\x05inputB\r\n\x0b_deadline_s\"%\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"d\n\x10SubmitTasksReply\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\x07task_id\x18\x02 \x01(\tH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.aiis.v1.ItemErrorH\x00\x42\t\n\x07outcome\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"J\n\x12\x43\x61ncelTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.aiis.v1.TaskStatus\"2\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\t\"\x80\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x03\x12\t\n\x01v\x18\x06 \x01(\x05\x12%\n\x04\x64\x61ta\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xbd\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.aiis.v1.TaskStatus\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x1f\n\x04kind\x18\x04 \x01(\x0e\x32\x11.aiis.v1.TaskKind\x12#\n\x08priority\x18\x05 \x01(\x0e\x32\x11.aiis.v1.Priority\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x12\n\ncreated_ms\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x08 \x01(\x03\x12 \n\x08terminal\x18\t \x01(\x0b\x32\x0e.aiis.v1.Event\x12#\n\x06source\x18\n \x01(\x0e\x32\x13.aiis.v1.TaskSource\x12\'\n\x06record\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct*b\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_TEXT\x10\x01\x12\x12\n\x0eTASK_KIND_CHAT\x10\x02\x12\x13\n\x0fTASK_KIND_IMAGE\x10\x03*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03*\xe8\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x1f\n\x1bTASK_STATUS_RETRY_SCHEDULED\x10\x03\x12\x19\n\x15TASK_STATUS_SUCCEEDED\x10\x04\x12\x16\n\x12TASK_STATUS_FAILED\x10\x05\x12\x1d\n\x19TASK_STATUS_DEAD_LETTERED\x10\x06\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x07*Z\n\nTaskSource\x12\x1b\n\x17TASK_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_SOURCE_PROJECTION\x10\x01\x12\x13\n\x0fTASK_SOURCE_LOG\x10\x02\x32\xd2\x02\n\x0bTaskService\x12\x45\n\nSubmitTask\x12\x1a.aiis.v1.SubmitTaskRequest\x1a\x1b.aiis.v1.SubmitTaskResponse\x12H\n\x0bSubmitTasks\x12\x1a.aiis.v1.SubmitTaskRequest\x1a\x19.aiis.v1.SubmitTasksReply(\x01\x30\x01\x12\x31\n\x07GetTask\x12\x17.aiis.v1.GetTaskRequest\x1a\r.aiis.v1.Task\x12\x45\n\nCancelTask\x12\x1a.aiis.v1.CancelTaskRequest\x1a\x1b.aiis.v1.CancelTaskResponse\x12\x38\n\tWatchTask\x12\x19.aiis.v1.WatchTaskRequest\x1a\x0e.aiis.v1.Event0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13\x61iis/v1/tasks.proto\x12\x07\x61iis.v1\x1a\x1cgoogle/protobuf/struct.proto\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"3\n\tChatInput\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.aiis.v1.ChatMessage\"\x92\x02\n\x11SubmitTaskRequest\x12\x1f\n\x04kind\x18\x01 \x01(\x0e\x32\x11.aiis.v1.TaskKind\x12\x10\n\x06prompt\x18\x02 \x01(\tH\x00\x12\"\n\x04\x63hat\x18\x03 \x01(\x0b\x32\x12.aiis.v1.ChatInputH\x00\x12#\n\x08priority\x18\x04 \x01(\x0e\x32\x11.aiis.v1.Priority\x12\'\n\x06params\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\ndeadline_s\x18\x06 \x01(\x01H\x01\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x07 \x01(\t\x12\x0e\n\x06tenant\x18\x08 \x01(\tB\x07\n\x05inputB\r\n\x0b_deadline_s\"%\n\x12SubmitTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"9\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\r\n\x05\x66ield\x18\x03 \x01(\t\"?\n\x12SubmitTasksRequest\x12)\n\x05tasks\x18\x01 \x03(\x0b\x32\x1a.aiis.v1.SubmitTaskRequest\"d\n\x10SubmitTaskResult\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x11\n\x07task_id\x18\x02 \x01(\tH\x00\x12#\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x12.aiis.v1.ItemErrorH\x00\x42\t\n\x07outcome\">\n\x10SubmitTasksReply\x12*\n\x07results\x18\x01 \x03(\x0b\x32\x19.aiis.v1.SubmitTaskResult\"!\n\x0eGetTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"$\n\x11\x43\x61ncelTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\"J\n\x12\x43\x61ncelTaskResponse\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.aiis.v1.TaskStatus\"2\n\x10WatchTaskRequest\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\r\n\x05since\x18\x02 \x01(\t\"\x80\x01\n\x05\x45vent\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\t\x12\x0e\n\x06tenant\x18\x04 \x01(\t\x12\n\n\x02ts\x18\x05 \x01(\x03\x12\t\n\x01v\x18\x06 \x01(\x05\x12%\n\x04\x64\x61ta\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xbd\x02\n\x04Task\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12#\n\x06status\x18\x02 \x01(\x0e\x32\x13.aiis.v1.TaskStatus\x12\x0e\n\x06tenant\x18\x03 \x01(\t\x12\x1f\n\x04kind\x18\x04 \x01(\x0e\x32\x11.aiis.v1.TaskKind\x12#\n\x08priority\x18\x05 \x01(\x0e\x32\x11.aiis.v1.Priority\x12\x10\n\x08\x61ttempts\x18\x06 \x01(\x05\x12\x12\n\ncreated_ms\x18\x07 \x01(\x03\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x08 \x01(\x03\x12 \n\x08terminal\x18\t \x01(\x0b\x32\x0e.aiis.v1.Event\x12#\n\x06source\x18\n \x01(\x0e\x32\x13.aiis.v1.TaskSource\x12\'\n\x06record\x18\x0b \x01(\x0b\x32\x17.google.protobuf.Struct*b\n\x08TaskKind\x12\x19\n\x15TASK_KIND_UNSPECIFIED\x10\x00\x12\x12\n\x0eTASK_KIND_TEXT\x10\x01\x12\x12\n\x0eTASK_KIND_CHAT\x10\x02\x12\x13\n\x0fTASK_KIND_IMAGE\x10\x03*^\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x11\n\rPRIORITY_HIGH\x10\x01\x12\x13\n\x0fPRIORITY_NORMAL\x10\x02\x12\x10\n\x0cPRIORITY_LOW\x10\x03*\xe8\x01\n\nTaskStatus\x12\x1b\n\x17TASK_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12TASK_STATUS_QUEUED\x10\x01\x12\x17\n\x13TASK_STATUS_RUNNING\x10\x02\x12\x1f\n\x1bTASK_STATUS_RETRY_SCHEDULED\x10\x03\x12\x19\n\x15TASK_STATUS_SUCCEEDED\x10\x04\x12\x16\n\x12TASK_STATUS_FAILED\x10\x05\x12\x1d\n\x19TASK_STATUS_DEAD_LETTERED\x10\x06\x12\x19\n\x15TASK_STATUS_CANCELLED\x10\x07*Z\n\nTaskSource\x12\x1b\n\x17TASK_SOURCE_UNSPECIFIED\x10\x00\x12\x1a\n\x16TASK_SOURCE_PROJECTION\x10\x01\x12\x13\n\x0fTASK_SOURCE_LOG\x10\x02\x32\xd3\x02\n\x0bTaskService\x12\x45\n\nSubmitTask\x12\x1a.aiis.v1.SubmitTaskRequest\x1a\x1b.aiis.v1.SubmitTaskResponse\x12I\n\x0bSubmitTasks\x12\x1b.aiis.v1.SubmitTasksRequest\x1a\x19.aiis.v1.SubmitTasksReply(\x01\x30\x01\x12\x31\n\x07GetTask\x12\x17.aiis.v1.GetTaskRequest\x1a\r.aiis.v1.Task\x12\x45\n\nCancelTask\x12\x1a.aiis.v1.CancelTaskRequest\x1a\x1b.aiis.v1.CancelTaskResponse\x12\x38\n\tWatchTask\x12\x19.aiis.v1.WatchTaskRequest\x1a\x0e.aiis.v1.Event0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'aiis.v1.tasks_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_TASKKIND']._serialized_start=1290
-  _globals['_TASKKIND']._serialized_end=1388
-  _globals['_PRIORITY']._serialized_start=1390
-  _globals['_PRIORITY']._serialized_end=1484
-  _globals['_TASKSTATUS']._serialized_start=1487
-  _globals['_TASKSTATUS']._serialized_end=1719
-  _globals['_TASKSOURCE']._serialized_start=1721
-  _globals['_TASKSOURCE']._serialized_end=1811
+  _globals['_TASKKIND']._serialized_start=1419
+  _globals['_TASKKIND']._serialized_end=1517
+  _globals['_PRIORITY']._serialized_start=1519
+  _globals['_PRIORITY']._serialized_end=1613
+  _globals['_TASKSTATUS']._serialized_start=1616
+  _globals['_TASKSTATUS']._serialized_end=1848
+  _globals['_TASKSOURCE']._serialized_start=1850
+  _globals['_TASKSOURCE']._serialized_end=1940
   _globals['_CHATMESSAGE']._serialized_start=62
   _globals['_CHATMESSAGE']._serialized_end=106
   _globals['_CHATINPUT']._serialized_start=108
@@ -50,20 +50,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SUBMITTASKRESPONSE']._serialized_end=475
   _globals['_ITEMERROR']._serialized_start=477
   _globals['_ITEMERROR']._serialized_end=534
-  _globals['_SUBMITTASKSREPLY']._serialized_start=536
-  _globals['_SUBMITTASKSREPLY']._serialized_end=636
-  _globals['_GETTASKREQUEST']._serialized_start=638
-  _globals['_GETTASKREQUEST']._serialized_end=671
-  _globals['_CANCELTASKREQUEST']._serialized_start=673
-  _globals['_CANCELTASKREQUEST']._serialized_end=709
-  _globals['_CANCELTASKRESPONSE']._serialized_start=711
-  _globals['_CANCELTASKRESPONSE']._serialized_end=785
-  _globals['_WATCHTASKREQUEST']._serialized_start=787
-  _globals['_WATCHTASKREQUEST']._serialized_end=837
-  _globals['_EVENT']._serialized_start=840
-  _globals['_EVENT']._serialized_end=968
-  _globals['_TASK']._serialized_start=971
-  _globals['_TASK']._serialized_end=1288
-  _globals['_TASKSERVICE']._serialized_start=1814
-  _globals['_TASKSERVICE']._serialized_end=2152
+  _globals['_SUBMITTASKSREQUEST']._serialized_start=536
+  _globals['_SUBMITTASKSREQUEST']._serialized_end=599
+  _globals['_SUBMITTASKRESULT']._serialized_start=601
+  _globals['_SUBMITTASKRESULT']._serialized_end=701
+  _globals['_SUBMITTASKSREPLY']._serialized_start=703
+  _globals['_SUBMITTASKSREPLY']._serialized_end=765
+  _globals['_GETTASKREQUEST']._serialized_start=767
+  _globals['_GETTASKREQUEST']._serialized_end=800
+  _globals['_CANCELTASKREQUEST']._serialized_start=802
+  _globals['_CANCELTASKREQUEST']._serialized_end=838
+  _globals['_CANCELTASKRESPONSE']._serialized_start=840
+  _globals['_CANCELTASKRESPONSE']._serialized_end=914
+  _globals['_WATCHTASKREQUEST']._serialized_start=916
+  _globals['_WATCHTASKREQUEST']._serialized_end=966
+  _globals['_EVENT']._serialized_start=969
+  _globals['_EVENT']._serialized_end=1097
+  _globals['_TASK']._serialized_start=1100
+  _globals['_TASK']._serialized_end=1417
+  _globals['_TASKSERVICE']._serialized_start=1943
+  _globals['_TASKSERVICE']._serialized_end=2282
 # @@protoc_insertion_point(module_scope)

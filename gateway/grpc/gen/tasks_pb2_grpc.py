@@ -42,7 +42,7 @@ class TaskServiceStub:
                 _registered_method=True)
         self.SubmitTasks = channel.stream_stream(
                 '/aiis.v1.TaskService/SubmitTasks',
-                request_serializer=aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.SerializeToString,
+                request_serializer=aiis_dot_v1_dot_tasks__pb2.SubmitTasksRequest.SerializeToString,
                 response_deserializer=aiis_dot_v1_dot_tasks__pb2.SubmitTasksReply.FromString,
                 _registered_method=True)
         self.GetTask = channel.unary_unary(
@@ -75,10 +75,12 @@ class TaskServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SubmitTasks(self, request_iterator, context):
-        """Many tasks over one stream, for high-volume producers: one reply per request, in request
-        order, each carrying the task id or that item's error (the stream goes on). Idempotency
-        keys are honoured per item. The stream itself fails only for UNAUTHENTICATED, a message
-        over the size limit, or the server shutting down.
+        """Many tasks over one stream, for high-volume producers: each stream message carries a batch
+        of tasks (1 to AIIS_GRPC_STREAM_MAX_BATCH, default 1000), and gets one reply, in request
+        order, with one result per task: the task id or that item's error (the stream goes on).
+        Idempotency keys and tenants are checked per item. The stream itself fails only for
+        UNAUTHENTICATED, a batch over the limit (INVALID_ARGUMENT, field `tasks`), a message over
+        the size limit, or the server shutting down.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -118,7 +120,7 @@ def add_TaskServiceServicer_to_server(servicer, server):
             ),
             'SubmitTasks': grpc.stream_stream_rpc_method_handler(
                     servicer.SubmitTasks,
-                    request_deserializer=aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.FromString,
+                    request_deserializer=aiis_dot_v1_dot_tasks__pb2.SubmitTasksRequest.FromString,
                     response_serializer=aiis_dot_v1_dot_tasks__pb2.SubmitTasksReply.SerializeToString,
             ),
             'GetTask': grpc.unary_unary_rpc_method_handler(
@@ -190,7 +192,7 @@ class TaskService:
             request_iterator,
             target,
             '/aiis.v1.TaskService/SubmitTasks',
-            aiis_dot_v1_dot_tasks__pb2.SubmitTaskRequest.SerializeToString,
+            aiis_dot_v1_dot_tasks__pb2.SubmitTasksRequest.SerializeToString,
             aiis_dot_v1_dot_tasks__pb2.SubmitTasksReply.FromString,
             options,
             channel_credentials,
