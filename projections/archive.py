@@ -16,6 +16,7 @@ import itertools
 import os
 import secrets
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ from projections.keys import ShardKeys, archive_key, archive_lock_key, log_key
 
 LOCK_MS = 300_000
 READ_PAGE = 5000
+READ_CHUNK = 64 * 1024  # compressed bytes per read
+PAGE_BYTES = 1 << 20  # decompressed bytes per page of lines
 
 # KEYS: archive hash, log. ARGV: archived_to, events added, segments added.
 _RECORD_AND_TRIM = """
@@ -91,13 +94,58 @@ def list_segments(root: Path, namespace: str, partition: int) -> list[Segment]:
 
 
 def read_segment(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    for lines in _segment_lines(path):
+        for line in lines:
+            eid, fields = _entry(path, line)
+            yield eid, fields
+
+
+def segment_pages(path: Path) -> Iterator[list[Any]]:
+    """The entries of a segment, ``[id, {field: value}]`` each, in pages of a few thousand."""
+    for lines in _segment_lines(path):
+        try:
+            yield [orjson.loads(line) for line in lines]
+        except orjson.JSONDecodeError as exc:
+            raise ArchiveError(f"cannot read archive segment {path}: {exc}") from exc
+
+
+def _entry(path: Path, line: bytes) -> tuple[str, dict[str, str]]:
     try:
-        with gzip.open(path, "rb") as f:
-            for line in f:
-                eid, fields = orjson.loads(line)
-                yield eid, fields
-    except (OSError, EOFError, orjson.JSONDecodeError, ValueError) as exc:
+        eid, fields = orjson.loads(line)
+    except (orjson.JSONDecodeError, ValueError) as exc:
         raise ArchiveError(f"cannot read archive segment {path}: {exc}") from exc
+    return eid, fields
+
+
+def _segment_lines(path: Path) -> Iterator[list[bytes]]:
+    """The lines of a gzip'd segment, about ``PAGE_BYTES`` of them at a time (faster than line
+    by line through ``gzip.GzipFile``, and memory stays bounded however well it compressed)."""
+    tail = b""
+    try:
+        with open(path, "rb") as f:
+            inflate = zlib.decompressobj(wbits=31)  # gzip header and trailer, CRC checked
+            chunk = f.read(READ_CHUNK)
+            while chunk:
+                data = inflate.decompress(chunk, PAGE_BYTES)
+                if inflate.eof and inflate.unused_data:  # another gzip member follows
+                    chunk = inflate.unused_data
+                    inflate = zlib.decompressobj(wbits=31)
+                else:
+                    chunk = inflate.unconsumed_tail or f.read(READ_CHUNK)
+                lines = (tail + data).split(b"\n")
+                tail = lines.pop()
+                if lines:
+                    yield lines
+            tail += inflate.flush()
+            if not inflate.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker")
+    except (OSError, EOFError, zlib.error) as exc:
+        raise ArchiveError(f"cannot read archive segment {path}: {exc}") from exc
+    lines = tail.split(b"\n")
+    if not lines[-1]:
+        lines.pop()
+    if lines:
+        yield lines
 
 
 def _fsync_dir(folder: Path) -> None:

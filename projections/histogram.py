@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 
 BINS_PER_DOUBLING = 8
 _LOG2 = math.log(2)
 
 
+@lru_cache(maxsize=65_536)  # latencies repeat; log + ceil + str per sample added up in replay
 def bin_of(ms: int) -> str:
     """The bin (as a JSON-safe str key) holding a latency of ``ms`` milliseconds."""
     if ms <= 1:

@@ -13,6 +13,7 @@ exactly that checkpoint, and lists every entry that differs.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ import redis.asyncio as aioredis
 from engine.store import translate_errors
 from projections import ids
 from projections.archive import list_segments
-from projections.fold import Position, apply_batch
+from projections.fold import Position, apply_batch, paused_gc
 from projections.keys import log_key
 from projections.source import history
 from projections.storage import ShardStore
@@ -72,9 +73,13 @@ async def rebuild_partition(
     if until == ids.ZERO:
         return positions
     pages = history(store.redis, store.namespace, partition, archive_root, until=until)
-    async for page in pages:
-        apply_batch(partition, positions, page, until=until)
-        progress(len(page))
+    async with aclosing(pages):  # a rebuild pauses cyclic GC throughout (see paused_gc)
+        with paused_gc():
+            async for page in pages:
+                apply_batch(partition, positions, page, until=until)
+                for pos in positions:  # written whole: which keys changed need not be kept
+                    pos.shard.changed.clear()
+                progress(len(page))
     return positions
 
 

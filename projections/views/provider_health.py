@@ -73,8 +73,10 @@ def _count(
         rec["ok"] += 1
         slot[0] += 1
         if latency_ms is not None:
-            histogram.add(rec["lat"], latency_ms)
-            histogram.add(slot[2], latency_ms)
+            key = histogram.bin_of(latency_ms)
+            lat, hist = rec["lat"], slot[2]
+            lat[key] = lat.get(key, 0) + 1
+            hist[key] = hist.get(key, 0) + 1
         return
     cls = error.get("error_class") or "unknown"
     rec["errors"][cls] = rec["errors"].get(cls, 0) + 1

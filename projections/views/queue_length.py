@@ -57,7 +57,7 @@ def load(config: ViewConfig, entries: dict[str, Record]) -> QueueShard:
 
 
 def _counters(view: QueueShard, priority: str) -> dict[str, int]:
-    key = f"q:{priority}"
+    key = "q:" + priority
     rec = view.entries.get(key)
     if rec is None:
         rec = view.entries[key] = new_counters()
@@ -69,8 +69,9 @@ def evolve(view: QueueShard, event: Envelope) -> QueueShard:
     etype = event["type"]
     if etype == "TaskProgress" or etype in OPS_EVENTS:
         return view  # ops events (alerts, webhook attempts) are no task transitions
+    entries, changed = view.entries, view.changed
     live_key = "~live:" + event["task_id"]
-    live = view.entries.get(live_key)
+    live = entries.get(live_key)
     if etype == "TaskRequested":
         priority = event["data"]["priority"]
         counters = _counters(view, priority)
@@ -79,7 +80,8 @@ def evolve(view: QueueShard, event: Envelope) -> QueueShard:
         else:
             counters["requested"] += 1
         counters["waiting"] += 1
-        view.put(live_key, [priority, "w"])
+        entries[live_key] = [priority, "w"]
+        changed.add(live_key)
     else:
         priority = live[0] if live is not None else UNKNOWN_PRIORITY
         counters = _counters(view, priority)
@@ -90,27 +92,32 @@ def evolve(view: QueueShard, event: Envelope) -> QueueShard:
             if etype == "TaskDeadLettered":
                 counters["dead_lettered"] += 1
             view.drop(live_key)
-        elif etype in _NEXT:
-            code = _NEXT[etype]
-            counters[_COUNTER[code]] += 1
-            view.put(live_key, [priority, code])
-    if etype in _TP:
-        _count_minute(view, event["ts"] // 60_000, _TP[etype])
+        else:
+            code = _NEXT.get(etype)
+            if code is not None:
+                counters[_COUNTER[code]] += 1
+                entries[live_key] = [priority, code]
+                changed.add(live_key)
+    field = _TP.get(etype)
+    if field is not None:
+        minute = event["ts"] // 60_000
+        key = f"tp:{minute}"
+        rec = entries.get(key)
+        if rec is None:
+            rec = _new_minute(view, minute, key)
+        rec[field] += 1
+        changed.add(key)
     return view
 
 
-def _count_minute(view: QueueShard, minute: int, field: str) -> None:
-    key = f"tp:{minute}"
-    rec = view.entries.get(key)
-    if rec is None:
-        rec = view.entries[key] = new_throughput()
-        view.minutes.add(minute)
-        oldest = minute - view.config.throughput_minutes + 1
-        for old in [m for m in view.minutes if m < oldest]:
-            view.minutes.discard(old)
-            view.drop(f"tp:{old}")
-    rec[field] += 1
-    view.changed.add(key)
+def _new_minute(view: QueueShard, minute: int, key: str) -> dict[str, int]:
+    rec = view.entries[key] = new_throughput()
+    view.minutes.add(minute)
+    oldest = minute - view.config.throughput_minutes + 1
+    for old in [m for m in view.minutes if m < oldest]:
+        view.minutes.discard(old)
+        view.drop(f"tp:{old}")
+    return rec
 
 
 PROJECTION = Projection(

@@ -26,10 +26,12 @@ _TERMINAL_STATUS = {
 
 
 class TaskStateShard(Shard):
-    __slots__ = ("finished",)
+    __slots__ = ("finished", "limit", "retention_ms")
 
     def __init__(self, config: ViewConfig, entries: dict[str, Record] | None = None) -> None:
         super().__init__(config, entries)
+        self.retention_ms = config.task_retention_ms
+        self.limit = config.task_max_per_shard
         # (finished_ts, task_id) of terminal tasks: the eviction order
         self.finished: list[tuple[int, str]] = [
             (r["finished_ts"], k) for k, r in self.entries.items() if r["status"] in TERMINAL
@@ -41,62 +43,64 @@ def load(config: ViewConfig, entries: dict[str, Record]) -> TaskStateShard:
     return TaskStateShard(config, entries)
 
 
-def _new_record(event: Envelope) -> dict[str, Any]:
-    return {
-        "status": "queued",
-        "tenant": event["tenant"],
-        "kind": None,
-        "priority": None,
-        "requested_ts": None,
-        "started_ts": None,
-        "finished_ts": None,
-        "updated_ts": event["ts"],
-        "attempts": 0,
-        "provider": None,
-        "model": None,
-        "fallbacks": 0,
-        "input_tokens": 0,
-        "output_tokens": 0,
-        "cost_usd": None,
-        "latency_ms": None,
-        "cached": False,
-        "retry_due_ms": None,
-        "error": None,
-        "dead_reason": None,
-        "cancelled_stage": None,
-        "retry_of": None,
-        "last_event": event["id"],
-    }
+_NEW_RECORD: dict[str, Any] = {
+    "status": "queued",
+    "tenant": None,
+    "kind": None,
+    "priority": None,
+    "requested_ts": None,
+    "started_ts": None,
+    "finished_ts": None,
+    "updated_ts": None,
+    "attempts": 0,
+    "provider": None,
+    "model": None,
+    "fallbacks": 0,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "cost_usd": None,
+    "latency_ms": None,
+    "cached": False,
+    "retry_due_ms": None,
+    "error": None,
+    "dead_reason": None,
+    "cancelled_stage": None,
+    "retry_of": None,
+    "last_event": None,
+}  # copied per task (faster than building it); every value immutable
 
 
 def evolve(view: TaskStateShard, event: Envelope) -> TaskStateShard:
     etype = event["type"]
     data = event["data"]
-    if etype == "TaskProgress" and data.get("notice") != "fallback":
-        return view  # text deltas and other notices do not change the task's record
-    if etype in OPS_EVENTS:
+    if etype == "TaskProgress":
+        if data.get("notice") != "fallback":
+            return view  # text deltas and other notices do not change the task's record
+    elif etype in OPS_EVENTS:
         return view  # alerts and webhook attempts live in the ops stream, not a task's record
     tid = event["task_id"]
-    rec = view.entries.get(tid)
+    entries = view.entries
+    rec = entries.get(tid)
     if rec is None:
-        rec = _new_record(event)
-        view.entries[tid] = rec
+        rec = entries[tid] = _NEW_RECORD.copy()
+        rec["tenant"] = event["tenant"]
     elif rec["status"] in TERMINAL:
         return view  # exactly one terminal event per task: nothing may follow it
     view.changed.add(tid)
-    rec["updated_ts"] = event["ts"]
+    ts = event["ts"]
+    rec["updated_ts"] = ts
     rec["last_event"] = event["id"]
     if etype == "TaskRequested":
         rec["status"] = "queued"
         rec["kind"] = data["kind"]
         rec["priority"] = data["priority"]
-        rec["requested_ts"] = event["ts"]
+        rec["requested_ts"] = ts
         rec["retry_of"] = data.get("retry_of")
     elif etype == "TaskStarted":
         rec["status"] = "running"
         rec["attempts"] = data["attempt"]
         if rec["started_ts"] is None:
-            rec["started_ts"] = event["ts"]
+            rec["started_ts"] = ts
     elif etype == "TaskProgress":  # a fallback notice
         rec["fallbacks"] += 1
     elif etype == "TaskRetryScheduled":
@@ -108,7 +112,9 @@ def evolve(view: TaskStateShard, event: Envelope) -> TaskStateShard:
         rec["retry_due_ms"] = None
     elif etype in _TERMINAL_STATUS:
         _finish(view, rec, event)
-    _evict(view, event["ts"])
+    finished = view.finished
+    if finished and (finished[0][0] < ts - view.retention_ms or len(entries) > view.limit):
+        _evict(view, ts)
     return view
 
 
@@ -140,8 +146,8 @@ def _finish(view: TaskStateShard, rec: dict[str, Any], event: Envelope) -> None:
 
 
 def _evict(view: TaskStateShard, now_ts: int) -> None:
-    cutoff = now_ts - view.config.task_retention_ms
-    limit = view.config.task_max_per_shard
+    cutoff = now_ts - view.retention_ms
+    limit = view.limit
     finished = view.finished
     while finished and (finished[0][0] < cutoff or len(view.entries) > limit):
         _, tid = heapq.heappop(finished)

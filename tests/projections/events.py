@@ -44,6 +44,23 @@ def entries(
     ]
 
 
+def raw_entries(
+    events: list[tuple[str, str, dict[str, Any], int]], tenant: str = "acme"
+) -> list[RawEntry]:
+    """The same entries as ``entries``, in the shape Redis sends them: ``[id, [k, v, …]]``."""
+    return [
+        [
+            f"{i + 1}-0".encode(),
+            [
+                x.encode() if isinstance(x, str) else x
+                for kv in entry_fields(t, task, tenant, ts, data).items()
+                for x in kv
+            ],
+        ]
+        for i, (t, task, data, ts) in enumerate(events)
+    ]
+
+
 def fold(projection: Projection, config: ViewConfig, raw: list[RawEntry]) -> Shard:
     pos = Position(projection, projection.new(config))
     apply_batch(0, [pos], raw)

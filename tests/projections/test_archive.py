@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 from pathlib import Path
 
+import orjson
 import pytest
 
 from engine.settings import Settings
-from projections import ids
+from projections import archive, ids
 from projections.archive import archive_log, list_segments, read_segment, write_segment
 from projections.errors import ArchiveError
 from projections.registry import PROJECTIONS
@@ -111,3 +113,43 @@ async def test_replay_refuses_an_archive_that_does_not_cover_the_trim(
     await _archive(store, tmp_path / "real")
     with pytest.raises(ArchiveError, match="trimmed up to"):
         await replay(store, 2, ALL, tmp_path / "elsewhere")
+
+
+def _segment_entries(n: int) -> list[tuple[str, dict[str, str]]]:
+    return [
+        (f"{i + 1}-0", {"type": "TaskProgress", "task": f"t{i}", "data": "z" * (i % 97)})
+        for i in range(n)
+    ]
+
+
+def test_segment_pages_hold_every_line_in_order(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading a segment in decompressed pages (pages far smaller than the segment, and a
+    second gzip member appended) gives every entry once, in order, as written."""
+    monkeypatch.setattr(archive, "PAGE_BYTES", 1000)
+    monkeypatch.setattr(archive, "READ_CHUNK", 300)
+    first, second = _segment_entries(700), _segment_entries(30)
+    seg = write_segment(tmp_path / "a", first)
+    with gzip.open(seg.path, "ab") as f:  # a second member, as `cat a.gz b.gz` makes
+        f.writelines(orjson.dumps([e, fields]) + b"\n" for e, fields in second)
+    pages = list(archive.segment_pages(seg.path))
+    assert len(pages) > 10
+    want = [[e, fields] for e, fields in first + second]
+    assert [entry for page in pages for entry in page] == want
+    assert [[e, fields] for e, fields in read_segment(seg.path)] == want
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_segment_is_an_archive_error(tmp_path: Path, damage: str) -> None:
+    """A segment cut short or with a corrupted byte is refused (ArchiveError), not half read."""
+    seg = write_segment(tmp_path / "a", _segment_entries(2000))
+    raw = bytearray(seg.path.read_bytes())
+    if damage == "truncate":
+        del raw[len(raw) // 2 :]
+    else:
+        raw[len(raw) // 2] ^= 0xFF
+    seg.path.write_bytes(bytes(raw))
+    with pytest.raises(ArchiveError, match="cannot read archive segment"):
+        for _ in archive.segment_pages(seg.path):
+            pass

@@ -10,6 +10,7 @@ import redis.asyncio as aioredis
 from engine.client import Client
 from engine.settings import Settings
 from engine.worker import Worker
+from projections.decode import envelope
 from projections.fold import Position, apply_batch
 from projections.registry import PROJECTIONS
 from projections.replay import verify
@@ -60,11 +61,10 @@ async def _terminal_costs(redis: aioredis.Redis, settings: Settings) -> list[flo
     out = []
     for p in range(settings.partitions):
         async for page in history(redis, settings.namespace, p, None):
-            for _, fields in page:
-                if fields[b"type"] == b"TaskSucceeded":
-                    import orjson
-
-                    out.append(orjson.loads(fields[b"data"])["cost_usd"])
+            for raw_id, fields in page:
+                event = envelope(raw_id.decode(), fields)
+                if event["type"] == "TaskSucceeded":
+                    out.append(event["data"]["cost_usd"])
     return out
 
 

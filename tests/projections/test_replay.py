@@ -106,3 +106,16 @@ async def test_replay_rebuilds_what_deleted_views_held(store: ShardStore, log: L
     assert await replay(store, 2, ALL, None) == 30
     assert {p.name: (await store.snapshot(0, p.name))[0] for p in ALL} == before
     assert isinstance(Position, type)
+
+
+async def test_a_rebuild_does_not_remember_every_key_it_touched(
+    store: ShardStore, log: Log
+) -> None:
+    """A rebuilt shard is written whole, so the rebuild keeps no set of changed keys: its memory
+    does not grow with the number of tasks in the log, only with what the views hold."""
+    for i in range(12):
+        await log.task(f"t{i}")
+    positions = await rebuild_partition(store, 0, ALL, None)
+    assert [pos.shard.changed for pos in positions] == [set()] * len(ALL)
+    tasks = next(pos for pos in positions if pos.projection.name == "task_state")
+    assert len(tasks.shard.entries) == 12 and tasks.pending == 36

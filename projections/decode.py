@@ -1,0 +1,76 @@
+"""Log entries to envelopes, fast: replay is bound by decoding.
+
+An entry arrives as Redis sends it (``[id, [k, v, …]]``, bytes, read without redis-py's reply
+dicts), as redis-py's ``(id, {k: v})`` or from an archive segment (str). The common case — a
+well-formed event of the current schema version, with the fields in the order
+``engine.mapper.entry_fields`` writes them — is decoded here without per-field conversions;
+anything else (old versions to upcast, unknown types, newer versions, malformed entries) goes to
+``engine.mapper.envelope``, which owns versions and upcasting, so both give the same envelope or
+the same error. ``tests/projections/test_decode.py`` holds the two to that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from engine import mapper
+from engine.errors import EventDecodeError
+from engine.events import EVENT_TYPES
+from projections.view import Envelope
+
+# the field names at the even places of a flat entry, as mapper.entry_fields writes them
+_LAYOUT = [b"type", b"task", b"tenant", b"ts", b"v", b"data"]
+_TYPES = {name.encode(): name for name in EVENT_TYPES}
+_CURRENT = mapper.CURRENT_VERSION  # read per entry: a test or an upgrade may change it
+_FAST_ERRORS = (KeyError, ValueError, TypeError, AttributeError, orjson.JSONDecodeError)
+
+
+def envelope(eid: str, fields: Sequence[Any] | Mapping[Any, Any]) -> Envelope:
+    """The envelope of the entry ``eid``, or ``EventDecodeError`` naming it."""
+    if type(fields) is list:
+        if fields[::2] == _LAYOUT:
+            name = _TYPES.get(fields[1])
+            if name is not None:
+                try:
+                    v = int(fields[9])
+                    if _CURRENT.get(name) == v:
+                        return {
+                            "id": eid,
+                            "type": name,
+                            "task_id": fields[3].decode(),
+                            "tenant": fields[5].decode(),
+                            "ts": int(fields[7]),
+                            "v": v,
+                            "data": orjson.loads(fields[11]),
+                        }
+                except _FAST_ERRORS:
+                    pass
+        return _full(eid, dict(zip(fields[::2], fields[1::2], strict=False)))
+    if type(fields) is dict and type(name := fields.get("type")) is str:
+        try:  # an archive entry
+            v = int(fields.get("v", "1"))
+            if _CURRENT.get(name) == v:
+                return {
+                    "id": eid,
+                    "type": name,
+                    "task_id": fields["task"],
+                    "tenant": fields["tenant"],
+                    "ts": int(fields["ts"]),
+                    "v": v,
+                    "data": orjson.loads(fields["data"]),
+                }
+        except _FAST_ERRORS:
+            pass
+    return _full(eid, fields)
+
+
+def _full(eid: str, fields: Any) -> Envelope:
+    try:
+        return mapper.envelope(eid, fields)
+    except EventDecodeError:
+        raise
+    except (ValueError, TypeError, AttributeError) as exc:  # e.g. bytes that are not UTF-8
+        raise EventDecodeError(eid, f"malformed entry ({exc!r})") from exc
