@@ -33,7 +33,7 @@ from engine.events import (
     TaskStartedData,
     TaskSucceededData,
 )
-from engine.runtime import redis_url, run_worker
+from engine.runtime import redis_url, run_loop, run_worker
 from engine.settings import Settings
 from engine.store import Store
 from engine.supervisor import Child, Pool, Supervisor
@@ -167,7 +167,7 @@ def serve(
 
 def worker(settings: Settings, processes: int, concurrency: int | None) -> int:
     if processes <= 1:
-        asyncio.run(run_worker(settings, concurrency))
+        run_loop(run_worker(settings, concurrency), settings.event_loop)
         return 0
     asyncio.run(_check_redis(redis_url(settings), settings))
     children = _worker_children(processes, concurrency, dict(os.environ))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import getpass
+import importlib
 import logging
 import signal
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -23,6 +24,29 @@ from providers.echo import EchoProvider, ScriptedProvider
 from providers.types import TaskProcessor
 
 log = logging.getLogger("aiis")
+T = TypeVar("T")
+
+
+def run_loop(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:
+    """``asyncio.run(main)`` on the chosen event loop: ``uvloop`` (an error when it is not
+    installed), ``asyncio``, or ``auto`` — uvloop when installed. uvloop's loop is libuv in C:
+    the worker's HTTP/2 calls cost ~15 % less CPU on it (bench/providers.py)."""
+    if choice != "asyncio":
+        try:
+            uvloop = importlib.import_module("uvloop")  # not on Windows
+        except ImportError:
+            if choice == "uvloop":
+                raise ConfigError("AIIS_EVENT_LOOP=uvloop, but uvloop is not installed") from None
+        else:
+            result: T = uvloop.run(main)
+            return result
+    return asyncio.run(main)
+
+
+def loop_name() -> str:
+    """The running loop's kind, for logs: ``uvloop`` or ``asyncio``."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"
 
 
 def redis_url(settings: Settings) -> str:
@@ -93,6 +117,7 @@ async def run_worker(settings: Settings, concurrency: int | None) -> None:
         await client.aclose()
         raise
     worker = Worker(client.store, processor, concurrency=concurrency)
+    log.info("worker %s: event loop %s", worker.consumer, loop_name())
     keys.who = f"worker:{worker.consumer}"
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     provider: str = Field("auto", pattern=r"^(auto|echo|scripted)$")
     sandbox_url: str | None = None  # point every adapter at a sandbox (set by `aiis serve`)
     concurrency: int = Field(64, ge=1, le=20_000)
+    # the worker's event loop: auto = uvloop when installed, else asyncio's own
+    event_loop: str = Field("auto", pattern=r"^(auto|asyncio|uvloop)$")
     visibility_timeout_s: float = Field(30.0, gt=0.5, le=3600)
     control_interval_s: float = Field(1.0, gt=0.01, le=60)
     max_deliveries: int = Field(5, ge=1, le=100)

@@ -25,7 +25,7 @@ import contextlib
 import ssl
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import h2.config
 import h2.connection
@@ -109,8 +109,8 @@ class _Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # a write transport, though not always an asyncio.Transport subclass (uvloop's is not)
+        self.transport = cast(asyncio.Transport, transport)
 
     def start(self) -> None:
         """Send the preface and our settings (after ALPN chose h2: a server that chose HTTP/1.1

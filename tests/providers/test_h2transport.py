@@ -15,6 +15,7 @@ import orjson
 import pytest
 import trustme
 
+from engine.runtime import run_loop
 from providers.h2transport import H2Transport
 from providers.sandbox.app import SandboxApp
 from providers.sandbox.common import reply_text
@@ -253,3 +254,20 @@ async def test_plain_http_without_prior_knowledge_is_http11(serve: Serve) -> Non
         response = await http.post(PATH, content=body("plain"), headers=HEADERS)
     assert response.http_version == "HTTP/1.1"
     assert answer(response) == reply_text("plain")
+
+
+def test_the_transport_runs_on_uvloop() -> None:
+    """The worker runs on uvloop (engine.runtime.run_loop): its transports are not
+    asyncio.Transport subclasses, and calls still go through over HTTP/2."""
+
+    async def main() -> tuple[str, str]:
+        server = HttpServer(SandboxApp(), "127.0.0.1", 0)
+        await server.start()
+        try:
+            async with client(server, H2Transport(prior_knowledge=True)) as http:
+                response = await http.post(PATH, content=body("on uvloop"), headers=HEADERS)
+                return response.http_version, answer(response)
+        finally:
+            await server.stop()
+
+    assert run_loop(main(), "uvloop") == ("HTTP/2", reply_text("on uvloop"))
