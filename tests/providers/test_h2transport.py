@@ -61,7 +61,7 @@ def client(server: HttpServer, transport: H2Transport, scheme: str = "http") -> 
 async def test_streams_share_a_connection_up_to_the_servers_limit(serve: Serve) -> None:
     """25 calls at once against a server allowing 10 streams per connection: three connections,
     every call answered, all 25 in flight together."""
-    server = await serve(latency_s=0.3, max_streams=10)
+    server = await serve(latency_s=0.8, max_streams=10)
     transport = H2Transport(prior_knowledge=True)
     async with client(server, transport) as http:
         replies = await asyncio.gather(
