@@ -499,6 +499,7 @@ class _Origin:
         timeout = extensions.get("timeout", {}).get("connect")
         loop = asyncio.get_running_loop()
         name = host.decode("ascii")
+        conn: _Connection | None = None
         try:
             async with asyncio.timeout(timeout):
                 sock, conn = await loop.create_connection(
@@ -512,11 +513,15 @@ class _Origin:
                         self.transport.http1_origins.add(self.origin)
                         return None
                 conn.start()
-                await conn.ready
-        except TimeoutError as exc:
-            raise httpx.ConnectTimeout("connect timed out") from exc
-        except (OSError, ssl.SSLError, httpx.TransportError) as exc:
-            raise httpx.ConnectError(f"connect failed: {type(exc).__name__}") from exc
+                await conn.ready  # the server's SETTINGS: now its stream limit is known
+        except BaseException as exc:
+            if conn is not None:  # connected, but no HTTP/2 server answered in time
+                conn._fail(httpx.ConnectError("no HTTP/2 settings from the server"))
+            if isinstance(exc, TimeoutError):
+                raise httpx.ConnectTimeout("connect timed out") from exc
+            if isinstance(exc, OSError | ssl.SSLError | httpx.TransportError):
+                raise httpx.ConnectError(f"connect failed: {type(exc).__name__}") from exc
+            raise
         self.connections.append(conn)
         return conn
 

@@ -120,6 +120,34 @@ async def test_a_failed_connect_fails_every_waiting_call() -> None:
     assert all(isinstance(r, httpx.ConnectError) for r in results), results
 
 
+async def test_a_server_that_never_speaks_http2_is_a_connect_timeout_and_is_hung_up_on() -> None:
+    """TCP connects but no SETTINGS ever come: ConnectTimeout after the connect timeout, and
+    the half-open connection is closed, not left behind."""
+    closed = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(65536):
+            pass
+        closed.set()
+        writer.close()
+
+    server = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        transport = H2Transport(prior_knowledge=True)
+        async with httpx.AsyncClient(
+            transport=transport, timeout=httpx.Timeout(5.0, connect=0.3)
+        ) as http:
+            with pytest.raises(httpx.ConnectTimeout):
+                await http.post(
+                    f"http://127.0.0.1:{port}{PATH}", content=body("x"), headers=HEADERS
+                )
+            await asyncio.wait_for(closed.wait(), 5)
+            assert transport.connections == 0
+    finally:
+        server.close()
+
+
 async def test_closing_a_body_early_resets_its_stream_and_frees_the_slot(serve: Serve) -> None:
     """Streamed responses closed unread give their stream back: with 2 streams on 1 connection,
     five abandoned streams in a row still leave room for two full calls on that connection."""
