@@ -44,6 +44,7 @@ from providers.h2transport import H2Transport
 from providers.types import ProviderRequest
 
 ROOT = Path(__file__).resolve().parents[1]
+SANDBOX_PID = [0]  # the sandbox process, for its CPU time
 TERMINAL = frozenset({b"TaskSucceeded", b"TaskFailed", b"TaskDeadLettered", b"TaskCancelled"})
 
 
@@ -110,6 +111,7 @@ def sandbox_process(latency: float) -> Iterator[str]:
         match = re.search(r"(http://\S+)", line)
         if not match:
             raise RuntimeError(f"sandbox did not start: {line!r}")
+        SANDBOX_PID[0] = proc.pid
         yield match.group(1)
     finally:
         proc.terminate()
@@ -311,6 +313,7 @@ async def _through_worker(args: argparse.Namespace, sandbox_url: str, url: str) 
         )  # fmt: skip
     logs = [k.log for k in client.store.partitions]
     startup_cpu = None
+    sandbox_cpu = _proc_stat(SANDBOX_PID[0])[0]
     try:
         while True:
             if startup_cpu is None and sum([await client.store.redis.xlen(k) for k in logs]) > n:
@@ -322,6 +325,7 @@ async def _through_worker(args: argparse.Namespace, sandbox_url: str, url: str) 
                 raise RuntimeError(f"the worker exited with {worker.returncode}")
             await asyncio.sleep(0.02 if startup_cpu is None else 0.05)
         cpu, peak_rss = _proc_stat(worker.pid)
+        sandbox_cpu = _proc_stat(SANDBOX_PID[0])[0] - sandbox_cpu
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -352,6 +356,7 @@ async def _through_worker(args: argparse.Namespace, sandbox_url: str, url: str) 
         f"{1000 * work / n:.2f} ms per task"
     )
     print(f"worker peak RSS:    {peak_rss:.0f} MB")
+    print(f"sandbox CPU:        {sandbox_cpu:.2f} s ({1000 * sandbox_cpu / n:.2f} ms per call)")
 
 
 def main() -> None:

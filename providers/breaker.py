@@ -113,7 +113,7 @@ class RedisBreakerRepository(AsyncAbstractRepository):
         self.messages = []
         self._token = f"{id(self):x}-{time.time_ns():x}"
         self._healthy: dict[str, float] = {}  # provider -> monotonic time the cached read expires
-        self._reading: dict[str, asyncio.Future[None]] = {}  # provider -> read in flight
+        self._reading: dict[str, asyncio.Future[bool]] = {}  # provider -> read in flight: healthy?
         self._acquire = redis.register_script(_ACQUIRE)
         self._fail = redis.register_script(_FAIL)
         self._settle = redis.register_script(_SETTLE)
@@ -144,20 +144,22 @@ class RedisBreakerRepository(AsyncAbstractRepository):
             # another call is reading this breaker right now (2,000 calls starting together
             # would otherwise make 2,000 reads): if it finds it healthy, so is ours; if not,
             # read ourselves (the read may claim the probe, which must stay one call's)
-            await asyncio.shield(pending)
-            if self._healthy.get(name, 0.0) > time.monotonic():
+            if await asyncio.shield(pending):
                 return Context(name, p.threshold, p.open_s)
             return await self._read(name)
-        done = self._reading[name] = asyncio.get_running_loop().create_future()
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._reading[name] = done
+        healthy = False
         try:
-            return await self._read(name)
+            context = await self._read(name)
+            healthy = context.state == "closed" and context.failure_count == 0
+            return context
         finally:
             del self._reading[name]
-            done.set_result(None)
+            done.set_result(healthy)
 
     async def _read(self, name: str) -> Context:
         p = self.policy
-        now = time.monotonic()
         state, opened_at, failures = await self._acquire(
             keys=self._keys(name),
             args=[time.time(), p.open_s, int(p.probe_lock_s * 1000), self._token],
@@ -167,7 +169,9 @@ class RedisBreakerRepository(AsyncAbstractRepository):
             state = "closed"
         opened = float(opened_at) if state != "closed" else None
         if state == "closed" and int(failures) == 0:
-            self._healthy[name] = now + p.closed_cache_s
+            # from the answer, not the question: a read slower than closed_cache_s (thousands
+            # of calls queued on the pool) must still serve the calls right after it
+            self._healthy[name] = time.monotonic() + p.closed_cache_s
         else:
             self._healthy.pop(name, None)
         return Context(

@@ -33,6 +33,7 @@ class Pool(Protocol):
 # request headers HTTP/2 forbids or expresses as pseudo-headers (RFC 9113 §8.2.2)
 _DROP = frozenset({b"host", b"connection", b"keep-alive", b"proxy-connection", b"upgrade",
                    b"transfer-encoding", b"te"})  # fmt: skip
+FLUSH_EVERY = 32  # requests (or acknowledgements) coalesced into one write at most
 _WINDOW = 1 << 24  # receive window for the connection and for each stream: never the limit
 _MAX_STREAM_ID = 2**31 - 1 - 2 * 1000
 
@@ -96,6 +97,7 @@ class Connection(asyncio.Protocol):
         self.closed = False
         self.goaway = False
         self._flush_soon = False
+        self._unflushed = 0  # flush_soon calls since the last write
         self._writable: asyncio.Future[None] | None = None
         self._window: asyncio.Future[None] | None = None
 
@@ -197,13 +199,19 @@ class Connection(asyncio.Protocol):
 
     def flush(self) -> None:
         self._flush_soon = False
+        self._unflushed = 0
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.closed:
             self.transport.write(data)
 
     def flush_soon(self) -> None:
-        """Write at the end of this loop turn: requests started together share one write."""
-        if not self._flush_soon:
+        """Write at the end of this loop turn, so requests started together share one write;
+        but at once every ``FLUSH_EVERY`` frames, so that in a burst of thousands the first
+        request does not wait until the last one is built."""
+        self._unflushed += 1
+        if self._unflushed >= FLUSH_EVERY:
+            self.flush()
+        elif not self._flush_soon:
             self._flush_soon = True
             self.loop.call_soon(self.flush)
 

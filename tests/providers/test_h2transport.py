@@ -16,6 +16,7 @@ import pytest
 import trustme
 
 from engine.runtime import run_loop
+from providers.h2conn import FLUSH_EVERY, Connection
 from providers.h2transport import H2Transport
 from providers.sandbox.app import SandboxApp
 from providers.sandbox.common import reply_text
@@ -299,3 +300,39 @@ def test_the_transport_runs_on_uvloop() -> None:
             await server.stop()
 
     assert run_loop(main(), "uvloop") == ("HTTP/2", reply_text("on uvloop"))
+
+
+async def test_a_burst_is_written_in_pieces_not_after_its_last_request() -> None:
+    """Frames queued in one loop turn share a write, but at most FLUSH_EVERY of them: in a
+    burst of thousands of calls the first is on the wire before the last is built."""
+    writes: list[bytes] = []
+
+    class Wire:
+        def write(self, data: bytes) -> None:
+            writes.append(data)
+
+        def close(self) -> None:
+            return None
+
+    class NoPool:
+        max_streams = 100
+
+        def wake(self) -> None:
+            return None
+
+        def forget(self, conn: Connection) -> None:
+            return None
+
+    conn = Connection(NoPool())
+    conn.connection_made(Wire())  # type: ignore[arg-type]
+    conn.start()
+    assert len(writes) == 1  # the preface and our settings
+    for _ in range(FLUSH_EVERY - 1):
+        conn.h2.ping(b"12345678")
+        conn.flush_soon()
+    assert len(writes) == 1  # coalesced so far
+    conn.h2.ping(b"12345678")
+    conn.flush_soon()
+    assert len(writes) == 2  # the FLUSH_EVERY-th goes out at once, with the ones before it
+    await asyncio.sleep(0)  # the end-of-turn flush finds nothing left
+    assert len(writes) == 2
