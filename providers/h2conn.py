@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Protocol, cast
+from typing import Any, Protocol, cast
 
 import h2.config
 import h2.connection
@@ -34,7 +34,10 @@ class Pool(Protocol):
 _DROP = frozenset({b"host", b"connection", b"keep-alive", b"proxy-connection", b"upgrade",
                    b"transfer-encoding", b"te"})  # fmt: skip
 FLUSH_EVERY = 32  # requests (or acknowledgements) coalesced into one write at most
-_WINDOW = 1 << 24  # receive window for the connection and for each stream: never the limit
+# receive windows: a stream's bounds what one unread body may buffer; the connection's is far
+# larger, so that unread bodies never hold back the other streams of the connection
+_STREAM_WINDOW = 1 << 20
+_CONNECTION_WINDOW = 1 << 28
 _MAX_STREAM_ID = 2**31 - 1 - 2 * 1000
 
 
@@ -48,6 +51,18 @@ class _H2State(h2.connection.H2Connection):
 
     reserved = 0
     _sweep_at = 64
+
+    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
+        """h2 closes the whole connection on any GOAWAY, and drops what we had not written yet;
+        a graceful one (NO_ERROR: a front end draining, a connection's maximum age) promises to
+        finish the streams up to ``last_stream_id``, so keep receiving them and keep our pending
+        acknowledgements. New streams are refused by ``Connection.goaway``."""
+        pending = self.data_to_send()
+        frames, events = super()._receive_goaway_frame(frame)
+        if frame.error_code == 0:
+            self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
+            self._data_to_send[:0] = pending
+        return frames, events
 
     @property
     def open_outbound_streams(self) -> int:
@@ -114,12 +129,12 @@ class Connection(asyncio.Protocol):
             client=True,
             initial_values={
                 h2.settings.SettingCodes.ENABLE_PUSH: 0,
-                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _WINDOW,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: _STREAM_WINDOW,
                 h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 100,
             },
         )
         self.h2.initiate_connection()
-        self.h2.increment_flow_control_window(_WINDOW - 65535)
+        self.h2.increment_flow_control_window(_CONNECTION_WINDOW - 65535)
         self.flush()
 
     def data_received(self, data: bytes) -> None:
@@ -156,6 +171,7 @@ class Connection(asyncio.Protocol):
                         f"stream reset by the server ({event.error_code!s})"
                     )
                     stream.wake()
+                self._wake_window()  # a sender of its body must stop waiting for window
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 remote = self.h2.remote_settings.max_concurrent_streams
                 self.capacity = min(remote, self.pool.max_streams)
@@ -229,6 +245,7 @@ class Connection(asyncio.Protocol):
                     "the server closed the connection (GOAWAY)"
                 )
                 stream.wake()
+        self._wake_window()
         self.pool.forget(self)
         if not self.streams and self.transport is not None:
             self.transport.close()
@@ -264,6 +281,7 @@ class Connection(asyncio.Protocol):
             sid = self.h2.get_next_available_stream_id()
         except h2.exceptions.NoAvailableStreamIDError:
             self.goaway = True  # every id used: this connection takes no new stream
+            self.pool.forget(self)
             self.release(None)
             raise httpx.RemoteProtocolError(
                 "HTTP/2 stream ids exhausted", request=request
@@ -285,11 +303,12 @@ class Connection(asyncio.Protocol):
             end = body == b""
             self.h2.send_headers(sid, headers, end_stream=end)
             if body:
-                await self._send_body(sid, body, timeouts.get("write"))
+                await self._send_body(stream, body, timeouts.get("write"))
             elif body is None:
                 async for chunk in request.stream:  # type: ignore[union-attr]
-                    await self._send_body(sid, chunk, timeouts.get("write"), end=False)
-                self.h2.end_stream(sid)
+                    await self._send_body(stream, chunk, timeouts.get("write"), end=False)
+                if not stream.ended:
+                    self.h2.end_stream(sid)
             self.flush_soon()
             while stream.headers is None:
                 await self._wait(stream, timeouts.get("read"), request)
@@ -316,9 +335,9 @@ class Connection(asyncio.Protocol):
         )
 
     async def _send_body(
-        self, sid: int, body: bytes, limit_s: float | None, *, end: bool = True
+        self, stream: _Stream, body: bytes, limit_s: float | None, *, end: bool = True
     ) -> None:
-        h2conn = self.h2
+        h2conn, sid = self.h2, stream.sid
         if len(body) <= min(h2conn.local_flow_control_window(sid), h2conn.max_outbound_frame_size):
             h2conn.send_data(sid, body, end_stream=end)  # the usual case: one frame, no wait
             return
@@ -326,12 +345,17 @@ class Connection(asyncio.Protocol):
         try:
             async with asyncio.timeout(limit_s):
                 while view:
+                    if stream.error is not None:  # reset, refused, or beyond a GOAWAY
+                        raise type(stream.error)(str(stream.error)) from stream.error
+                    if stream.ended:  # answered before the body was all sent (RFC 9113 §8.1)
+                        return
                     window = h2conn.local_flow_control_window(sid)
                     size = min(window, h2conn.max_outbound_frame_size, len(view))
                     if size <= 0:
                         self.flush()
                         self._window = self._window or self.loop.create_future()
-                        await self._window
+                        # shared by every sender: one cancelled must not cancel it for the rest
+                        await asyncio.shield(self._window)
                         self._check_open()
                         continue
                     last = end and size == len(view)
@@ -339,7 +363,7 @@ class Connection(asyncio.Protocol):
                     view = view[size:]
                     if self._writable is not None:
                         self.flush()
-                        await self._writable
+                        await asyncio.shield(self._writable)
                         self._check_open()
         except TimeoutError:
             raise httpx.WriteTimeout("the request body could not be sent in time") from None

@@ -74,6 +74,7 @@ class _Origin:
                 return conn
             if self.opening is None and len(self.connections) < self.transport.max_connections:
                 self.opening = loop.create_task(self._open(request.extensions))
+                self.opening.add_done_callback(self._opened)
             opening = self.opening
             if opening is None or not opening.done():
                 left = None if deadline is None else deadline - loop.time()
@@ -95,6 +96,14 @@ class _Origin:
                     raise error
                 if opening.result() is None:
                     return None
+
+    def _opened(self, task: asyncio.Task[Connection | None]) -> None:
+        """A finished attempt is never handed to a later caller: those who waited for it have
+        its outcome; whoever comes next tries again."""
+        if self.opening is task:
+            self.opening = None
+        if not task.cancelled():
+            task.exception()  # retrieved here, whether or not anyone waited
 
     async def _open(self, extensions: dict[str, Any]) -> Connection | None:
         scheme, host, port = self.origin
@@ -157,7 +166,10 @@ class H2Transport(httpx.AsyncBaseTransport):
         self.prior_knowledge = prior_knowledge
         self.max_streams = max_streams
         self.max_connections = max_connections
-        self.http1 = http1 or httpx.AsyncHTTPTransport(verify=self.ssl_context, http2=False)
+        # its own context: httpcore sets ALPN ["http/1.1"] on the context it connects with
+        self.http1 = http1 or httpx.AsyncHTTPTransport(
+            verify=ssl.create_default_context(), http2=False
+        )
         self.http1_origins: set[Origin] = set()
         self._origins: dict[Origin, _Origin] = {}
 

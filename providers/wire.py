@@ -150,7 +150,9 @@ class ClientPool:
             content = orjson.dumps(json) if json is not None else None
             # the Request built here rather than by client.build_request, which merges the
             # client's defaults, cookies and timeouts anew on every call (7% of a call's CPU)
-            fields = [*self._defaults, *headers.items()]
+            given = {name.lower() for name in headers}  # the adapter's headers win
+            fields = [(k, v) for k, v in self._defaults if k.lower() not in given]
+            fields += headers.items()
             if content is not None:
                 fields.append(("content-type", "application/json"))
             request = httpx.Request(

@@ -68,6 +68,15 @@ async def capture(provider: str, request: ProviderRequest) -> httpx.Request:
     return seen[0]
 
 
+@pytest.mark.parametrize("provider", ["gemini", "openai", "anthropic"])
+async def test_each_header_is_sent_once(provider: str) -> None:
+    """The adapter's headers replace the client's defaults of the same name (an OpenAI call
+    must not carry both ``accept: */*`` and ``accept: application/json``)."""
+    req = await capture(provider, CHAT)
+    names = [name.lower() for name, _ in req.headers.multi_items()]
+    assert len(names) == len(set(names)), names
+
+
 async def test_gemini_request_shape() -> None:
     """Gemini: generateContent path, x-goog-api-key, systemInstruction, model role, config."""
     req = await capture("gemini", CHAT)
