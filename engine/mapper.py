@@ -62,21 +62,45 @@ def _current_envelope(eid: str, fields: Any) -> dict[str, Any] | None:
     (bytes) — without per-field conversions: replay and fan-out are bound by decoding.
     ``None`` for anything else, which ``_envelope`` handles (or rejects) in full."""
     try:
-        event_type = fields[b"type"].decode()
-        version = int(fields.get(b"v", b"1"))
-        if CURRENT_VERSION.get(event_type) != version:
-            return None
-        return {
-            "id": eid,
-            "type": event_type,
-            "task_id": fields[b"task"].decode(),
-            "tenant": fields[b"tenant"].decode(),
-            "ts": int(fields[b"ts"]),
-            "v": version,
-            "data": orjson.loads(fields[b"data"]),
-        }
-    except (KeyError, ValueError, TypeError, AttributeError, orjson.JSONDecodeError):
+        return current_envelope(
+            eid,
+            fields[b"type"].decode(),
+            int(fields.get(b"v", b"1")),
+            fields[b"task"],
+            fields[b"tenant"],
+            fields[b"ts"],
+            fields[b"data"],
+        )
+    except FAST_PATH_ERRORS:
         return None
+
+
+FAST_PATH_ERRORS = (KeyError, ValueError, TypeError, AttributeError, orjson.JSONDecodeError)
+
+
+def current_envelope(
+    eid: str,
+    event_type: str,
+    version: int,
+    task_id: bytes | str,
+    tenant: bytes | str,
+    ts: bytes | str,
+    data: bytes | str,
+) -> dict[str, Any] | None:
+    """The envelope of an entry already split into its fields (bytes or str), when it is of the
+    current version of its type; ``None`` otherwise (old versions are upcast by ``envelope``).
+    Raises one of ``FAST_PATH_ERRORS`` on a malformed field."""
+    if CURRENT_VERSION.get(event_type) != version:
+        return None
+    return {
+        "id": eid,
+        "type": event_type,
+        "task_id": task_id if type(task_id) is str else task_id.decode(),  # type: ignore[union-attr]
+        "tenant": tenant if type(tenant) is str else tenant.decode(),  # type: ignore[union-attr]
+        "ts": int(ts),
+        "v": version,
+        "data": orjson.loads(data),
+    }
 
 
 def _envelope(eid: str, fields: Fields) -> dict[str, Any]:

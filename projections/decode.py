@@ -14,8 +14,6 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import orjson
-
 from engine import mapper
 from engine.errors import EventDecodeError
 from engine.events import EVENT_TYPES
@@ -24,8 +22,6 @@ from projections.view import Envelope
 # the field names at the even places of a flat entry, as mapper.entry_fields writes them
 _LAYOUT = [b"type", b"task", b"tenant", b"ts", b"v", b"data"]
 _TYPES = {name.encode(): name for name in EVENT_TYPES}
-_CURRENT = mapper.CURRENT_VERSION  # read per entry: a test or an upgrade may change it
-_FAST_ERRORS = (KeyError, ValueError, TypeError, AttributeError, orjson.JSONDecodeError)
 
 
 def envelope(eid: str, fields: Sequence[Any] | Mapping[Any, Any]) -> Envelope:
@@ -35,34 +31,28 @@ def envelope(eid: str, fields: Sequence[Any] | Mapping[Any, Any]) -> Envelope:
             name = _TYPES.get(fields[1])
             if name is not None:
                 try:
-                    v = int(fields[9])
-                    if _CURRENT.get(name) == v:
-                        return {
-                            "id": eid,
-                            "type": name,
-                            "task_id": fields[3].decode(),
-                            "tenant": fields[5].decode(),
-                            "ts": int(fields[7]),
-                            "v": v,
-                            "data": orjson.loads(fields[11]),
-                        }
-                except _FAST_ERRORS:
+                    found = mapper.current_envelope(
+                        eid, name, int(fields[9]), fields[3], fields[5], fields[7], fields[11]
+                    )
+                    if found is not None:
+                        return found
+                except mapper.FAST_PATH_ERRORS:
                     pass
         return _full(eid, dict(zip(fields[::2], fields[1::2], strict=False)))
     if type(fields) is dict and type(name := fields.get("type")) is str:
         try:  # an archive entry
-            v = int(fields.get("v", "1"))
-            if _CURRENT.get(name) == v:
-                return {
-                    "id": eid,
-                    "type": name,
-                    "task_id": fields["task"],
-                    "tenant": fields["tenant"],
-                    "ts": int(fields["ts"]),
-                    "v": v,
-                    "data": orjson.loads(fields["data"]),
-                }
-        except _FAST_ERRORS:
+            found = mapper.current_envelope(
+                eid,
+                name,
+                int(fields.get("v", "1")),
+                fields["task"],
+                fields["tenant"],
+                fields["ts"],
+                fields["data"],
+            )
+            if found is not None:
+                return found
+        except mapper.FAST_PATH_ERRORS:
             pass
     return _full(eid, fields)
 
