@@ -84,6 +84,12 @@ class _Stream:
         self.waiter: asyncio.Future[None] | None = None
         self.released = False
 
+    def failure(self, request: httpx.Request | None = None) -> httpx.TransportError:
+        """A fresh copy of the stream's error for one raise (bound to ``request``): the stored
+        one is shared by everything that reads this stream."""
+        assert self.error is not None
+        return type(self.error)(str(self.error), request=request)
+
     def wake(self) -> None:
         waiter = self.waiter
         if waiter is not None and not waiter.done():
@@ -346,7 +352,7 @@ class Connection(asyncio.Protocol):
             async with asyncio.timeout(limit_s):
                 while view:
                     if stream.error is not None:  # reset, refused, or beyond a GOAWAY
-                        raise type(stream.error)(str(stream.error)) from stream.error
+                        raise stream.failure() from stream.error
                     if stream.ended:  # answered before the body was all sent (RFC 9113 §8.1)
                         return
                     window = h2conn.local_flow_control_window(sid)
@@ -374,7 +380,7 @@ class Connection(asyncio.Protocol):
 
     async def _wait(self, stream: _Stream, limit_s: float | None, request: httpx.Request) -> None:
         if stream.error is not None:
-            raise type(stream.error)(str(stream.error), request=request) from stream.error
+            raise stream.failure(request) from stream.error
         if stream.ended and stream.headers is None:
             raise httpx.RemoteProtocolError("stream ended without a response", request=request)
         stream.waiter = self.loop.create_future()
@@ -386,7 +392,7 @@ class Connection(asyncio.Protocol):
         finally:
             stream.waiter = None
         if stream.error is not None and stream.headers is None:
-            raise type(stream.error)(str(stream.error), request=request) from stream.error
+            raise stream.failure(request) from stream.error
 
     def consumed(self, stream: _Stream, size: int) -> None:
         """Reopen the flow-control windows by ``size`` bytes read from ``stream``."""
@@ -444,9 +450,7 @@ class _Body(httpx.AsyncByteStream):
                 else:
                     await conn._wait(stream, self.timeout, self.request)
                     if stream.error is not None and not stream.chunks:
-                        raise type(stream.error)(
-                            str(stream.error), request=self.request
-                        ) from stream.error
+                        raise stream.failure(self.request) from stream.error
         finally:
             if stream.ended and not stream.chunks:
                 conn.release(stream)
