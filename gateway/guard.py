@@ -102,7 +102,7 @@ class Policy:
             return False
         return (port if port is not None else 80) == self.port
 
-    def origin_ok(self, origin: str | None, host: str | None, scheme: str) -> bool:
+    def origin_ok(self, origin: str | None, host: str | None) -> bool:
         if origin is None or ANY_ORIGIN in self.allowed_origins:
             return True
         normal = normalise_origin(origin)
@@ -110,15 +110,17 @@ class Policy:
             return False
         if normal in self.allowed_origins:
             return True
-        own = normalise_origin(f"{scheme}://{host}") if host else ""
-        return bool(own) and normal == own
+        # the gateway's own pages: the origin's host[:port] is the Host header. The scheme is
+        # not compared: behind a TLS-terminating proxy the page is https, the request http
+        own = (host or "").strip().lower().removesuffix(":80").removesuffix(":443")
+        return bool(own) and normal.split("://", 1)[1] == own
 
-    def refusal(self, headers: dict[str, str], scheme: str) -> tuple[str, str] | None:
+    def refusal(self, headers: dict[str, str]) -> tuple[str, str] | None:
         """(code, message) when the request must be refused, else ``None``."""
         host = headers.get("host")
         if not self.host_ok(host):
             return "forbidden_host", "the Host header does not name this gateway"
-        if not self.origin_ok(headers.get("origin"), host, scheme):
+        if not self.origin_ok(headers.get("origin"), host):
             return "forbidden_origin", "cross-site request refused (AIIS_GATEWAY_ALLOWED_ORIGINS)"
         return None
 
@@ -139,8 +141,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
-        refusal = self.policy().refusal(headers, scheme)
+        refusal = self.policy().refusal(headers)
         if refusal is None:
             await self.app(scope, receive, send)
             return

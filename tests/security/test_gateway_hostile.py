@@ -21,6 +21,8 @@ from websockets.exceptions import InvalidStatus
 
 from engine.settings import Settings
 from gateway.auth import hash_token
+from gateway.errors import GatewayConfigError
+from gateway.guard import Policy, parse_origins
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
 from tests.conftest import Engine
@@ -81,10 +83,22 @@ async def test_cross_site_websocket_is_refused_same_origin_and_listed_ones_accep
             async with asyncio.timeout(15):
                 reply = orjson.loads(await ws.recv())
             assert reply["op"] == "subscribed", reply
-    for origin in ("null", "http://127.0.0.1.evil.example", gateway.url.replace("http", "https")):
+    for origin in ("null", "http://127.0.0.1.evil.example", f"http://localhost:{gateway.port}"):
         with pytest.raises(InvalidStatus):
             async with connect(gateway.ws_url, origin=origin):  # type: ignore[arg-type]
                 pass
+
+
+def test_behind_a_tls_proxy_the_own_origin_is_https() -> None:
+    """With tokens behind a TLS-terminating proxy (request http, page https) the gateway's own
+    origin is still recognised by its host, and other hosts are still refused."""
+    policy = Policy(parse_origins(""), open_mode=False, host="0.0.0.0", port=8765)
+    assert policy.refusal({"host": "gw.example", "origin": "https://gw.example"}) is None
+    assert policy.refusal({"host": "gw.example:8443", "origin": "https://gw.example:8443"}) is None
+    refused = policy.refusal({"host": "gw.example", "origin": "https://gw.example.evil.example"})
+    assert refused is not None and refused[0] == "forbidden_origin"
+    with pytest.raises(GatewayConfigError):
+        parse_origins("https://ok.example, not an origin")
 
 
 async def test_cross_site_posts_are_refused_and_create_nothing(
