@@ -263,6 +263,29 @@ async def test_slowloris_is_closed_after_the_header_timeout_and_counted(
     assert metric(text, "aiis_gateway_header_timeouts_total") == 2
 
 
+async def test_the_header_timeout_spares_websockets_and_long_responses(
+    engine: Engine, gateways: Make
+) -> None:
+    """A WebSocket and an SSE stream open longer than header_timeout_s are not cut: the timeout
+    covers only the wait for a request's headers."""
+    gateway = await gateways(engine.settings, header_timeout_s=0.3, sse_keepalive_s=0.2)
+    task_id = await engine.client.submit("waits in the queue")
+    async with connect(gateway.ws_url) as ws, httpx.AsyncClient(base_url=gateway.url) as client:
+        async with client.stream("GET", f"/v1/tasks/{task_id}/events") as sse:
+            lines = sse.aiter_lines()
+            async with asyncio.timeout(15):
+                while "keepalive" not in await anext(lines):
+                    pass
+                await asyncio.sleep(1.0)
+                while "keepalive" not in await anext(lines):  # still streaming
+                    pass
+        await ws.send(orjson.dumps({"op": "ping", "ref": 7}))
+        async with asyncio.timeout(15):
+            assert orjson.loads(await ws.recv())["op"] == "pong"
+        text = (await client.get("/metrics")).text
+    assert metric(text, "aiis_gateway_header_timeouts_total") == 0
+
+
 async def test_sockets_over_the_cap_are_refused_and_counted(engine: Engine, gateways: Make) -> None:
     """With max_sockets=4, four idle sockets fill the gateway: a fifth connection gets 503 and
     is closed, and /metrics counts it once they are gone."""
