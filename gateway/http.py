@@ -18,7 +18,7 @@ from starlette.responses import Response
 
 from engine.audit import Action
 from engine.errors import EngineError, InvalidTask, TaskNotFound
-from gateway.auth import Principal, hash_token, token_from
+from gateway.auth import Principal, hash_token, is_loopback, token_from
 from gateway.context import Context
 from gateway.errors import ProtocolError
 from gateway.metrics import render_metrics
@@ -158,8 +158,8 @@ def _may_scrape(conn: HTTPConnection) -> bool:
         digest = wanted.lower() if wanted.lower().startswith("sha256:") else hash_token(wanted)
         if token and hmac.compare_digest(hash_token(token), digest):
             return True
-    elif ctx.auth.open:
-        return True
+    elif ctx.auth.open:  # bound to loopback only; the peer is checked all the same
+        return conn.client is not None and is_loopback(conn.client.host)
     try:
         who = ctx.auth.authenticate(token)
     except ProtocolError:
