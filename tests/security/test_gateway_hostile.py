@@ -290,9 +290,14 @@ async def test_sockets_over_the_cap_are_refused_and_counted(engine: Engine, gate
     """With max_sockets=4, four idle sockets fill the gateway: a fifth connection gets 503 and
     is closed, and /metrics counts it once they are gone."""
     gateway = await gateways(engine.settings, max_sockets=4)
+    assert gateway.ctx is not None and gateway.ctx.limits is not None
+    limits = gateway.ctx.limits
     idle = [_raw(gateway) for _ in range(4)]
     try:
-        await asyncio.sleep(0.2)  # let the server accept them
+        for _ in range(200):  # the server accepts them
+            if limits.open == 4:
+                break
+            await asyncio.sleep(0.05)
         extra = _raw(gateway)  # answered before it sends anything
         answer = await asyncio.to_thread(_read_until_closed, extra)
         extra.close()
@@ -300,12 +305,12 @@ async def test_sockets_over_the_cap_are_refused_and_counted(engine: Engine, gate
     finally:
         for sock in idle:
             sock.close()
+    for _ in range(200):  # the server sees the idle sockets go
+        if limits.open == 0:
+            break
+        await asyncio.sleep(0.05)
     async with httpx.AsyncClient(base_url=gateway.url) as client:
-        for _ in range(100):  # the server sees the idle sockets go
-            r = await client.get("/metrics")
-            if r.status_code == 200:
-                break
-            await asyncio.sleep(0.05)
+        r = await client.get("/metrics")
     assert metric(r.text, 'aiis_gateway_rejected_connections_total{reason="socket_limit"}') == 1
     assert metric(r.text, "aiis_gateway_open_sockets") >= 1
 
