@@ -68,6 +68,7 @@ def check_size(field: str, text: str, limit_bytes: int) -> None:
 class Limits:
     request_bytes: int = 1_000_000
     result_bytes: int = 4_000_000  # a result over this is truncated, never stored whole
+    chat_messages: int = 1000  # messages of one chat (the gateway checks before parsing them)
 
 
 def clean_request(texts: list[str], limits: Limits = Limits()) -> list[str]:

@@ -13,6 +13,7 @@ from gateway.auth import Authenticator
 from gateway.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.stats import Stats
+from gateway.transport import SocketLimits
 
 
 @dataclass(slots=True)
@@ -41,3 +42,4 @@ class Context:
     sse_outboxes: set[Any] = field(default_factory=set)  # open SSE streams' outboxes
     shutting_down: bool = False
     audit: AuditLog | None = None  # submit and cancel records (who: tenant + token id)
+    limits: SocketLimits | None = None  # the HTTP server's socket cap and header timeout

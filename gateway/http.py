@@ -7,6 +7,7 @@ Every error is a 4xx/5xx with ``{"error": {"code": …, "message": …}}`` (plus
 from __future__ import annotations
 
 import asyncio
+import hmac
 from typing import Any, cast
 
 import orjson
@@ -17,11 +18,11 @@ from starlette.responses import Response
 
 from engine.audit import Action
 from engine.errors import EngineError, InvalidTask, TaskNotFound
-from gateway.auth import Principal, token_from
+from gateway.auth import Principal, hash_token, is_loopback, token_from
 from gateway.context import Context
 from gateway.errors import ProtocolError
 from gateway.metrics import render_metrics
-from gateway.session import audit, authorize_task, not_found, submit_task
+from gateway.session import audit, authorize_task, not_found, precheck_body, submit_task
 
 JSON = "application/json"
 
@@ -53,15 +54,32 @@ def principal(conn: HTTPConnection) -> Principal:
     return who
 
 
-async def _body(request: Request, limit: int) -> Any:
+def _is_json(content_type: str | None) -> bool:
+    media = (content_type or "").split(";", 1)[0].strip().lower()
+    return media == JSON
+
+
+async def _body(request: Request, limit: int, timeout_s: float) -> Any:
+    # application/json only: a cross-site page can send text/plain and form bodies without
+    # a CORS preflight, never JSON
+    if not _is_json(request.headers.get("content-type")):
+        raise ProtocolError("unsupported_media_type", f"send Content-Type: {JSON}", status=415)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise ProtocolError("too_large", f"body over {limit} bytes", status=413)
     data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > limit:
-            raise ProtocolError("too_large", f"body over {limit} bytes", status=413)
+    try:
+        async with asyncio.timeout(timeout_s):  # a slow body holds a socket like slow headers
+            async for chunk in request.stream():
+                data += chunk
+                if len(data) > limit:
+                    raise ProtocolError("too_large", f"body over {limit} bytes", status=413)
+    except TimeoutError:
+        raise ProtocolError("body_timeout", f"body not sent within {timeout_s} s", 408) from None
+    try:
+        precheck_body(data)
+    except InvalidTask as exc:
+        raise ProtocolError("invalid_task", str(exc), field=exc.field) from None
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -72,7 +90,7 @@ async def create_task(request: Request) -> Response:
     """POST /v1/tasks → 202 {"task_id"}."""
     ctx = ctx_of(request)
     who = principal(request)
-    body = await _body(request, ctx.gw.max_body_bytes)
+    body = await _body(request, ctx.gw.max_body_bytes, ctx.gw.body_timeout_s)
     if not isinstance(body, dict):
         raise ProtocolError("bad_message", "the body is a task object")
     task_id = await submit_task(ctx, who, body, "http")
@@ -130,8 +148,31 @@ async def readyz(request: Request) -> Response:
     return json_response({"status": "ready", "redis": "ok"})
 
 
+def _may_scrape(conn: HTTPConnection) -> bool:
+    """/metrics names every tenant and its spend: the metrics token or an operator token; in
+    open mode without a metrics token, anyone (open mode is loopback-only, Host-checked)."""
+    ctx = ctx_of(conn)
+    token = token_from(conn.headers.get("authorization"), conn.query_params.get("token"))
+    wanted = ctx.gw.metrics_token
+    if wanted:
+        digest = wanted.lower() if wanted.lower().startswith("sha256:") else hash_token(wanted)
+        if token and hmac.compare_digest(hash_token(token), digest):
+            return True
+    elif ctx.auth.open:  # bound to loopback only; the peer is checked all the same
+        return conn.client is not None and is_loopback(conn.client.host)
+    try:
+        who = ctx.auth.authenticate(token)
+    except ProtocolError:
+        return False
+    return who is not None and who.operator and not ctx.auth.open
+
+
 async def metrics(request: Request) -> Response:
     ctx = ctx_of(request)
+    if not _may_scrape(request):
+        raise ProtocolError(
+            "unauthorized", "send Authorization: Bearer <AIIS_METRICS_TOKEN>", status=401
+        )
     registry = await render_metrics(ctx)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

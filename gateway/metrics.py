@@ -272,6 +272,18 @@ async def render_metrics(ctx: Context) -> CollectorRegistry:
             "aiis_gateway_redis_connected", "1 while the fan-out reads the log", hub.connected
         ),
     ]
+    if ctx.limits is not None:
+        fam += [
+            GaugeMetricFamily(
+                "aiis_gateway_open_sockets", "Open TCP connections", value=ctx.limits.open
+            ),
+            _counter(
+                "aiis_gateway_header_timeouts",
+                "Connections closed because request headers came too slowly",
+                ctx.limits.header_timeouts,
+            ),
+        ]
+        c.rejected["socket_limit"] = ctx.limits.refused
     subs = GaugeMetricFamily("aiis_gateway_subscriptions", "Subscriptions by kind", labels=["kind"])
     for kind, n in hub.count().items():
         subs.add_metric([kind], n)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 import uvicorn
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
@@ -32,11 +33,12 @@ from gateway.auth import Authenticator, is_loopback, load_tokens, token_from
 from gateway.context import Context
 from gateway.errors import GatewayConfigError, ProtocolError
 from gateway.grpc import GrpcServer, GrpcSettings
+from gateway.guard import Guard, Policy, parse_origins
 from gateway.hub import Hub
 from gateway.session import websocket_endpoint
 from gateway.settings import GatewaySettings
 from gateway.stats import Stats
-from gateway.transport import AbortableWebSocketProtocol
+from gateway.transport import AbortableWebSocketProtocol, SocketLimits, guarded_http
 
 log = logging.getLogger("aiis.gateway")
 
@@ -88,8 +90,12 @@ async def _ws(ws: WebSocket) -> None:
     await websocket_endpoint(ws, ctx, who)
 
 
-def build_app(ctx: Context) -> Starlette:
+def build_app(ctx: Context, policy: Policy) -> Starlette:
+    def refused(code: str) -> None:
+        ctx.counters.rejected[code.removeprefix("forbidden_")] += 1
+
     app = Starlette(
+        middleware=[Middleware(Guard, policy=lambda: policy, refused=refused)],
         routes=[
             Route("/", _dashboard),
             WebSocketRoute("/v1/ws", _ws),
@@ -168,9 +174,13 @@ class Gateway:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
+        policy = Policy(parse_origins(self.gw.allowed_origins), auth.open, self.host, self.port)
+        self.ctx.limits = SocketLimits(self.gw.max_sockets, self.gw.header_timeout_s)
         config = uvicorn.Config(
-            build_app(self.ctx),
+            build_app(self.ctx, policy),
+            http=guarded_http(self.ctx.limits),
             ws=AbortableWebSocketProtocol,
+            timeout_keep_alive=self.gw.keep_alive_timeout_s,
             ws_max_size=self.gw.max_frame_bytes,
             ws_ping_interval=self.gw.ping_interval_s,
             ws_ping_timeout=self.gw.ping_timeout_s,

@@ -18,6 +18,7 @@ from engine.audit import Action
 from engine.budget import BudgetExceeded
 from engine.errors import EngineError, InvalidTask, QueueFull, RedisUnavailable, TaskNotFound
 from engine.redaction import PiiBlocked
+from engine.sanitize import Limits
 from engine.task import validate_task
 from engine.templates import TemplateError
 from engine.webhooks import BadCallbackUrl
@@ -75,6 +76,32 @@ async def audit(
         log.warning("audit record of %s not written: %s", action.value, exc)
 
 
+MAX_CHAT_MESSAGES = Limits().chat_messages
+
+
+# before parsing: a valid message holds the token "role" once as a key and at most once as a
+# string value (a string cannot contain it unescaped), so a body with many more is a chat over
+# the limit, refused without building its objects; a body that hides its keys (\u escapes)
+# is parsed, then refused by ``precheck``
+MAX_ROLE_TOKENS = 3 * MAX_CHAT_MESSAGES + 1000
+
+
+def precheck_body(body: bytes | bytearray) -> None:
+    """Refuse a body with far too many chat messages before it is parsed."""
+    if len(body) > 64 * 1024 and body.count(b'"role"') > MAX_ROLE_TOKENS:
+        raise InvalidTask("input", f"over {MAX_CHAT_MESSAGES} chat messages")
+
+
+def precheck(task: dict[str, Any]) -> None:
+    """Cheap checks before model validation, whose cost grows with the message count: a
+    120,000-message chat would hold the event loop for every other client."""
+    messages = task.get("input")
+    if isinstance(messages, list) and len(messages) > MAX_CHAT_MESSAGES:
+        raise InvalidTask(
+            "input", f"{len(messages)} chat messages; the limit is {MAX_CHAT_MESSAGES}"
+        )
+
+
 async def submit_task(ctx: Context, who: Principal, task: dict[str, Any], transport: str) -> str:
     """Validate and submit ``task`` as ``who``; ``ProtocolError`` with the HTTP status."""
     try:
@@ -100,6 +127,7 @@ async def _submit_task(ctx: Context, who: Principal, task: dict[str, Any], trans
             )
         raw["tenant"] = who.tenant
     try:
+        precheck(raw)
         spec = validate_task(raw, ctx.settings)
         task_id = await ctx.client.submit_spec(spec)
     except InvalidTask as exc:

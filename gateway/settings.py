@@ -11,12 +11,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class GatewaySettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="AIIS_GATEWAY_", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="AIIS_GATEWAY_", extra="ignore", frozen=True, populate_by_name=True
+    )
 
     # auth: "sha256:<hex>=tenant,…" and/or a file with one "sha256:<hex>=tenant" per line;
     # tenant "*" is an operator token (every tenant). Neither set: open mode, loopback only.
     tokens: str = ""
     tokens_file: Path | None = None
+    # /metrics: the bearer token a scraper presents (the token, or `sha256:<hex>` of it);
+    # operator tokens may scrape too. Unset: operator tokens only, or anyone in open mode
+    metrics_token: str | None = Field(None, validation_alias="AIIS_METRICS_TOKEN")
+
+    # browsers: origins (scheme://host[:port], comma-separated) that may open a WebSocket or
+    # send a request besides the gateway's own; "*" allows every origin. In open mode the
+    # Host header must also name the bound address (DNS rebinding), see docs/security.md
+    allowed_origins: str = ""
+
+    # sockets (HTTP and WebSocket together): over the cap a new one is closed at once; a
+    # request's headers must arrive within header_timeout_s and its body within body_timeout_s
+    max_sockets: int = Field(12_000, ge=1, le=1_000_000)
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    body_timeout_s: float = Field(30.0, gt=0, le=3600)
+    keep_alive_timeout_s: int = Field(5, ge=1, le=3600)  # idle between HTTP requests
 
     # connections
     max_connections: int = Field(10_000, ge=1, le=1_000_000)

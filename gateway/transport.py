@@ -2,12 +2,18 @@
 ``ServerProtocol``) with one addition: the ASGI scope carries an ``aiis.abort`` extension so the
 app can drop a TCP connection whose peer reads nothing — not even a close frame. Without it a
 stuck peer holds its socket and write buffer until the kernel gives up.
+
+``guarded_http`` is uvicorn's h11 HTTP protocol with a cap on open sockets and a timeout for
+request headers, which uvicorn lacks (its keep-alive timeout stops at the first byte).
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
+import h11
+from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
@@ -25,3 +31,77 @@ class AbortableWebSocketProtocol(WebSocketsSansIOProtocol):
         super().keepalive_timeout()
         # the close frame may sit behind a full buffer: drop the connection after the grace
         self.loop.call_later(5.0, self.transport.abort)
+
+
+class SocketLimits:
+    """Shared by every HTTP connection of one server: the socket cap and the header timeout,
+    with their counts (exported on /metrics). ``connections`` is uvicorn's set of open
+    connections (HTTP and WebSocket alike), known after the first one is made."""
+
+    def __init__(self, max_sockets: int, header_timeout_s: float) -> None:
+        self.max_sockets = max_sockets
+        self.header_timeout_s = header_timeout_s
+        self.refused = 0  # connections closed at once: the cap was reached
+        self.header_timeouts = 0  # connections closed: headers did not arrive in time
+        self.connections: set[Any] = set()
+
+    @property
+    def open(self) -> int:
+        return len(self.connections)
+
+
+_BUSY = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+_SLOW = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+
+
+def guarded_http(limits: SocketLimits) -> type[H11Protocol]:
+    """uvicorn's h11 protocol with ``limits``: a connection over ``max_sockets`` gets a 503 and
+    is closed; one whose request headers are not complete ``header_timeout_s`` after it opened
+    (or after its previous response: keep-alive) gets a 408 and is closed (slowloris)."""
+
+    class GuardedH11Protocol(H11Protocol):
+        _header_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            limits.connections = self.connections
+            over = len(self.connections) >= limits.max_sockets
+            super().connection_made(transport)
+            if over:
+                limits.refused += 1
+                transport.write(_BUSY)
+                transport.close()
+                return
+            self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.conn.their_state is not h11.IDLE:  # headers are in (or it upgraded)
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+                self._arm()
+
+        def _arm(self) -> None:
+            self._disarm()
+            self._header_timer = self.loop.call_later(limits.header_timeout_s, self._too_slow)
+
+        def _disarm(self) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _too_slow(self) -> None:
+            self._header_timer = None
+            if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+                return
+            limits.header_timeouts += 1
+            self.transport.write(_SLOW)
+            self.transport.close()
+
+    return GuardedH11Protocol

@@ -16,6 +16,7 @@ from google.protobuf.struct_pb2 import Struct
 from engine.client import TaskView
 from engine.errors import InvalidTask
 from engine.events import Event, Status
+from engine.sanitize import Limits
 from gateway.grpc.gen import tasks_pb2 as pb
 
 KIND_NAMES: dict[int, str] = {
@@ -62,6 +63,9 @@ def plain(value: Any) -> Any:
     return value
 
 
+MAX_CHAT_MESSAGES = Limits().chat_messages  # checked before the messages are copied
+
+
 def submit_args(request: pb.SubmitTaskRequest) -> dict[str, Any]:
     """Keyword arguments of ``Client.submit`` (all but ``tenant``) from a request.
 
@@ -73,6 +77,9 @@ def submit_args(request: pb.SubmitTaskRequest) -> dict[str, Any]:
         raise InvalidTask("priority", f"unknown priority {request.priority}")
     task_input: str | list[dict[str, str]]
     if request.WhichOneof("input") == "chat":
+        if len(request.chat.messages) > MAX_CHAT_MESSAGES:
+            count = len(request.chat.messages)
+            raise InvalidTask("input", f"{count} chat messages; the limit is {MAX_CHAT_MESSAGES}")
         task_input = [{"role": m.role, "content": m.content} for m in request.chat.messages]
     else:
         task_input = request.prompt  # "" when neither is set: the engine says "prompt is empty"

@@ -17,6 +17,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from engine.audit import AuditLog
 from engine.client import Client
 from engine.connection import connect
 from engine.errors import EngineError
@@ -100,6 +101,12 @@ class GrpcServer:
             cfg.watch_block_ms,
             cfg.stream_window,
             cfg.stream_max_batch,
+            cfg.max_watches_per_tenant,
+            AuditLog(
+                self._client.store.redis,
+                self.settings.namespace,
+                max_len=self.settings.audit_max_len,
+            ),
         )
         server = grpc.aio.server(
             options=[

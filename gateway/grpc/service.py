@@ -16,12 +16,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Never
+from typing import TYPE_CHECKING, Any, Literal, Never
 
 import grpc
 
+from engine.audit import Action, AuditLog
 from engine.budget import BudgetExceeded
 from engine.client import Client
 from engine.errors import (
@@ -144,16 +146,45 @@ class TaskService:
         block_ms: int = 1000,
         stream_window: int = 256,
         stream_max_batch: int = 1000,
+        max_watches_per_tenant: int | None = None,
+        audit: AuditLog | None = None,
     ) -> None:
         self.client = client
         self.watch_client = watch_client
         self.auth = auth
         self.max_watches = max_watches
+        self.max_watches_per_tenant = max_watches_per_tenant or max_watches
+        self.audit = audit
         self.block_ms = block_ms
         self.stream_window = stream_window
         self.stream_max_batch = stream_max_batch
         self.active_watches = 0
+        self.watches_of: Counter[str] = Counter()  # open WatchTask streams per tenant
         self.streams = StreamCounters()
+
+    async def record(
+        self,
+        who: Principal,
+        action: Action,
+        tenant: str,
+        target: str | None,
+        outcome: Literal["ok", "denied"] = "ok",
+        **detail: Any,
+    ) -> None:
+        """An audit record like the HTTP/WebSocket ones; a failure to write it is logged."""
+        if self.audit is None:
+            return
+        try:
+            await self.audit.record(
+                action,
+                tenant=tenant,
+                token_id=who.token_id,
+                target=target,
+                outcome=outcome,
+                detail={"transport": "grpc", **detail},
+            )
+        except EngineError as exc:
+            log.warning("audit record of %s not written: %s", action.value, exc)
 
     async def principal(self, context: Context) -> Principal:
         """Who the call acts as, or UNAUTHENTICATED."""
@@ -173,10 +204,15 @@ class TaskService:
 
     @staticmethod
     async def deny(context: Context, tenant: str) -> Never:
-        """End the call with PERMISSION_DENIED."""
+        """End the call with PERMISSION_DENIED (a submit naming another tenant)."""
         await context.abort(
             grpc.StatusCode.PERMISSION_DENIED, f"this token acts for tenant {tenant!r} only"
         )
+
+    @staticmethod
+    def hidden(task_id: str) -> TaskNotFound:
+        """Another tenant's task: answered exactly like a missing one, so ids cannot be probed."""
+        return TaskNotFound(task_id)
 
     async def SubmitTask(
         self, request: pb.SubmitTaskRequest, context: Context
@@ -184,10 +220,18 @@ class TaskService:
         who = await self.principal(context)
         tenant = submit_tenant(who, request.tenant)
         if tenant is None:
+            await self.record(who, Action.SUBMIT, who.tenant, None, outcome="denied")
             await self.deny(context, who.tenant)
         async with Errors(context):
-            args = convert.submit_args(request)
-            task_id = await self.client.submit(tenant=tenant, **args)
+            try:
+                args = convert.submit_args(request)
+                task_id = await self.client.submit(tenant=tenant, **args)
+            except EngineError as exc:
+                if not isinstance(exc, RedisUnavailable):
+                    code = status_for(exc)[0].name
+                    await self.record(who, Action.SUBMIT, tenant, None, outcome="denied", code=code)
+                raise
+            await self.record(who, Action.SUBMIT, tenant, task_id)
         return pb.SubmitTaskResponse(task_id=task_id)
 
     async def SubmitTasks(
@@ -220,16 +264,22 @@ class TaskService:
     ) -> pb.SubmitTaskResult:
         tenant = submit_tenant(who, request.tenant)
         if tenant is None:
+            await self.record(who, Action.SUBMIT, who.tenant, None, outcome="denied")
             message = f"this token acts for tenant {who.tenant!r} only"
             return item_error(index, grpc.StatusCode.PERMISSION_DENIED, message)
         try:
             args = convert.submit_args(request)
             task_id = await self.client.submit(tenant=tenant, **args)
         except EngineError as exc:
-            return item_error(index, *status_for(exc))
+            status = status_for(exc)
+            if not isinstance(exc, RedisUnavailable):
+                code = status[0].name
+                await self.record(who, Action.SUBMIT, tenant, None, outcome="denied", code=code)
+            return item_error(index, *status)
         except Exception:
             log.exception("gRPC SubmitTasks item failed")
             return item_error(index, grpc.StatusCode.INTERNAL, "internal error")
+        await self.record(who, Action.SUBMIT, tenant, task_id)
         return pb.SubmitTaskResult(index=index, task_id=task_id)
 
     async def GetTask(self, request: pb.GetTaskRequest, context: Context) -> pb.Task:
@@ -245,7 +295,7 @@ class TaskService:
                 # engine adds the terminal event (result loaded) and the deadline, while it
                 # still has the task (it forgets it after AIIS_TASK_RETENTION_S)
                 if not who.may_read(record["tenant"]):
-                    await self.deny(context, who.tenant)
+                    raise self.hidden(task_id)
                 try:
                     view = await self.client.get(task_id)
                 except TaskNotFound:
@@ -254,7 +304,7 @@ class TaskService:
             # not seen yet, or in progress (the record may lag): the engine is always current
             view = await self.client.get(task_id)
             if not who.may_read(view.tenant):
-                await self.deny(context, who.tenant)
+                raise self.hidden(task_id)
         return convert.task_message(view)
 
     async def CancelTask(
@@ -264,24 +314,29 @@ class TaskService:
         task_id = request.task_id
         async with Errors(context):
             word = await self.client.state_word(task_id)
-            if word is None:
-                raise TaskNotFound(task_id)
-            if not who.may_read(word.tenant):
-                await self.deny(context, who.tenant)
+            if word is None or not who.may_read(word.tenant):
+                raise self.hidden(task_id)
             # the cancel script checks the tenant again, atomically
             status = await self.client.cancel(task_id, tenant="" if who.operator else who.tenant)
+            await self.record(who, Action.CANCEL, word.tenant, task_id, status=status.value)
         return pb.CancelTaskResponse(task_id=task_id, status=convert.STATUS_ENUMS[status])
 
     async def WatchTask(
         self, request: pb.WatchTaskRequest, context: Context
     ) -> AsyncIterator[pb.Event]:
         who = await self.principal(context)
+        if self.watches_of[who.tenant] >= self.max_watches_per_tenant:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self.max_watches_per_tenant} watches of this tenant are open; retry later",
+            )
         if self.active_watches >= self.max_watches:
             await context.abort(
                 grpc.StatusCode.RESOURCE_EXHAUSTED,
                 f"{self.max_watches} watches are open on this server; retry later",
             )
         self.active_watches += 1
+        self.watches_of[who.tenant] += 1
         try:
             async with Errors(context):
                 start = await self._watch_start(request, who, context)
@@ -293,6 +348,9 @@ class TaskService:
                         yield convert.event_message(event)
         finally:
             self.active_watches -= 1
+            self.watches_of[who.tenant] -= 1
+            if not self.watches_of[who.tenant]:
+                del self.watches_of[who.tenant]
 
     def _follow(self, task_id: str, after: str, context: Context) -> AsyncGenerator[Event, None]:
         """The task's events after ``after``, live, until its terminal one, or until the call
@@ -308,10 +366,8 @@ class TaskService:
         """The log position to read after; ``None`` when nothing can follow ``since``."""
         task_id = request.task_id
         word = await self.client.state_word(task_id)
-        if word is None:
-            raise TaskNotFound(task_id)
-        if not who.may_read(word.tenant):
-            await self.deny(context, who.tenant)
+        if word is None or not who.may_read(word.tenant):
+            raise self.hidden(task_id)
         if not request.since:
             return id_before(word.requested_id)
         store = self.client.store

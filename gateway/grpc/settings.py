@@ -24,6 +24,9 @@ class GrpcSettings(BaseSettings):
     # WatchTask streams open at once (each holds one Redis connection while it waits);
     # one more is refused with RESOURCE_EXHAUSTED
     max_watches: int = Field(256, ge=1, le=10_000)
+    # ... and per tenant (an operator token counts as one tenant), so one tenant at its cap
+    # leaves the rest of max_watches to the others
+    max_watches_per_tenant: int = Field(64, ge=1, le=10_000)
     watch_block_ms: int = Field(1000, ge=10, le=60_000)  # one XREAD's wait
     max_concurrent_rpcs: int = Field(10_000, ge=1, le=1_000_000)  # then RESOURCE_EXHAUSTED
     redis_pool: int = Field(64, ge=1, le=10_000)  # connections for unary calls, when owned

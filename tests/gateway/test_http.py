@@ -19,6 +19,9 @@ async def _sse_ids(response: httpx.Response, limit: int | None = None) -> list[s
     return ids
 
 
+JSON = "application/json"
+
+
 async def test_sse_resumes_with_last_event_id_without_gap_or_duplicate(
     engine: Engine, make_gateway: MakeGateway
 ) -> None:
@@ -53,7 +56,8 @@ async def test_http_errors_are_json_with_a_code(engine: Engine, make_gateway: Ma
         assert bad.status_code == 400
         assert bad.json()["error"]["code"] == "invalid_task"
         assert bad.json()["error"]["field"] == "priority"
-        assert (await http.post("/v1/tasks", content=b"{")).json()["error"]["code"] == "bad_json"
+        broken = await http.post("/v1/tasks", content=b"{", headers={"Content-Type": JSON})
+        assert broken.json()["error"]["code"] == "bad_json"
         assert (await http.post("/v1/tasks", json={"input": "y"})).status_code == 202
         full = await http.post("/v1/tasks", json={"input": "z"})
         assert full.status_code == 429 and full.json()["error"]["code"] == "queue_full"

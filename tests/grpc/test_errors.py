@@ -157,9 +157,10 @@ async def test_missing_or_unknown_token_is_unauthenticated(stub: Any, metadata: 
         assert code == grpc.StatusCode.UNAUTHENTICATED
 
 
-async def test_another_tenants_task_is_permission_denied(stub: Any, engine: Engine) -> None:
-    """A tenant cannot read, watch, cancel or submit for another tenant's tasks; the task is
-    untouched and its own tenant and the operator still can."""
+async def test_another_tenants_task_is_not_found(stub: Any, engine: Engine) -> None:
+    """A tenant cannot read, watch or cancel another tenant's tasks (NOT_FOUND, like a missing
+    id) nor submit for it (PERMISSION_DENIED); the task is untouched and its own tenant and the
+    operator still can."""
     task_id = (
         await stub.SubmitTask(
             pb.SubmitTaskRequest(prompt="hi", params={"script": ["sleep:30"]}), metadata=ACME
@@ -169,10 +170,12 @@ async def test_another_tenants_task_is_permission_denied(stub: Any, engine: Engi
         stub.GetTask(pb.GetTaskRequest(task_id=task_id), metadata=BETA),
         stub.CancelTask(pb.CancelTaskRequest(task_id=task_id), metadata=BETA),
         stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), metadata=BETA),
-        stub.SubmitTask(pb.SubmitTaskRequest(prompt="hi", tenant="acme"), metadata=BETA),
     ):
         code, details, _ = await status_of(call)
-        assert code == grpc.StatusCode.PERMISSION_DENIED and "'beta'" in details
+        assert code == grpc.StatusCode.NOT_FOUND and "beta" not in details
+    call = stub.SubmitTask(pb.SubmitTaskRequest(prompt="hi", tenant="acme"), metadata=BETA)
+    code, details, _ = await status_of(call)
+    assert code == grpc.StatusCode.PERMISSION_DENIED and "'beta'" in details
     view = await engine.client.get(task_id)
     assert view.status.value in ("queued", "running")
     assert (await stub.GetTask(pb.GetTaskRequest(task_id=task_id), metadata=OPS)).tenant == "acme"

@@ -120,11 +120,11 @@ async def test_a_lagging_projection_never_hides_a_newer_state(
     assert json_format.MessageToDict(task.record)["cancelled_stage"]
 
 
-async def test_another_tenants_task_is_denied_on_both_paths(
+async def test_another_tenants_task_is_not_found_on_both_paths(
     engine: Engine, make_server: MakeServer, connect: Any
 ) -> None:
-    """PERMISSION_DENIED for another tenant's task whether the answer would come from the log
-    or from the projection; its own tenant and the operator read it on both."""
+    """NOT_FOUND (like a missing id) for another tenant's task whether the answer would come
+    from the log or from the projection; its own tenant and the operator read it on both."""
     engine.start_worker()
     server: GrpcServer = await make_server(engine.settings)
     stub = connect(server)
@@ -134,7 +134,7 @@ async def test_another_tenants_task_is_denied_on_both_paths(
         if source == pb.TASK_SOURCE_PROJECTION:
             await catch_up(engine)
         call = stub.GetTask(pb.GetTaskRequest(task_id=reply.task_id), metadata=BETA)
-        assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
+        assert await code_of(call) == grpc.StatusCode.NOT_FOUND
         for md in (ACME, OPS):
             task = await get(stub, reply.task_id, md)
             assert (task.source, task.tenant) == (source, "acme")
@@ -158,4 +158,4 @@ async def test_a_task_the_engine_has_forgotten_is_still_served_from_the_projecti
     assert task.status == pb.TASK_STATUS_SUCCEEDED and task.tenant == "acme"
     assert not task.HasField("terminal") and task.deadline_ms == 0
     call = stub.GetTask(pb.GetTaskRequest(task_id=reply.task_id), metadata=BETA)
-    assert await code_of(call) == grpc.StatusCode.PERMISSION_DENIED
+    assert await code_of(call) == grpc.StatusCode.NOT_FOUND
