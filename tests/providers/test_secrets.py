@@ -48,7 +48,8 @@ async def test_bad_keys_never_leak(
                 await router.process(ProviderRequest("t", "a", kind, prompt="cats"), sink)  # type: ignore[arg-type]
         finally:
             await router.aclose()
-    assert info.value.error_class == "AuthFailed"
+    # a first rejection only makes the key suspect: retried, not yet AuthFailed
+    assert info.value.error_class == "KeyRejected"
     assert len([k for k, _ in sink.notices if k == "attempt"]) >= 2
     texts = [str(info.value), repr(info.value), repr(sink.notices)]
     texts += [r.getMessage() for r in caplog.records]

@@ -17,6 +17,7 @@ from providers.keyring import (
     KEY_IN_USE,
     Key,
     KeyAlert,
+    KeyRejected,
     Keyring,
     NoUsableKey,
     RotatingAdapter,
@@ -103,15 +104,24 @@ async def test_rotation_on_auth_failed_without_failing_the_call() -> None:
 
 
 async def test_every_key_rejected_raises_and_alerts_once() -> None:
-    """When all keys fail, the last AuthFailed surfaces and one exhausted alert is emitted."""
+    """All keys rejected once: KeyRejected (retried); rejected again: AuthFailed, then
+    NoUsableKey, with one exhausted alert."""
     alerts: list[KeyAlert] = []
-    ring = Keyring(lambda: static({"gemini": [K1, K2]}), on_alert=alerts.append)
+    now = [0.0]
+    ring = Keyring(
+        lambda: static({"gemini": [K1, K2]}), on_alert=alerts.append, clock=lambda: now[0]
+    )
 
     async def always_401(key: Key) -> str:
         raise AuthFailed(f"401 for {key.id}", provider="gemini", status=401)
 
-    with pytest.raises(AuthFailed):
+    with pytest.raises(KeyRejected) as first:
         await ring.call("gemini", always_401)
+    assert first.value.retryable
+    now[0] = 1.0
+    with pytest.raises(AuthFailed) as second:
+        await ring.call("gemini", always_401)
+    assert not second.value.retryable
     with pytest.raises(NoUsableKey):
         await ring.call("gemini", always_401)
     kinds = [a.kind for a in alerts]
