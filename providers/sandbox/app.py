@@ -112,6 +112,8 @@ class SandboxApp:
         if fault == "timeout":
             await asyncio.sleep(self.hang_s)
             raise Abort
+        if fault == "echo_key":
+            call.reply = f"{call.reply} {key}"
         headers = fmt.limit_headers(fault == "remaining0")
         if call.stream and hasattr(fmt, "frames"):
             return self._stream(fmt, call, fault, headers)  # type: ignore[arg-type]

@@ -32,6 +32,7 @@ FAULTS = frozenset(
         "bad_key",  # the key is rejected
         "invalid",  # 400 invalid request
         "remaining0",  # success, but rate-limit headers say the budget is spent for 2 s
+        "echo_key",  # success, but the reply echoes the request's API key (a leaky proxy)
     }
 )
 RANDOM_FAULTS = ("rate_limit", "unavailable", "server_error", "reset", "cut", "malformed")
