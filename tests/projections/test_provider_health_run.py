@@ -27,7 +27,7 @@ from projections.runner import run_projections
 from projections.settings import ProjectionSettings
 from projections.stats import gather
 from projections.storage import ShardStore
-from projections.views.cost import day_name
+from projections.views.cost import day_name, to_nanos
 from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox import Sandbox, start_sandbox
@@ -187,3 +187,86 @@ async def test_health_agrees_with_what_the_sandbox_received(
     finally:
         await ops.aclose()
         await client.aclose()
+
+
+async def test_a_failed_call_that_reported_usage_is_billed(
+    redis: aioredis.Redis,
+    settings: Settings,
+    proj: ProjectionSettings,
+    store: ShardStore,
+    redis_url: str,
+) -> None:
+    """An Anthropic stream that fails after `message_start` (which carries the billed usage):
+    the router's notice carries that usage and cost, the cost view counts it (`failed_billed`),
+    and the ops reader adds it to the tenant's spend — with the successful retry's cost."""
+    async with start_sandbox() as sandbox:
+        sandbox.inject("anthropic", "midstream_error", times=1)
+        client = Client.from_url(redis_url, settings)
+        await client.store.prepare()
+        provider_settings = ProviderSettings(
+            AIIS_PROVIDERS_PREFIX=settings.namespace, AIIS_TEXT_CHAIN="anthropic"
+        )
+        router = build_processor(client.store.redis, provider_settings, sandbox.url)
+        worker = Worker(client.store, router, concurrency=2)
+        run = asyncio.create_task(worker.run())
+        tid = await client.submit(kind="text", input="bill me", tenant="acme")
+        try:
+            async with asyncio.timeout(30):
+                while (await client.get(tid)).status.value != "succeeded":  # noqa: ASYNC110 - polls Redis
+                    await asyncio.sleep(0.02)
+        finally:
+            worker.stop()
+            await run
+            await router.aclose()
+        assert sandbox.stats()["requests"] == {"anthropic": 2}
+    failed = [
+        d["detail"]
+        for t, d in await _task_events(redis, settings, tid)
+        if t == "TaskProgress" and d.get("notice") == "attempt"
+    ]
+    assert [n["outcome"] for n in failed] == ["error", "ok"]
+    billed = failed[0]
+    assert billed["usage"]["input_tokens"] > 0 and billed["cost_usd"] > 0
+    succeeded = next(d for t, d in await _task_events(redis, settings, tid) if t == "TaskSucceeded")
+
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_projections(redis, settings, stop, proj))
+    try:
+        async with asyncio.timeout(30):
+            while not await _caught_up(redis, store, settings):  # noqa: ASYNC110 - polls Redis
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await runner
+    now = int(time.time() * 1000)
+    day = day_name(now // 86_400_000)
+    report = await gather(store, settings.partitions, now, day)
+    cost = report["cost_today"]["by_provider"]["anthropic"]
+    assert (cost["requests"], cost["failed_billed"]) == (1, 1)
+    assert (
+        cost["input_tokens"] == billed["usage"]["input_tokens"] + succeeded["usage"]["input_tokens"]
+    )
+    want = to_nanos(billed["cost_usd"]) + to_nanos(succeeded["cost_usd"])
+    assert cost["usd_nanos"] == want
+
+    ops = Ops(client)
+    try:
+        await ops.load()
+        while await ops.step():
+            pass
+        spent = await ops.budgets.spent("acme")
+    finally:
+        await ops.aclose()
+        await client.aclose()
+    assert spent == pytest.approx(billed["cost_usd"] + succeeded["cost_usd"])
+
+
+async def _task_events(
+    redis: aioredis.Redis, settings: Settings, task_id: str
+) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for p in range(settings.partitions):
+        for _, fields in await redis.xrange(f"{settings.namespace}:{{p{p}}}:log"):
+            if fields[b"task"] == task_id.encode():
+                out.append((fields[b"type"].decode(), orjson.loads(fields[b"data"])))
+    return out

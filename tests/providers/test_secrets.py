@@ -10,10 +10,10 @@ import redis.asyncio as aioredis
 
 from providers.config import ProviderSettings
 from providers.errors import ProviderError
-from providers.factory import build_router
+from providers.factory import build_processor, build_router
 from providers.sandbox import Sandbox, start_sandbox
 from providers.types import ProviderRequest
-from tests.providers.conftest import SECRET_KEYS, RecordingSink, make_settings
+from tests.providers.conftest import KEY_FIELDS, SECRET_KEYS, RecordingSink, make_settings
 
 
 def leaks(text: str) -> list[str]:
@@ -74,3 +74,23 @@ async def test_fault_errors_never_leak(sandbox: Sandbox, caplog: pytest.LogCaptu
     finally:
         await router.aclose()
     assert [r for r in caplog.records if leaks(r.getMessage())] == []
+
+
+async def test_sandbox_mode_says_so_instead_of_keys_loaded(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pointed at the sandbox with no key set, the log says "sandbox mode" (the placeholders
+    are not keys); with a real key set it reports the keys loaded."""
+    for var in KEY_FIELDS.values():
+        monkeypatch.delenv(var.upper(), raising=False)
+    caplog.set_level(logging.INFO, logger="providers.keyring")
+    router = build_processor(None, ProviderSettings(), "http://127.0.0.1:9")
+    await router.aclose()
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("sandbox mode" in line for line in lines)
+    assert not any("keys loaded" in line for line in lines)
+    caplog.clear()
+    with_key = ProviderSettings(OPENAI_API_KEY=SECRET_KEYS["openai"])
+    router = build_processor(None, with_key, "http://127.0.0.1:9")
+    await router.aclose()
+    assert any("keys loaded" in r.getMessage() for r in caplog.records)
