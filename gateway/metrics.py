@@ -140,7 +140,7 @@ def _report_families(report: Mapping[str, Any] | None) -> list[Any]:
         calls.add_metric([name, "ok"], float(h.get("ok") or 0))
         calls.add_metric([name, "failed"], float(h.get("fail") or 0))
         calls.add_metric([name, "client_error"], float(h.get("client_errors") or 0))
-        for reason in ("open", "rate"):
+        for reason in ("open", "rate", "other"):
             skipped.add_metric([name, reason], float(h.get(f"skipped_{reason}") or 0))
         breaker.add_metric([name], 1.0 if h.get("breaker") == "opened" else 0.0)
         opened.add_metric([name], float(h.get("breaker_opened") or 0))

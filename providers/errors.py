@@ -35,6 +35,8 @@ class ProviderError(Exception):
     """Root of every provider failure; ``retryable`` drives the engine's retry table."""
 
     retryable: bool = False
+    # False: raised before any request went out (no usable key): not a provider call
+    sent: bool = True
     # usage the provider reported before failing (a stream cut after its usage frame): billed
     usage: Usage | None = None
 

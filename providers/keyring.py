@@ -57,7 +57,9 @@ class SecretsError(ProviderError):
 
 
 class NoUsableKey(AuthFailed):
-    """Every key of the provider has been rejected (or none is configured)."""
+    """Every key of the provider has been rejected (or none is configured); nothing was sent."""
+
+    sent = False
 
 
 class KeyRejected(AuthFailed):

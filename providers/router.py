@@ -11,9 +11,10 @@ raised at once as ``OwnFailure``. When every provider failed it raises the last 
 Each provider call is reported once, after it ended: ``notice("attempt", {provider, model,
 index, attempt, outcome: "ok"|"error", latency_ms, error_class?, message?, retry_after?,
 usage?, cost_usd?})`` — provider health and alerts count these. A provider not called (its
-circuit open, or no rate-limit slot within the wait budget) is ``notice("skipped", {…,
-reason: "circuit_open"|"rate_limited", retry_after})``, never a call. Known key values are
-scrubbed from deltas, results and messages before they leave.
+circuit open, no rate-limit slot within the wait budget, every key confirmed bad) is
+``notice("skipped", {…, reason: "circuit_open"|"rate_limited"|"no_usable_key",
+retry_after})``, never a call. Known key values are scrubbed from deltas, results and messages
+before they leave.
 """
 
 from __future__ import annotations
@@ -220,9 +221,15 @@ class Router:
         exc: ProviderError | None,
     ) -> None:
         """One notice per provider call with its outcome and latency, or per skip."""
-        if attempt.called_at is None:
+        if attempt.called_at is None or (exc is not None and not exc.sent):
             if exc is not None:
-                reason = "circuit_open" if isinstance(exc, CircuitOpen) else "rate_limited"
+                reason = (
+                    "circuit_open"
+                    if isinstance(exc, CircuitOpen)
+                    else "rate_limited"
+                    if isinstance(exc, RateLimited)
+                    else "no_usable_key"
+                )
                 sink.notice("skipped", {**call, "reason": reason, "retry_after": exc.retry_after})
             return
         latency_ms = int((time.monotonic() - attempt.called_at) * 1000)

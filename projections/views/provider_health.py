@@ -7,15 +7,17 @@ which it writes after the call ended (detail: provider, ``outcome`` ok/error, ``
 not a call. When no notice reported a call of that attempt (the in-process providers, older
 logs), the event that ended the attempt counts instead (``TaskSucceeded``, with its
 ``latency_ms``; ``TaskRetryScheduled``, ``TaskFailed``, ``TaskDeadLettered`` with an
-``error.provider``). A provider the router skipped (``skipped`` notice: its circuit open, or no
-rate-limit slot) was not called: counted in ``skipped_open`` / ``skipped_rate``, never as a call.
+``error.provider``). A provider the router skipped (``skipped`` notice: its circuit open, no
+rate-limit slot, no usable key) was not called: counted in ``skipped_open`` / ``skipped_rate``
+/ ``skipped_other``, never as a call.
 ``circuit_opened`` / ``circuit_closed`` notices set the breaker; other notices are ignored.
 ``InvalidRequest`` is the caller's fault: counted by class, not as a failure of the provider.
 Latency percentiles are of successful calls.
 
 Entry ``<provider>``: {"ok", "fail", "client_errors", "errors": {class: n}, "lat": histogram,
 "win": {bucket: [ok, fail, histogram]}, "breaker", "breaker_ts", "opened", "last_ts",
-"last_error", "skipped_open", "skipped_rate"} (the last two absent until the first skip).
+"last_error", "skipped_open", "skipped_rate", "skipped_other"} (the last three absent until
+the first skip).
 ``win`` keeps the last ``AIIS_PROJ_HEALTH_BUCKETS`` buckets of ``AIIS_PROJ_HEALTH_BUCKET_S``
 (by event time; readers sum them). ``~att:<task>`` lists the ``[attempt, provider,
 error_class]`` the notices reported, until the attempt ends.
@@ -29,6 +31,7 @@ from projections import histogram
 from projections.view import Envelope, Projection, Record, Shard, ViewConfig
 
 CLIENT_ERRORS = frozenset({"InvalidRequest"})
+_SKIPPED = {"circuit_open": "skipped_open", "rate_limited": "skipped_rate"}
 _OUTCOME_EVENTS = {"TaskSucceeded", "TaskRetryScheduled", "TaskFailed", "TaskDeadLettered"}
 
 
@@ -118,7 +121,7 @@ def _notice(view: Shard, event: Envelope, data: dict[str, Any]) -> None:
         _reported(view, event, data, provider, cls)
     elif notice == "skipped":
         rec = _provider(view, provider)
-        field = "skipped_open" if detail.get("reason") == "circuit_open" else "skipped_rate"
+        field = _SKIPPED.get(str(detail.get("reason")), "skipped_other")
         rec[field] = rec.get(field, 0) + 1
         _reported(view, event, data, provider, "skipped")
 

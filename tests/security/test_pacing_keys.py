@@ -255,3 +255,20 @@ async def test_our_own_error_never_opens_the_breaker(redis: aioredis.Redis) -> N
         RetryPolicy(), info.value.error_class, 1, retry_after=None, now_ms=0, deadline_ms=10**9
     )
     assert verdict.verdict is Verdict.FAIL
+
+
+async def test_no_usable_key_is_a_skip_not_a_call() -> None:
+    """With its only key confirmed bad, the provider is not called: the router reports a skip
+    (reason no_usable_key), never an `attempt` the health view would count as a failure."""
+    async with start_sandbox() as sandbox:
+        router = build_router(None, _sandboxed(sandbox, "p"))
+        assert router.keyring is not None
+        router.keyring.mark_failed("openai", router.keyring.key_ids("openai")[0])
+        sink = Notices()
+        try:
+            with pytest.raises(NoUsableKey):
+                await router.process(ProviderRequest("t", "acme", "text", prompt="hi"), sink)
+        finally:
+            await router.aclose()
+        assert sandbox.stats()["requests"] == {}
+    assert [(k, d.get("reason")) for k, d in sink.notices] == [("skipped", "no_usable_key")]
