@@ -7,11 +7,14 @@ import logging
 
 import pytest
 import redis.asyncio as aioredis
+from hypothesis import given
+from hypothesis import strategies as st
 
 from providers.config import ProviderSettings
 from providers.errors import ProviderError
 from providers.factory import build_processor, build_router
 from providers.sandbox import Sandbox, start_sandbox
+from providers.scrub import Scrubber
 from providers.types import ProviderRequest
 from tests.providers.conftest import KEY_FIELDS, SECRET_KEYS, RecordingSink, make_settings
 
@@ -94,3 +97,23 @@ async def test_sandbox_mode_says_so_instead_of_keys_loaded(
     router = build_processor(None, with_key, "http://127.0.0.1:9")
     await router.aclose()
     assert any("keys loaded" in r.getMessage() for r in caplog.records)
+
+
+@given(
+    before=st.text(alphabet="sab-k ", max_size=20),
+    after=st.text(alphabet="sab-k ", max_size=20),
+    cuts=st.lists(st.integers(0, 80), max_size=6),
+)
+def test_a_key_split_across_deltas_never_gets_through(
+    before: str, after: str, cuts: list[int]
+) -> None:
+    """However a reply holding a key is cut into deltas, the emitted text is the reply with the
+    key masked, and the key never appears in it (nor does it stay pending at the end)."""
+    key = "sk-abab-kkkk-abab"
+    text = before + key + after
+    bounds = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[i:j] for i, j in zip([0, *bounds], [*bounds, len(text)], strict=True)]
+    stream = Scrubber([key, "unrelated-secret-9"]).stream()
+    out = "".join(stream.feed(p) for p in pieces) + stream.flush()
+    assert out == Scrubber([key]).text(text)
+    assert key not in out and "***" in out
