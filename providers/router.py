@@ -311,6 +311,8 @@ class Router:
 
 def _scrubbed(result: ProviderResult, scrubber: Scrubber) -> ProviderResult:
     text = scrubber.text(result.text) if result.text is not None else None
+    if not result.images:
+        return result if text == result.text else replace(result, text=text)
     images = tuple(
         replace(
             i,

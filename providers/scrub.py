@@ -18,12 +18,17 @@ MIN_SECRET_CHARS = 8  # shorter values (none of the providers' keys) would mangl
 class Scrubber:
     """Removes a fixed set of secrets from text."""
 
-    __slots__ = ("_secrets",)
+    __slots__ = ("_firsts", "_longest", "_prefixes", "_secrets")
 
     def __init__(self, secrets: Iterable[str]) -> None:
         # longest first, so a key that contains another is masked whole
         found = {s for s in secrets if len(s) >= MIN_SECRET_CHARS}
         self._secrets = sorted(found, key=len, reverse=True)
+        # every proper prefix of every secret: what a stream may have to hold back (a few
+        # hundred short strings for a handful of keys)
+        self._prefixes = frozenset(s[:n] for s in found for n in range(1, len(s)))
+        self._firsts = frozenset(s[0] for s in found)
+        self._longest = max((len(s) for s in found), default=0)
 
     def __bool__(self) -> bool:
         return bool(self._secrets)
@@ -39,15 +44,15 @@ class Scrubber:
 
     def held_back(self, text: str) -> int:
         """Length of the longest suffix of ``text`` that is a proper prefix of a secret."""
+        start = max(0, len(text) - self._longest + 1)
         best = 0
-        for secret in self._secrets:
-            # leftmost candidate first: the first that matches is this secret's longest
-            i = text.find(secret[0], max(0, len(text) - len(secret) + 1))
+        for first in self._firsts:  # candidates found in C; leftmost is the longest suffix
+            i = text.find(first, start)
             while i != -1 and len(text) - i > best:
-                if secret.startswith(text[i:]):
+                if text[i:] in self._prefixes:
                     best = len(text) - i
                     break
-                i = text.find(secret[0], i + 1)
+                i = text.find(first, i + 1)
         return best
 
 
