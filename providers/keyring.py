@@ -11,7 +11,7 @@ key it reads (rewriting the file with the same key is how an operator says "it i
 
 Keys come from the environment (``GEMINI_API_KEY="k1,k2"``, read by ``providers.config``) or
 from a secrets directory (``/run/secrets/gemini_api_key``: one key per line, ``#`` comments). A
-provider's secrets file, when present, replaces its variable.
+provider's secrets file, when present, replaces its variable (``providers.keysources``).
 
 ``reload()`` re-reads the sources without a restart (wire it to SIGHUP with
 ``install_sighup``, or poll with ``watch_files``); a malformed source leaves the last good key
@@ -38,22 +38,41 @@ from typing import Literal, TypeVar
 from pydantic import SecretStr
 
 from providers.adapters.base import KEY_IN_USE, Reply
-from providers.config import PROVIDERS, SECRET_FILES, ProviderSettings
-from providers.errors import AuthFailed, ProviderError
+from providers.errors import AuthFailed
+from providers.keysources import (
+    MAX_KEYS_PER_PROVIDER,
+    KeySets,
+    SecretsError,
+    default_loader,
+    dir_keys,
+    env_keys,
+    files_signature,
+)
 from providers.router import Adapter
 from providers.scrub import Scrubber
 from providers.types import ProgressSink, ProviderRequest
 
+__all__ = [  # the sources' names stay importable from here (providers.keysources holds them)
+    "KEY_IN_USE",
+    "MAX_KEYS_PER_PROVIDER",
+    "Key",
+    "KeyAlert",
+    "KeyRejected",
+    "KeySets",
+    "Keyring",
+    "NoUsableKey",
+    "RotatingAdapter",
+    "SecretsError",
+    "default_loader",
+    "dir_keys",
+    "env_keys",
+    "key_id",
+    "wrap_adapters",
+]
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-MAX_KEYS_PER_PROVIDER = 32
-MAX_SECRET_FILE_BYTES = 64 * 1024
-
-
-class SecretsError(ProviderError):
-    """A key source is malformed; the message names the file and line, never the content."""
 
 
 class NoUsableKey(AuthFailed):
@@ -88,85 +107,6 @@ class KeyAlert:
     provider: str | None
     key_ids: tuple[str, ...]
     message: str
-
-
-KeySets = dict[str, tuple[SecretStr, ...]]
-
-
-# --- sources -------------------------------------------------------------------------------
-
-
-def _split(value: SecretStr | None) -> tuple[SecretStr, ...]:
-    if value is None:
-        return ()
-    parts = [p.strip() for p in value.get_secret_value().split(",")]
-    return tuple(SecretStr(p) for p in parts if p)
-
-
-def env_keys(settings: ProviderSettings) -> KeySets:
-    """Keys from the provider variables; a comma-separated value holds several keys."""
-    out: KeySets = {}
-    for name in PROVIDERS:
-        keys = _split(getattr(settings, SECRET_FILES[name]))
-        if keys:
-            out[name] = keys
-    return out
-
-
-def _check_key(path: Path, lineno: int, key: str) -> None:
-    if any(c.isspace() for c in key):
-        raise SecretsError(f"secrets file {path} line {lineno}: a key must not contain spaces")
-    if not key.isascii() or not key.isprintable():
-        raise SecretsError(f"secrets file {path} line {lineno}: non-printable or non-ASCII key")
-    if not 8 <= len(key) <= 1024:
-        raise SecretsError(f"secrets file {path} line {lineno}: key length out of range")
-
-
-def dir_keys(directory: Path) -> KeySets:
-    """Keys from ``directory/<provider>_api_key`` files (one per line; blank lines and ``#``
-    comments ignored). Other files are not ours and are ignored."""
-    out: KeySets = {}
-    for name, filename in SECRET_FILES.items():
-        path = directory / filename
-        if not path.exists():
-            continue
-        try:
-            raw = path.read_bytes()[: MAX_SECRET_FILE_BYTES + 1]
-        except OSError as exc:
-            raise SecretsError(f"secrets file {path}: cannot read ({exc.strerror})") from None
-        if len(raw) > MAX_SECRET_FILE_BYTES:
-            raise SecretsError(f"secrets file {path}: larger than {MAX_SECRET_FILE_BYTES} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SecretsError(f"secrets file {path}: not UTF-8 text") from None
-        keys: list[SecretStr] = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            _check_key(path, lineno, stripped)
-            keys.append(SecretStr(stripped))
-        if not keys:
-            raise SecretsError(f"secrets file {path}: holds no key")
-        if len(keys) > MAX_KEYS_PER_PROVIDER:
-            raise SecretsError(f"secrets file {path}: more than {MAX_KEYS_PER_PROVIDER} keys")
-        out[name] = tuple(keys)
-    return out
-
-
-def default_loader(
-    secrets_dir: Path | None, settings: Callable[[], ProviderSettings] = ProviderSettings
-) -> Callable[[], KeySets]:
-    """Environment keys, overridden per provider by the secrets directory's files."""
-
-    def load() -> KeySets:
-        keys = env_keys(settings())
-        if secrets_dir is not None and secrets_dir.is_dir():
-            keys.update(dir_keys(secrets_dir))
-        return keys
-
-    return load
 
 
 # --- the keyring ---------------------------------------------------------------------------
@@ -390,11 +330,11 @@ class Keyring:
         self, directory: Path, stop: asyncio.Event, interval_s: float = 5.0
     ) -> None:
         """Poll the secrets files' mtimes and sizes; reload when they change, until ``stop``."""
-        last = _signature(directory)
+        last = files_signature(directory)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
-            now = _signature(directory)
+            now = files_signature(directory)
             if now != last:
                 last = now
                 self.reload()
@@ -407,17 +347,6 @@ class Keyring:
             if not stop.is_set():
                 for provider in self.providers():
                     self.rotate(provider)
-
-
-def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    found = []
-    for filename in SECRET_FILES.values():
-        try:
-            st = (directory / filename).stat()
-        except OSError:
-            continue
-        found.append((filename, st.st_mtime_ns, st.st_size))
-    return tuple(found)
 
 
 class RotatingAdapter:
