@@ -81,8 +81,8 @@ def evolve(view: CostShard, event: Envelope) -> CostShard:
         detail = data.get("detail")
         if (
             data.get("notice") == "attempt"
-            and detail
-            and detail.get("usage")
+            and isinstance(detail, dict)
+            and isinstance(detail.get("usage"), dict)
             and detail.get("outcome") == "error"
         ):
             _billed_failure(view, event, detail)
@@ -131,18 +131,24 @@ def _billed_failure(view: CostShard, event: Envelope, detail: dict[str, Any]) ->
         return
     rec = _record(view, event, provider, model)
     usage = detail["usage"]
-    inp, out = int(usage.get("input_tokens", 0)), int(usage.get("output_tokens", 0))
+    inp, out = _count(usage, "input_tokens"), _count(usage, "output_tokens")
     rec["failed_billed"] = rec.get("failed_billed", 0) + 1
     rec["input_tokens"] += inp
     rec["output_tokens"] += out
-    rec["cached_tokens"] += int(usage.get("cached_tokens", 0))
-    rec["reasoning_tokens"] += int(usage.get("reasoning_tokens", 0))
+    rec["cached_tokens"] += _count(usage, "cached_tokens")
+    rec["reasoning_tokens"] += _count(usage, "reasoning_tokens")
     cost = detail.get("cost_usd")
-    if cost is None:
+    if not isinstance(cost, int | float) or isinstance(cost, bool):
         rec["unpriced_input_tokens"] += inp
         rec["unpriced_output_tokens"] += out
     else:
         rec["usd_nanos"] += to_nanos(float(cost))
+
+
+def _count(usage: dict[str, Any], name: str) -> int:
+    """A token count from a notice (anyone can write to the log: not a number counts 0)."""
+    value = usage.get(name, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _expire(view: CostShard, newest: int) -> None:
