@@ -283,6 +283,8 @@ class Ops:
         if len(self._reported) > MAX_REPORTED:  # bounded: tasks whose outcome was never read
             self._reported = dict(list(self._reported.items())[MAX_REPORTED // 2 :])
         cls = detail.get("error_class")
+        if cls is not None and not isinstance(cls, str):
+            cls = "unknown"  # a notice is data: whatever it holds, it cannot stop the reader
         if notice == "skipped" or cls in CLIENT_ERRORS:
             return
         if detail.get("outcome") is None and cls is None and detail.get("latency_ms") is None:
@@ -290,7 +292,8 @@ class Ops:
             return
         observations.append(ProviderCall(ts, provider, cls is None))
         cost = detail.get("cost_usd")
-        if cls is not None and cost:  # a failed call the provider billed
+        # a failed call the provider billed (a notice is data: anything else is ignored)
+        if cls is not None and isinstance(cost, int | float) and cost > 0:
             spend = await self._spend(str(env["tenant"]), float(cost), ts, str(env["id"]))
             if spend is not None:
                 observations.append(spend)

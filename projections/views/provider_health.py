@@ -111,6 +111,8 @@ def _notice(view: Shard, event: Envelope, data: dict[str, Any]) -> None:
         rec["opened"] += 1 if notice == "circuit_opened" else 0
     elif notice == "attempt":
         cls = detail.get("error_class")
+        if cls is not None and not isinstance(cls, str):
+            cls = "unknown"
         latency = detail.get("latency_ms")
         if detail.get("outcome") is None and cls is None and latency is None:
             return  # written before the call: not a call, says nothing of its outcome

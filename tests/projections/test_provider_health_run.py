@@ -21,16 +21,20 @@ from engine.settings import Settings
 from engine.worker import Worker
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
+from projections.fold import Position, apply_batch
 from projections.registry import PROJECTIONS
 from projections.replay import verify
 from projections.runner import run_projections
 from projections.settings import ProjectionSettings
+from projections.source import history
 from projections.stats import gather
 from projections.storage import ShardStore
 from projections.views.cost import day_name, to_nanos
 from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox import Sandbox, start_sandbox
+
+from .conftest import Log, requested, succeeded
 
 TASKS = 14
 
@@ -276,3 +280,48 @@ async def _task_events(
             if fields[b"task"] == task_id.encode():
                 out.append((fields[b"type"].decode(), orjson.loads(fields[b"data"])))
     return out
+
+
+async def test_malformed_call_notices_are_data(
+    store: ShardStore, log: Log, settings: Settings, redis_url: str
+) -> None:
+    """Attempt notices with nonsense in them (a list as error class, usage that is not a
+    mapping of numbers, a cost that is text) neither stop the views nor the ops reader; the
+    call still counts once, as a failure of an unknown class."""
+    await log.add("TaskRequested", "t1", requested())
+    await log.add("TaskStarted", "t1", {"attempt": 1, "worker": "w"})
+    bad: dict[str, Any] = {
+        "provider": "openai",
+        "model": "gpt-5-mini",
+        "outcome": "error",
+        "error_class": ["x"],
+        "latency_ms": "soon",
+        "usage": {"input_tokens": "many", "output_tokens": None},
+        "cost_usd": "abc",
+    }
+    await log.add("TaskProgress", "t1", {"attempt": 1, "notice": "attempt", "detail": bad})
+    await log.add(
+        "TaskProgress",
+        "t1",
+        {"attempt": 1, "notice": "attempt", "detail": {**bad, "usage": "lots"}},
+    )
+    await log.add("TaskSucceeded", "t1", succeeded(provider="gemini"))
+    positions = [Position(p, p.new(store.config)) for p in PROJECTIONS.values()]
+    async for page in history(store.redis, store.namespace, 0, None):
+        apply_batch(0, positions, page)
+    health = next(p for p in positions if p.projection.name == "provider_health").shard.entries
+    assert (health["openai"]["fail"], health["openai"]["errors"]) == (2, {"unknown": 2})
+    cost = next(p for p in positions if p.projection.name == "cost").shard.entries
+    billed = [v for k, v in cost.items() if "openai" in k]
+    assert [(v["failed_billed"], v["input_tokens"], v["usd_nanos"]) for v in billed] == [(1, 0, 0)]
+
+    client = Client.from_url(redis_url, settings)
+    ops = Ops(client)
+    try:
+        await ops.load()
+        assert await ops.step() == 5
+        window = {p: (len(c.samples), c.failures) for (_, p), c in ops.alerts._calls.items()}
+    finally:
+        await ops.aclose()
+        await client.aclose()
+    assert window == {"openai": (2, 2), "gemini": (1, 0)}
