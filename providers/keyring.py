@@ -285,10 +285,10 @@ class Keyring:
 
     async def call(self, provider: str, fn: Callable[[Key], Awaitable[T]]) -> T:
         """``fn(key)`` with the current key; on ``AuthFailed`` ``fn`` runs again with the next
-        key, until a key works or none is left to try. Then: the last ``AuthFailed`` when the
-        last rejection confirmed its key bad, else ``KeyRejected`` (retryable)."""
+        key, until a key works or none is left to try. Then: the last ``AuthFailed`` when every
+        key is confirmed bad, else ``KeyRejected`` (retryable: a key tried here is only
+        suspect)."""
         last: AuthFailed | None = None
-        confirmed = False
         tried: set[str] = set()
         while True:
             try:
@@ -297,10 +297,8 @@ class Keyring:
                 if last is not None:
                     raise last from exc
                 raise
-            if key is None:
+            if key is None:  # every key not confirmed bad was tried, and is suspect now
                 assert last is not None
-                if confirmed:
-                    raise last
                 raise KeyRejected(
                     f"{last.message} (key not yet confirmed bad: retried)",
                     provider=provider,
@@ -313,7 +311,7 @@ class Keyring:
                 result = await fn(key)
             except AuthFailed as exc:
                 last = exc
-                confirmed = self.rejected(provider, key.id, taken_at)
+                self.rejected(provider, key.id, taken_at)
             else:
                 self.accepted(provider, key.id)
                 return result

@@ -292,3 +292,20 @@ async def test_no_key_string_in_logs_or_reprs(caplog: pytest.LogCaptureFixture) 
     for text in texts:
         for key in (K1, K2):
             assert key not in text
+
+
+async def test_a_confirmed_bad_key_does_not_condemn_a_suspect_one() -> None:
+    """Key 2 suspect, key 1 rejected for the first time and key 2 again (confirmed bad) in one
+    call: key 1 is only suspect, so the call is retried (KeyRejected), not failed."""
+    now = [0.0]
+    ring = Keyring(lambda: static({"gemini": [K1, K2]}), clock=lambda: now[0])
+    k2 = ring.key_ids("gemini")[1]
+    ring.rejected("gemini", k2, taken_at=0.0)  # suspect since t=0
+    now[0] = 1.0
+
+    async def always_401(key: Key) -> str:
+        raise AuthFailed("401", provider="gemini", status=401)
+
+    with pytest.raises(KeyRejected):
+        await ring.call("gemini", always_401)
+    assert ring.current("gemini").id == ring.key_ids("gemini")[0]
