@@ -4,8 +4,8 @@ outcomes and latencies by event time, a mergeable latency histogram, and the bre
 Each provider call is counted once, with its outcome: from the router's ``attempt`` notice,
 which it writes after the call ended (detail: provider, ``outcome`` ok/error, ``latency_ms``,
 ``error_class``). A notice that carries no outcome (the pre-call notice older routers wrote) is
-not a call. When no notice reported a call of that attempt (the in-process providers, older
-logs), the event that ended the attempt counts instead (``TaskSucceeded``, with its
+not a call. When no notice reported that provider's call in that attempt (the in-process
+providers, older logs), the event that ended the attempt counts instead (``TaskSucceeded``, with its
 ``latency_ms``; ``TaskRetryScheduled``, ``TaskFailed``, ``TaskDeadLettered`` with an
 ``error.provider``). A provider the router skipped (``skipped`` notice: its circuit open, no
 rate-limit slot, no usable key) was not called: counted in ``skipped_open`` / ``skipped_rate``
