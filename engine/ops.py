@@ -5,7 +5,11 @@ like the projections, not a consumer group). Per event:
 
 - ``TaskSucceeded`` with a cost: ``Budgets.add_spend`` (counted once per event id, so a
   re-read after a crash never charges twice) and a ``Spend`` observation;
-- outcomes and fallback notices: ``ProviderCall`` observations; circuit notices:
+- provider calls: ``ProviderCall`` observations, one per call the router reported in an
+  ``attempt`` notice (written after the call, with its outcome; a failed call that reported
+  usage is also spend), else from the event that ended the attempt (providers that write no
+  notices); a ``skipped`` provider (circuit open) is not a call; ``InvalidRequest`` is the
+  caller's error, not the provider's — as in the ``provider_health`` view; circuit notices:
   ``BreakerChanged``;
 - a terminal event of a task with a callback URL (``<tag>:cb``, written by submit.lua): a
   signed delivery in the background (``engine.webhooks``), each attempt recorded as a
@@ -66,6 +70,8 @@ from engine.webhooks import (
 
 log = logging.getLogger("aiis.ops")
 READ_COUNT = 500
+MAX_REPORTED = 100_000  # (task, attempt) pairs whose outcome event is still to come
+CLIENT_ERRORS = frozenset({"InvalidRequest"})  # the caller's error: not a provider failure
 MAX_PENDING_DELIVERIES = 10_000
 
 
@@ -153,6 +159,8 @@ class Ops:
         self._delivering: dict[str, dict[str, Any]] = {}  # task id -> terminal envelope
         self._totals: dict[tuple[str, str], float] = {}
         self.cursors: dict[int, str] = {}
+        # (task, attempt) -> providers whose calls the router's notices reported
+        self._reported: dict[tuple[str, Any], set[str]] = {}
         self.stats = {"events": 0, "alerts": 0, "deliveries": 0, "spend_events": 0}
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -233,26 +241,62 @@ class Ops:
                     observations.append(
                         BreakerChanged(ts, detail["provider"], "opened" if opened else "closed")
                     )
-                elif notice == "fallback" and detail.get("from"):
-                    observations.append(ProviderCall(ts, detail["from"], False))
+                elif notice in ("attempt", "skipped") and isinstance(detail.get("provider"), str):
+                    await self._reported_call(env, notice, detail, observations)
                 continue
+            provider = (
+                data.get("provider")
+                if etype == "TaskSucceeded"
+                else (data.get("error") or {}).get("provider")
+            )
+            seen = self._reported.pop((env["task_id"], data.get("attempt")), None)
+            counted = not isinstance(provider, str) or (seen is not None and provider in seen)
             if etype == "TaskSucceeded":
-                if not data.get("cached"):
-                    observations.append(ProviderCall(ts, data["provider"], True))
+                if not data.get("cached") and not counted:
+                    observations.append(ProviderCall(ts, str(provider), True))
                 cost = data.get("cost_usd")
                 if cost:
                     spend = await self._spend(env["tenant"], float(cost), ts, env["id"])
                     if spend is not None:
                         observations.append(spend)
             elif etype in ("TaskFailed", "TaskRetryScheduled", "TaskDeadLettered"):
-                provider = (data.get("error") or {}).get("provider")
-                if provider:
-                    observations.append(ProviderCall(ts, provider, False))
+                cls = (data.get("error") or {}).get("error_class")
+                if not counted and cls not in CLIENT_ERRORS:
+                    observations.append(ProviderCall(ts, str(provider), False))
             if etype in TERMINAL_EVENTS:
                 terminal.append(env)
         await self._emit(self.alerts.observe_all(observations))
         if terminal and self.webhooks is not None:
             await self._callbacks(partition, terminal)
+
+    async def _reported_call(
+        self,
+        env: Mapping[str, Any],
+        notice: str,
+        detail: Mapping[str, Any],
+        observations: list[Observation],
+    ) -> None:
+        """A call (or skip) the router reported: observed once; its outcome event then is not."""
+        provider, ts = str(detail["provider"]), int(env["ts"])
+        key = (str(env["task_id"]), env["data"].get("attempt"))
+        self._reported.setdefault(key, set()).add(provider)
+        if len(self._reported) > MAX_REPORTED:  # bounded: tasks whose outcome was never read
+            self._reported = dict(list(self._reported.items())[MAX_REPORTED // 2 :])
+        cls = detail.get("error_class")
+        if cls is not None and not isinstance(cls, str):
+            cls = "unknown"  # a notice is data: whatever it holds, it cannot stop the reader
+        if notice == "skipped" or cls in CLIENT_ERRORS:
+            return
+        if detail.get("outcome") is None and cls is None and detail.get("latency_ms") is None:
+            self._reported[key].discard(provider)  # an older router's pre-call notice
+            return
+        observations.append(ProviderCall(ts, provider, cls is None))
+        cost = detail.get("cost_usd")
+        # a failed call the provider billed (a notice is data: anything else is ignored)
+        if cls is not None and isinstance(cost, int | float) and cost > 0:
+            spend = await self._spend(str(env["tenant"]), float(cost), ts, str(env["id"]))
+            if spend is not None:
+                observations.append(spend)
 
     async def _spend(self, tenant: str, usd: float, ts: int, event_id: str) -> Spend | None:
         day = datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y%m%d")

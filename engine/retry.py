@@ -5,8 +5,9 @@
 | NetworkError         | yes   | exponential |
 | Overloaded           | yes   | exponential |
 | InternalError        | yes   | exponential |  (an unexpected exception in the worker)
+| KeyRejected          | yes   | exponential |  (a key rejected once, not yet confirmed bad)
 | ProviderTimeout      | yes   | linear      |
-| InvalidRequest, InsufficientCredits, AuthFailed, anything else | no |
+| InvalidRequest, InsufficientCredits, AuthFailed, OwnFailure, anything else | no |
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ BACKOFF: dict[str, Backoff] = {
     "NetworkError": Backoff.EXPONENTIAL,
     "Overloaded": Backoff.EXPONENTIAL,
     "InternalError": Backoff.EXPONENTIAL,
+    "KeyRejected": Backoff.EXPONENTIAL,
     "ProviderTimeout": Backoff.LINEAR,
 }
 

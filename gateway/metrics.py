@@ -119,6 +119,11 @@ def _report_families(report: Mapping[str, Any] | None) -> list[Any]:
     calls = CounterMetricFamily(
         "aiis_provider_calls", "Provider calls by outcome", labels=["provider", "outcome"]
     )
+    skipped = CounterMetricFamily(
+        "aiis_provider_skipped",
+        "Provider calls not made: its circuit open, or no rate-limit slot (not calls)",
+        labels=["provider", "reason"],
+    )
     breaker = GaugeMetricFamily(
         "aiis_provider_breaker_open", "1 while the provider's circuit is open", labels=["provider"]
     )
@@ -134,6 +139,9 @@ def _report_families(report: Mapping[str, Any] | None) -> list[Any]:
                 latency.add_metric([name, q], float(v))
         calls.add_metric([name, "ok"], float(h.get("ok") or 0))
         calls.add_metric([name, "failed"], float(h.get("fail") or 0))
+        calls.add_metric([name, "client_error"], float(h.get("client_errors") or 0))
+        for reason in ("open", "rate", "other"):
+            skipped.add_metric([name, reason], float(h.get(f"skipped_{reason}") or 0))
         breaker.add_metric([name], 1.0 if h.get("breaker") == "opened" else 0.0)
         opened.add_metric([name], float(h.get("breaker_opened") or 0))
     cost_today = GaugeMetricFamily(
@@ -152,7 +160,7 @@ def _report_families(report: Mapping[str, Any] | None) -> list[Any]:
     for name, st in sorted((report.get("projections") or {}).items()):
         lag.add_metric([name], float(st.get("lag_ms") or 0))
         behind.add_metric([name], float(st.get("behind") or 0))
-    return [rate, latency, calls, breaker, opened, cost_today, lag, behind]
+    return [rate, latency, calls, skipped, breaker, opened, cost_today, lag, behind]
 
 
 async def _workers(ctx: Context, in_flight: int) -> list[GaugeMetricFamily]:

@@ -28,7 +28,8 @@ _DOCS = {
     "TaskRequested": "A producer submitted a task; it is queued at its priority.",
     "TaskStarted": "A worker claimed the task; ``attempt`` is the fencing token "
     "(``reclaimed``: taken over from a crashed or stalled worker).",
-    "TaskProgress": "Streamed text ``delta``, or a router ``notice`` (attempt, fallback, "
+    "TaskProgress": "Streamed text ``delta``, or a router ``notice`` (attempt — one per "
+    "provider call, after it ended, with its outcome and latency —, skipped, fallback, "
     "partial_discarded, circuit_opened, circuit_closed) with ``detail``.",
     "TaskRetryScheduled": "The attempt failed with a retryable error; the task waits until "
     "``due_ms``.",

@@ -116,6 +116,9 @@ def health(shards: Iterable[dict[str, Any]], bucket_ms: int, window_buckets: int
             "ok": sum(r["ok"] for r in recs),
             "fail": sum(r["fail"] for r in recs),
             "client_errors": sum(r["client_errors"] for r in recs),
+            "skipped_open": sum(r.get("skipped_open", 0) for r in recs),
+            "skipped_rate": sum(r.get("skipped_rate", 0) for r in recs),
+            "skipped_other": sum(r.get("skipped_other", 0) for r in recs),
             "errors": dict(sorted(errors.items())),
             "window": {
                 "ok": ok,

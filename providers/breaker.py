@@ -7,6 +7,13 @@ step is atomic across processes. purgatory's own Redis repository reads then wri
 workers could both see "opened and expired" and both probe; here loading a breaker whose open
 period is over claims a ``SET NX PX`` probe lock in the same script, and only the winner gets a
 half-opened context. Everyone else sees it still open.
+
+What counts: only the provider's own failures (``errors.PROVIDER_FAILURES``: 5xx/overload,
+timeouts, network). A 429 is pacing — the limiter and the provider's hints handle it; an
+``AuthFailed`` or ``InsufficientCredits`` is about our account, handled by key rotation and
+fallback; an error of our own code says nothing about the provider. Those are neutral: they
+neither count as a failure nor reset the count, and a probe that ends in one hands its probe
+lock back. ``InvalidRequest`` proves the provider answered: it counts as a success.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from purgatory.typing import StateName
 from redis.exceptions import RedisError
 
 from providers import keys
-from providers.errors import InvalidRequest, Overloaded
+from providers.errors import PROVIDER_FAILURES, CircuitOpen, InvalidRequest
 
 log = logging.getLogger(__name__)
 
@@ -244,10 +251,12 @@ class Breakers:
         fn: Callable[[], Awaitable[T]],
         transitions: list[tuple[str, dict[str, Any]]] | None = None,
     ) -> T:
-        """Run ``fn`` unless the breaker is open (then Overloaded with the wait as retry_after).
+        """Run ``fn`` unless the breaker is open (then ``CircuitOpen`` with the wait as
+        retry_after).
 
-        InvalidRequest proves the provider healthy; cancellation counts neither way (a cancelled
-        probe hands the probe lock back).
+        Only ``PROVIDER_FAILURES`` count as failures; InvalidRequest proves the provider healthy;
+        anything else (429, auth, credits, our own exceptions) and cancellation count neither
+        way (a probe ending so hands the probe lock back).
         """
         token = _transitions.set(transitions)
         try:
@@ -266,7 +275,7 @@ class Breakers:
                 context.handle_new_request()
             except OpenedState as exc:
                 left = (context.opened_at or 0) + self.policy.open_s - time.time()
-                raise Overloaded(
+                raise CircuitOpen(
                     f"{provider}: circuit open",
                     provider=provider,
                     retry_after=max(round(left, 3), 0.001),
@@ -274,11 +283,11 @@ class Breakers:
             probing = context.state == "half-opened"
             try:
                 result = await fn()
-            except asyncio.CancelledError:
-                if probing:
-                    await asyncio.shield(self.repository.release_probe(provider))
-                raise
             except BaseException as exc:
+                if not isinstance(exc, (*PROVIDER_FAILURES, InvalidRequest)):
+                    if probing:
+                        await asyncio.shield(self.repository.release_probe(provider))
+                    raise
                 context.handle_exception(exc)
                 await self._flush(breaker)
                 raise

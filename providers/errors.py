@@ -7,10 +7,17 @@ adapter boundary and chained with ``raise … from exc``; nothing else leaves ``
     │   ├── ProviderTimeout       connect/read timeout, stalled stream       (linear backoff)
     │   ├── NetworkError          connection reset/refused, cut stream, malformed chunk
     │   └── Overloaded            Anthropic 529, 503
+    │       └── CircuitOpen       not called: the provider's breaker is open (class "Overloaded")
     └── FatalError                never retried, never falls back
         ├── InvalidRequest        the request itself is wrong
         ├── InsufficientCredits   quota or billing exhausted
-        └── AuthFailed            401/403: the key is bad (key rotation acts on this)
+        ├── AuthFailed            401/403: the key is bad (key rotation acts on this)
+        └── OwnFailure            our own code failed inside an adapter (a bug, a value we could
+                                  not encode): not the provider's failure; never retried, never
+                                  counted by a breaker or as a provider call
+
+Only the provider's own failures — ``PROVIDER_FAILURES``: 5xx/overload, timeouts, network —
+count toward its circuit breaker; its pacing (429) and our own errors never do.
 
 Messages never contain API keys: adapters build them from status codes and provider error
 bodies, never from request headers.
@@ -18,11 +25,20 @@ bodies, never from request headers.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from providers.types import Usage
+
 
 class ProviderError(Exception):
     """Root of every provider failure; ``retryable`` drives the engine's retry table."""
 
     retryable: bool = False
+    # False: raised before any request went out (no usable key): not a provider call
+    sent: bool = True
+    # usage the provider reported before failing (a stream cut after its usage frame): billed
+    usage: Usage | None = None
 
     def __init__(
         self,
@@ -63,6 +79,16 @@ class Overloaded(RetryableError):
     """The provider is overloaded (Anthropic 529, HTTP 503)."""
 
 
+class CircuitOpen(Overloaded):
+    """The provider was skipped, not called: its circuit is open. Retried like ``Overloaded``
+    (the engine's retry table and the events name it so); health counts it as ``skipped_open``,
+    not as a call."""
+
+    @property
+    def error_class(self) -> str:
+        return "Overloaded"
+
+
 class FatalError(ProviderError):
     retryable = False
 
@@ -79,6 +105,15 @@ class AuthFailed(FatalError):
     """The credentials were rejected."""
 
 
+class OwnFailure(FatalError):
+    """An exception of our own code inside an adapter (e.g. ``int("abc")`` building the body).
+    Carries no ``provider``: it is nobody's provider failure."""
+
+
+PROVIDER_FAILURES: tuple[type[ProviderError], ...] = (ProviderTimeout, NetworkError, Overloaded)
+"""What counts toward a provider's circuit breaker (``CircuitOpen`` is never raised by a call)."""
+
+
 ERROR_CLASSES: dict[str, type[ProviderError]] = {
     cls.__name__: cls
     for cls in (
@@ -89,5 +124,6 @@ ERROR_CLASSES: dict[str, type[ProviderError]] = {
         InvalidRequest,
         InsufficientCredits,
         AuthFailed,
+        OwnFailure,
     )
 }

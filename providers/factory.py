@@ -63,6 +63,7 @@ def build_router(
     on_circuit: TransitionHook | None = None,
     prices: PriceTable | None = None,
     on_key_alert: Callable[[KeyAlert], None] | None = None,
+    sandbox: bool = False,
 ) -> Router:
     """Adapters for every provider with a key; breakers and limits shared through ``redis``
     (None: no breaker, no shared limit — for single-process tools only). Keys come from a
@@ -73,6 +74,7 @@ def build_router(
         default_loader(settings.secrets_dir, lambda: settings),
         on_alert=on_key_alert,
         bad_for_s=settings.key_bad_for_s,
+        sandbox=sandbox,
     )
     with_keys = set(keyring.providers())
     adapters: dict[str, Adapter] = {}
@@ -120,8 +122,15 @@ def build_processor(
     sandbox (keys default to sandbox keys); ``on_circuit(provider, "opened"|"closed", info)``
     fires once per breaker transition across all workers."""
     settings = settings or ProviderSettings()
+    # only placeholders when no real key is set: the log says "sandbox", not "keys loaded"
+    sandbox = sandbox_url is not None and not settings.has_any_key()
     if sandbox_url is not None:
         settings = sandbox_settings(sandbox_url, settings)
     return build_router(
-        redis, settings, transport=transport, on_circuit=on_circuit, on_key_alert=on_key_alert
+        redis,
+        settings,
+        transport=transport,
+        on_circuit=on_circuit,
+        on_key_alert=on_key_alert,
+        sandbox=sandbox,
     )

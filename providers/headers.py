@@ -57,6 +57,18 @@ def parse_retry_after(value: str | None, now: float) -> float | None:
     return _bound(when.timestamp() - now)
 
 
+def provider_hint(headers: Mapping[str, str], now: float) -> float | None:
+    """The wait a failed response asks for: ``retry-after-ms`` (OpenAI, Azure — milliseconds,
+    the precise one) before ``Retry-After`` (whole seconds or an HTTP date)."""
+    ms = headers.get("retry-after-ms")
+    if ms:
+        try:
+            return _bound(float(ms.strip()) / 1000.0)
+        except ValueError:
+            pass
+    return parse_retry_after(headers.get("retry-after"), now)
+
+
 def parse_instant(value: str | None) -> float | None:
     """An RFC 3339 instant (``2025-01-01T00:00:30Z``) as unix seconds."""
     if not value:

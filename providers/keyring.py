@@ -1,8 +1,17 @@
-"""Several API keys per provider, rotated: on ``AuthFailed`` the key is marked bad and the call
-is repeated with the next one (the task never sees the failure while a good key is left); on a
-schedule, round-robin. Keys come from the environment (``GEMINI_API_KEY="k1,k2"``, read by
-``providers.config``) or from a secrets directory (``/run/secrets/gemini_api_key``: one key
-per line, ``#`` comments). A provider's secrets file, when present, replaces its variable.
+"""Several API keys per provider, rotated: on ``AuthFailed`` the call is repeated with the next
+key (the task never sees the failure while a good key is left); on a schedule, round-robin.
+
+A rejection is not proof: providers answer a brief 401 during their own incidents. The first
+rejection makes a key *suspect* (other keys are preferred, it stays usable); it is confirmed bad
+— skipped for ``AIIS_KEY_BAD_FOR_S`` — only when a call that took it *after* it became suspect is
+rejected too (calls already in flight do not confirm). A success clears the suspicion. When the
+only keys left to try are merely suspect the call raises ``KeyRejected``, which the engine
+retries; ``NoUsableKey`` means every key is confirmed bad. A reload clears the marks of every
+key it reads (rewriting the file with the same key is how an operator says "it is good").
+
+Keys come from the environment (``GEMINI_API_KEY="k1,k2"``, read by ``providers.config``) or
+from a secrets directory (``/run/secrets/gemini_api_key``: one key per line, ``#`` comments). A
+provider's secrets file, when present, replaces its variable (``providers.keysources``).
 
 ``reload()`` re-reads the sources without a restart (wire it to SIGHUP with
 ``install_sighup``, or poll with ``watch_files``); a malformed source leaves the last good key
@@ -21,7 +30,7 @@ import hashlib
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -29,25 +38,53 @@ from typing import Literal, TypeVar
 from pydantic import SecretStr
 
 from providers.adapters.base import KEY_IN_USE, Reply
-from providers.config import PROVIDERS, SECRET_FILES, ProviderSettings
-from providers.errors import AuthFailed, ProviderError
+from providers.errors import AuthFailed
+from providers.keysources import (
+    MAX_KEYS_PER_PROVIDER,
+    KeySets,
+    SecretsError,
+    default_loader,
+    dir_keys,
+    env_keys,
+    files_signature,
+)
 from providers.router import Adapter
+from providers.scrub import Scrubber
 from providers.types import ProgressSink, ProviderRequest
+
+__all__ = [  # the sources' names stay importable from here (providers.keysources holds them)
+    "KEY_IN_USE",
+    "MAX_KEYS_PER_PROVIDER",
+    "Key",
+    "KeyAlert",
+    "KeyRejected",
+    "KeySets",
+    "Keyring",
+    "NoUsableKey",
+    "RotatingAdapter",
+    "SecretsError",
+    "default_loader",
+    "dir_keys",
+    "env_keys",
+    "key_id",
+    "wrap_adapters",
+]
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-MAX_KEYS_PER_PROVIDER = 32
-MAX_SECRET_FILE_BYTES = 64 * 1024
-
-
-class SecretsError(ProviderError):
-    """A key source is malformed; the message names the file and line, never the content."""
-
 
 class NoUsableKey(AuthFailed):
-    """Every key of the provider has been rejected (or none is configured)."""
+    """Every key of the provider has been rejected (or none is configured); nothing was sent."""
+
+    sent = False
+
+
+class KeyRejected(AuthFailed):
+    """The key was rejected, but not yet confirmed bad (see the module docstring): retried."""
+
+    retryable = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,85 +109,6 @@ class KeyAlert:
     message: str
 
 
-KeySets = dict[str, tuple[SecretStr, ...]]
-
-
-# --- sources -------------------------------------------------------------------------------
-
-
-def _split(value: SecretStr | None) -> tuple[SecretStr, ...]:
-    if value is None:
-        return ()
-    parts = [p.strip() for p in value.get_secret_value().split(",")]
-    return tuple(SecretStr(p) for p in parts if p)
-
-
-def env_keys(settings: ProviderSettings) -> KeySets:
-    """Keys from the provider variables; a comma-separated value holds several keys."""
-    out: KeySets = {}
-    for name in PROVIDERS:
-        keys = _split(getattr(settings, SECRET_FILES[name]))
-        if keys:
-            out[name] = keys
-    return out
-
-
-def _check_key(path: Path, lineno: int, key: str) -> None:
-    if any(c.isspace() for c in key):
-        raise SecretsError(f"secrets file {path} line {lineno}: a key must not contain spaces")
-    if not key.isascii() or not key.isprintable():
-        raise SecretsError(f"secrets file {path} line {lineno}: non-printable or non-ASCII key")
-    if not 8 <= len(key) <= 1024:
-        raise SecretsError(f"secrets file {path} line {lineno}: key length out of range")
-
-
-def dir_keys(directory: Path) -> KeySets:
-    """Keys from ``directory/<provider>_api_key`` files (one per line; blank lines and ``#``
-    comments ignored). Other files are not ours and are ignored."""
-    out: KeySets = {}
-    for name, filename in SECRET_FILES.items():
-        path = directory / filename
-        if not path.exists():
-            continue
-        try:
-            raw = path.read_bytes()[: MAX_SECRET_FILE_BYTES + 1]
-        except OSError as exc:
-            raise SecretsError(f"secrets file {path}: cannot read ({exc.strerror})") from None
-        if len(raw) > MAX_SECRET_FILE_BYTES:
-            raise SecretsError(f"secrets file {path}: larger than {MAX_SECRET_FILE_BYTES} bytes")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise SecretsError(f"secrets file {path}: not UTF-8 text") from None
-        keys: list[SecretStr] = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            stripped = line.strip()
-            if not stripped or stripped.startswith("#"):
-                continue
-            _check_key(path, lineno, stripped)
-            keys.append(SecretStr(stripped))
-        if not keys:
-            raise SecretsError(f"secrets file {path}: holds no key")
-        if len(keys) > MAX_KEYS_PER_PROVIDER:
-            raise SecretsError(f"secrets file {path}: more than {MAX_KEYS_PER_PROVIDER} keys")
-        out[name] = tuple(keys)
-    return out
-
-
-def default_loader(
-    secrets_dir: Path | None, settings: Callable[[], ProviderSettings] = ProviderSettings
-) -> Callable[[], KeySets]:
-    """Environment keys, overridden per provider by the secrets directory's files."""
-
-    def load() -> KeySets:
-        keys = env_keys(settings())
-        if secrets_dir is not None and secrets_dir.is_dir():
-            keys.update(dir_keys(secrets_dir))
-        return keys
-
-    return load
-
-
 # --- the keyring ---------------------------------------------------------------------------
 
 
@@ -159,6 +117,7 @@ class _Ring:
     keys: list[Key]
     cursor: int = 0
     bad_until: dict[str, float] = field(default_factory=dict)
+    suspect_since: dict[str, float] = field(default_factory=dict)  # first rejection, by key id
     exhausted_alerted: bool = False
 
 
@@ -172,12 +131,15 @@ class Keyring:
         on_alert: Callable[[KeyAlert], None] | None = None,
         bad_for_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        sandbox: bool = False,
     ) -> None:
         self._loader = loader
+        self.sandbox = sandbox  # the keys are the sandbox's placeholders (said so in the log)
         self._on_alert = on_alert
         self.bad_for_s = bad_for_s
         self._clock = clock
         self._rings: dict[str, _Ring] = {}
+        self._scrubber = Scrubber(())
         # called after every reload but the first, with whether the new keys are in use
         self.on_reload: Callable[[bool], None] | None = None
         self.reload(initial=True)
@@ -206,19 +168,26 @@ class Keyring:
                 if kid not in seen:
                     seen.add(kid)
                     keys.append(Key(provider, kid, s))
-            old = self._rings.get(provider)
-            ring = _Ring(keys)
-            if old is not None:  # a key that was rejected stays marked until its time is up
-                ring.bad_until = {k: v for k, v in old.bad_until.items() if k in seen}
-            rings[provider] = ring
+            # a fresh ring: the marks of keys re-read are cleared (see the module docstring)
+            rings[provider] = _Ring(keys)
         self._rings = rings
-        log.info("keys loaded: %s", {p: len(r.keys) for p, r in rings.items()})
+        self._scrubber = Scrubber(
+            k.secret.get_secret_value() for r in rings.values() for k in r.keys
+        )
+        if self.sandbox:
+            log.info("sandbox mode: every provider points at the sandbox; no API keys in use")
+        else:
+            log.info("keys loaded: %s", {p: len(r.keys) for p, r in rings.items()})
         if not initial and self.on_reload is not None:
             self.on_reload(True)
         return True
 
     def providers(self) -> list[str]:
         return [p for p, r in self._rings.items() if r.keys]
+
+    def scrubber(self) -> Scrubber:
+        """Removes every loaded key from text (provider replies that echo a key)."""
+        return self._scrubber
 
     def key_ids(self, provider: str) -> list[str]:
         ring = self._rings.get(provider)
@@ -230,17 +199,31 @@ class Keyring:
         return ring.bad_until.get(key.id, 0.0) <= self._clock()
 
     def current(self, provider: str) -> Key:
-        """The key to use now: the one at the cursor, skipping keys marked bad."""
+        """The key to use now: from the cursor, the first not marked bad, preferring keys that
+        are not suspect. Raises NoUsableKey when every key is marked bad."""
+        key = self._pick(provider, ())
+        assert key is not None  # nothing skipped: _pick raises rather than return None
+        return key
+
+    def _pick(self, provider: str, skip: Collection[str]) -> Key | None:
+        """``current`` among the keys not in ``skip``; None when only ``skip`` keys are left."""
         ring = self._rings.get(provider)
         if ring is None or not ring.keys:
             raise NoUsableKey(f"no API key configured for {provider}", provider=provider)
         n = len(ring.keys)
-        for step in range(n):
-            key = ring.keys[(ring.cursor + step) % n]
-            if self._usable(ring, key):
-                ring.cursor = (ring.cursor + step) % n
-                return key
-        raise NoUsableKey(f"every API key of {provider} was rejected", provider=provider)
+        usable = [
+            (ring.cursor + step) % n
+            for step in range(n)
+            if self._usable(ring, ring.keys[(ring.cursor + step) % n])
+        ]
+        if not usable:
+            raise NoUsableKey(f"every API key of {provider} was rejected", provider=provider)
+        left = [i for i in usable if ring.keys[i].id not in skip]
+        trusted = [i for i in left if ring.keys[i].id not in ring.suspect_since]
+        for i in trusted or left:
+            ring.cursor = i
+            return ring.keys[i]
+        return None
 
     def rotate(self, provider: str) -> None:
         """Scheduled round-robin: move the provider to its next key."""
@@ -248,14 +231,39 @@ class Keyring:
         if ring is not None and ring.keys:
             ring.cursor = (ring.cursor + 1) % len(ring.keys)
 
+    def rejected(self, provider: str, kid: str, taken_at: float) -> bool:
+        """A call that took key ``kid`` at ``taken_at`` was rejected. True when that confirms
+        the key bad (it was suspect before the call took it), else it becomes suspect."""
+        ring = self._rings.get(provider)
+        if ring is None:
+            return False
+        since = ring.suspect_since.get(kid)
+        if since is not None and taken_at > since:
+            self.mark_failed(provider, kid)
+            return True
+        if since is None:
+            ring.suspect_since[kid] = self._clock()
+            log.warning("%s: key %s rejected once; suspect until a second rejection", provider, kid)
+            self._alert("key_rejected", provider, (kid,), f"{provider} rejected key {kid}")
+        return False
+
+    def accepted(self, provider: str, kid: str) -> None:
+        """A call with key ``kid`` succeeded: it is no longer suspect."""
+        ring = self._rings.get(provider)
+        if ring is not None and ring.suspect_since:
+            ring.suspect_since.pop(kid, None)
+
     def mark_failed(self, provider: str, kid: str) -> None:
-        """The provider rejected key ``kid``: mark it bad and move on to the next."""
+        """Key ``kid`` is confirmed bad (a second rejection, or a probe): skip it for
+        ``bad_for_s`` and move on to the next."""
         ring = self._rings.get(provider)
         if ring is None or ring.bad_until.get(kid, 0.0) > self._clock():
             return  # concurrent calls saw the same rejection: mark (and alert) once
+        alerted = ring.suspect_since.pop(kid, None) is not None  # at its first rejection
         ring.bad_until[kid] = self._clock() + self.bad_for_s
         log.warning("%s: key %s rejected; marked bad for %.0f s", provider, kid, self.bad_for_s)
-        self._alert("key_rejected", provider, (kid,), f"{provider} rejected key {kid}")
+        if not alerted:
+            self._alert("key_rejected", provider, (kid,), f"{provider} rejected key {kid}")
         if all(not self._usable(ring, k) for k in ring.keys):
             if not ring.exhausted_alerted:
                 ring.exhausted_alerted = True
@@ -276,28 +284,37 @@ class Keyring:
     # --- calling -------------------------------------------------------------------------
 
     async def call(self, provider: str, fn: Callable[[Key], Awaitable[T]]) -> T:
-        """``fn(key)`` with the current key; on ``AuthFailed`` the key is marked bad and ``fn``
-        runs again with the next one, until a key works or none is left (then the last
-        ``AuthFailed`` is raised)."""
+        """``fn(key)`` with the current key; on ``AuthFailed`` ``fn`` runs again with the next
+        key, until a key works or none is left to try. Then: the last ``AuthFailed`` when every
+        key is confirmed bad, else ``KeyRejected`` (retryable: a key tried here is only
+        suspect)."""
         last: AuthFailed | None = None
         tried: set[str] = set()
         while True:
             try:
-                key = self.current(provider)
+                key = self._pick(provider, tried)
             except NoUsableKey as exc:
                 if last is not None:
                     raise last from exc
                 raise
-            if key.id in tried:
+            if key is None:  # every key not confirmed bad was tried, and is suspect now
                 assert last is not None
-                raise last
+                raise KeyRejected(
+                    f"{last.message} (key not yet confirmed bad: retried)",
+                    provider=provider,
+                    status=last.status,
+                ) from last
             tried.add(key.id)
+            taken_at = self._clock()
             token = KEY_IN_USE.set(key.secret)
             try:
-                return await fn(key)
+                result = await fn(key)
             except AuthFailed as exc:
                 last = exc
-                self.mark_failed(provider, key.id)
+                self.rejected(provider, key.id, taken_at)
+            else:
+                self.accepted(provider, key.id)
+                return result
             finally:
                 KEY_IN_USE.reset(token)
 
@@ -311,11 +328,11 @@ class Keyring:
         self, directory: Path, stop: asyncio.Event, interval_s: float = 5.0
     ) -> None:
         """Poll the secrets files' mtimes and sizes; reload when they change, until ``stop``."""
-        last = _signature(directory)
+        last = files_signature(directory)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval_s)
-            now = _signature(directory)
+            now = files_signature(directory)
             if now != last:
                 last = now
                 self.reload()
@@ -328,17 +345,6 @@ class Keyring:
             if not stop.is_set():
                 for provider in self.providers():
                     self.rotate(provider)
-
-
-def _signature(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    found = []
-    for filename in SECRET_FILES.values():
-        try:
-            st = (directory / filename).stat()
-        except OSError:
-            continue
-        found.append((filename, st.st_mtime_ns, st.st_size))
-    return tuple(found)
 
 
 class RotatingAdapter:

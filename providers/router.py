@@ -1,11 +1,20 @@
 """The TaskProcessor the engine calls: walks the kind's fallback chain, each attempt under the
-provider's shared rate limit and circuit breaker, prices the result, and reports every attempt,
-fallback and breaker transition through the sink.
+provider's shared rate limit and circuit breaker, prices the result, and reports every provider
+call, skip, fallback and breaker transition through the sink.
 
 Falls back on retryable errors (an open circuit included), on AuthFailed and on
 InsufficientCredits (another provider's account can still serve the task); never on
-InvalidRequest, which is raised at once. When every provider failed it raises the last retryable
-error (so the engine retries later), or the last error when none was retryable.
+InvalidRequest, which is raised at once, nor on an exception of our own code in an adapter,
+raised at once as ``OwnFailure``. When every provider failed it raises the last retryable error
+(so the engine retries later), or the last error when none was retryable.
+
+Each provider call is reported once, after it ended: ``notice("attempt", {provider, model,
+index, attempt, outcome: "ok"|"error", latency_ms, error_class?, message?, retry_after?,
+usage?, cost_usd?})`` — provider health and alerts count these. A provider not called (its
+circuit open, no rate-limit slot within the wait budget, every key confirmed bad) is
+``notice("skipped", {…, reason: "circuit_open"|"rate_limited"|"no_usable_key",
+retry_after})``, never a call. Known key values are scrubbed from deltas, results and messages
+before they leave.
 """
 
 from __future__ import annotations
@@ -18,9 +27,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from providers.adapters.base import Reply
 from providers.breaker import Breakers
-from providers.errors import InvalidRequest, ProviderError, RateLimited
+from providers.errors import CircuitOpen, InvalidRequest, OwnFailure, ProviderError, RateLimited
 from providers.pricing import PriceTable
 from providers.ratelimit import RateLimiter, estimate_tokens
+from providers.scrub import DeltaScrubber, Scrubber
 from providers.types import Kind, ProgressSink, ProviderRequest, ProviderResult
 
 if TYPE_CHECKING:
@@ -58,17 +68,30 @@ class Adapter(Protocol):
 
 
 class _AttemptSink:
-    """Forwards deltas and remembers how much partial output this attempt produced."""
+    """Forwards deltas (scrubbed of known keys) and remembers how much partial output this
+    attempt produced and when the provider was actually called."""
 
-    def __init__(self, sink: ProgressSink) -> None:
+    def __init__(self, sink: ProgressSink, scrub: DeltaScrubber | None) -> None:
         self.sink = sink
+        self.scrub = scrub
         self.deltas = 0
         self.chars = 0
+        self.called_at: float | None = None  # monotonic; None: the provider was not called
 
     def delta(self, text: str) -> None:
         self.deltas += 1
         self.chars += len(text)
+        if self.scrub is not None:
+            text = self.scrub.feed(text)
+            if not text:
+                return
         self.sink.delta(text)
+
+    def flush(self) -> None:
+        if self.scrub is not None:
+            rest = self.scrub.flush()
+            if rest:
+                self.sink.delta(rest)
 
     def notice(self, kind: str, data: Mapping[str, Any]) -> None:
         self.sink.notice(kind, data)
@@ -130,22 +153,34 @@ class Router:
             raise InvalidRequest(f"no provider configured for {request.kind!r} tasks")
         return [(name, None) for name in chain]
 
+    def _scrubber(self) -> Scrubber | None:
+        if self.keyring is None:
+            return None
+        scrubber = self.keyring.scrubber()
+        return scrubber if scrubber else None
+
     async def process(self, request: ProviderRequest, sink: ProgressSink) -> ProviderResult:
         plan = self.plan(request)
+        scrubber = self._scrubber()
         errors: list[ProviderError] = []
         for index, (name, pinned_model) in enumerate(plan):
             adapter = self.adapters[name]
             model = pinned_model or adapter.default_model
-            sink.notice(
-                "attempt",
-                {"provider": name, "model": model, "index": index, "attempt": request.attempt},
-            )
-            attempt = _AttemptSink(sink)
+            call = {"provider": name, "model": model, "index": index, "attempt": request.attempt}
+            attempt = _AttemptSink(sink, scrubber.stream() if scrubber is not None else None)
             try:
-                return await self._call(adapter, request, model, attempt)
-            except InvalidRequest:
-                raise
+                result = await self._call(adapter, request, model, attempt)
             except ProviderError as exc:
+                attempt.flush()
+                if scrubber is not None:
+                    exc.message = scrubber.text(exc.message)
+                    exc.args = (exc.message,)
+                if isinstance(exc, OwnFailure):
+                    log.error("task %s: %s", request.task_id, exc.message)
+                    raise
+                self._report(sink, call, attempt, exc)
+                if isinstance(exc, InvalidRequest):
+                    raise
                 errors.append(exc)
                 if attempt.deltas:
                     sink.notice(
@@ -164,6 +199,12 @@ class Router:
                             "retry_after": exc.retry_after,
                         },
                     )
+            else:
+                attempt.flush()
+                if scrubber is not None:
+                    result = _scrubbed(result, scrubber)
+                self._report(sink, call, attempt, None)
+                return result
         retryable = [e for e in errors if e.retryable]
         final = retryable[-1] if retryable else errors[-1]
         waits = [e.retry_after for e in retryable if e.retry_after is not None]
@@ -171,6 +212,48 @@ class Router:
             # the engine may come back once the first provider is expected to be available
             final.retry_after = min(waits)
         raise final
+
+    def _report(
+        self,
+        sink: ProgressSink,
+        call: dict[str, Any],
+        attempt: _AttemptSink,
+        exc: ProviderError | None,
+    ) -> None:
+        """One notice per provider call with its outcome and latency, or per skip."""
+        if attempt.called_at is None or (exc is not None and not exc.sent):
+            if exc is not None:
+                reason = (
+                    "circuit_open"
+                    if isinstance(exc, CircuitOpen)
+                    else "rate_limited"
+                    if isinstance(exc, RateLimited)
+                    else "no_usable_key"
+                )
+                sink.notice("skipped", {**call, "reason": reason, "retry_after": exc.retry_after})
+            return
+        latency_ms = int((time.monotonic() - attempt.called_at) * 1000)
+        if exc is None:
+            sink.notice("attempt", {**call, "outcome": "ok", "latency_ms": latency_ms})
+            return
+        detail: dict[str, Any] = {
+            **call,
+            "outcome": "error",
+            "latency_ms": latency_ms,
+            "error_class": exc.error_class,
+            "message": exc.message,
+            "retry_after": exc.retry_after,
+        }
+        if exc.usage is not None:  # the provider reported (and bills) usage before failing
+            u = exc.usage
+            detail["usage"] = {
+                "input_tokens": u.input_tokens,
+                "output_tokens": u.output_tokens,
+                "cached_tokens": u.cached_tokens,
+                "reasoning_tokens": u.reasoning_tokens,
+            }
+            detail["cost_usd"] = self.prices.cost(str(call["model"]), u)
+        sink.notice("attempt", detail)
 
     async def _call(
         self, adapter: Adapter, request: ProviderRequest, model: str, sink: _AttemptSink
@@ -184,12 +267,21 @@ class Router:
             await self.limiter.acquire(name, tokens=tokens, max_wait=budget)
 
         async def attempt() -> Reply:
+            sink.called_at = time.monotonic()
             try:
                 return await adapter.call(request, model, sink)
             except RateLimited as exc:
                 if self.limiter is not None and exc.retry_after:
                     await self.limiter.block_until(name, time.time() + exc.retry_after)
                 raise
+            except ProviderError:
+                raise
+            except Exception as exc:
+                # our own code failed (e.g. int("abc") building the body): not the provider's
+                # failure — the breaker lets it through uncounted, the engine does not retry it
+                raise OwnFailure(
+                    f"{name} adapter: internal error ({type(exc).__name__}); not retried"
+                ) from exc
 
         if self.breakers is not None:
             transitions: list[tuple[str, dict[str, Any]]] = []
@@ -215,3 +307,20 @@ class Router:
     async def aclose(self) -> None:
         for adapter in self.adapters.values():
             await adapter.aclose()
+
+
+def _scrubbed(result: ProviderResult, scrubber: Scrubber) -> ProviderResult:
+    text = scrubber.text(result.text) if result.text is not None else None
+    if not result.images:
+        return result if text == result.text else replace(result, text=text)
+    images = tuple(
+        replace(
+            i,
+            url=scrubber.text(i.url),
+            description=scrubber.text(i.description) if i.description else i.description,
+            author=scrubber.text(i.author) if i.author else i.author,
+            source_url=scrubber.text(i.source_url) if i.source_url else i.source_url,
+        )
+        for i in result.images
+    )
+    return replace(result, text=text, images=images)

@@ -363,6 +363,14 @@ async def _check(
         to_nanos(e["data"]["cost_usd"])
         for e in events
         if e["type"] == "TaskSucceeded" and e["data"]["cost_usd"] is not None
+    ) + sum(  # failed calls that reported usage are billed (the router's attempt notices)
+        to_nanos(detail["cost_usd"])
+        for e in events
+        if e["type"] == "TaskProgress"
+        and e["data"].get("notice") == "attempt"
+        and (detail := e["data"].get("detail") or {}).get("outcome") == "error"
+        and detail.get("usage")
+        and detail.get("cost_usd") is not None
     )
     config = ViewConfig.from_settings(
         client.settings.partitions, client.settings.task_retention_s, ProjectionSettings()
@@ -379,7 +387,9 @@ async def _check(
         if total == expected:
             break
         if time.monotonic() > deadline:
-            report.problems.append(f"cost view {total} nano-USD != sum of TaskSucceeded {expected}")
+            report.problems.append(
+                f"cost view {total} nano-USD != sum of TaskSucceeded and billed failures {expected}"
+            )
             break
         await asyncio.sleep(0.2)
 

@@ -1,5 +1,7 @@
 """``cost``: per UTC day, provider, model and tenant — requests, tokens and USD, from
-``TaskSucceeded`` (the only event that carries usage; a failed call's usage is not reported).
+``TaskSucceeded`` and from the router's ``attempt`` notices of *failed* calls that reported
+usage (a stream that broke after the provider counted its tokens is billed all the same; those
+are ``failed_billed``, not ``requests``).
 
 A result whose price is unknown (``cost_usd: null``) is counted in ``unpriced`` with its tokens
 in ``unpriced_input_tokens`` / ``unpriced_output_tokens``, never as $0. USD is summed as integer
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import datetime as dt
 from functools import lru_cache
+from typing import Any
 
 from projections.view import Envelope, Projection, Record, Shard, ViewConfig
 
@@ -48,6 +51,7 @@ def new_record() -> dict[str, int]:
         "unpriced": 0,
         "unpriced_input_tokens": 0,
         "unpriced_output_tokens": 0,
+        "failed_billed": 0,
     }
 
 
@@ -71,20 +75,22 @@ def load(config: ViewConfig, entries: dict[str, Record]) -> CostShard:
 
 
 def evolve(view: CostShard, event: Envelope) -> CostShard:
-    if event["type"] != "TaskSucceeded":  # only successes cost; ops events included
+    etype = event["type"]
+    if etype == "TaskProgress":
+        data = event["data"]
+        detail = data.get("detail")
+        if (
+            data.get("notice") == "attempt"
+            and isinstance(detail, dict)
+            and isinstance(detail.get("usage"), dict)
+            and detail.get("outcome") == "error"
+        ):
+            _billed_failure(view, event, detail)
+        return view
+    if etype != "TaskSucceeded":  # only calls cost; ops events included
         return view
     data = event["data"]
-    day = event["ts"] // DAY_MS
-    key = SEP.join((day_name(day), data["provider"], data["model"], event["tenant"]))
-    rec = view.entries.get(key)
-    if rec is None:
-        rec = view.entries[key] = new_record()
-        keys = view.days.get(day)
-        if keys is None:
-            keys = view.days[day] = set()
-            _expire(view, day)
-        keys.add(key)
-    view.changed.add(key)
+    rec = _record(view, event, data["provider"], data["model"])
     usage = data["usage"]
     inp, out = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
     rec["requests"] += 1
@@ -102,6 +108,47 @@ def evolve(view: CostShard, event: Envelope) -> CostShard:
         rec["priced"] += 1
         rec["usd_nanos"] += to_nanos(cost)
     return view
+
+
+def _record(view: CostShard, event: Envelope, provider: str, model: str) -> dict[str, int]:
+    day = event["ts"] // DAY_MS
+    key = SEP.join((day_name(day), provider, model, event["tenant"]))
+    rec = view.entries.get(key)
+    if rec is None:
+        rec = view.entries[key] = new_record()
+        keys = view.days.get(day)
+        if keys is None:
+            keys = view.days[day] = set()
+            _expire(view, day)
+        keys.add(key)
+    view.changed.add(key)
+    return rec
+
+
+def _billed_failure(view: CostShard, event: Envelope, detail: dict[str, Any]) -> None:
+    provider, model = detail.get("provider"), detail.get("model")
+    if not isinstance(provider, str) or not isinstance(model, str):
+        return
+    rec = _record(view, event, provider, model)
+    usage = detail["usage"]
+    inp, out = _count(usage, "input_tokens"), _count(usage, "output_tokens")
+    rec["failed_billed"] = rec.get("failed_billed", 0) + 1
+    rec["input_tokens"] += inp
+    rec["output_tokens"] += out
+    rec["cached_tokens"] += _count(usage, "cached_tokens")
+    rec["reasoning_tokens"] += _count(usage, "reasoning_tokens")
+    cost = detail.get("cost_usd")
+    if not isinstance(cost, int | float) or isinstance(cost, bool):
+        rec["unpriced_input_tokens"] += inp
+        rec["unpriced_output_tokens"] += out
+    else:
+        rec["usd_nanos"] += to_nanos(float(cost))
+
+
+def _count(usage: dict[str, Any], name: str) -> int:
+    """A token count from a notice (anyone can write to the log: not a number counts 0)."""
+    value = usage.get(name, 0)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _expire(view: CostShard, newest: int) -> None:

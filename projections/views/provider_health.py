@@ -1,18 +1,26 @@
 """``provider_health``: per provider — successes, failures by error class, a sliding window of
 outcomes and latencies by event time, a mergeable latency histogram, and the breaker state.
 
-Each provider call is counted once: from the router's ``attempt`` notice when it reported one
-(detail: provider, and error_class / latency_ms when known), else from the event that ended the
-attempt (``TaskSucceeded``, ``TaskRetryScheduled``, ``TaskFailed``, ``TaskDeadLettered`` with an
-``error.provider``). ``circuit_opened`` / ``circuit_closed`` notices set the breaker; other
-notices are ignored. ``InvalidRequest`` is the caller's fault: counted by class, not as a
-failure of the provider.
+Each provider call is counted once, with its outcome: from the router's ``attempt`` notice,
+which it writes after the call ended (detail: provider, ``outcome`` ok/error, ``latency_ms``,
+``error_class``). A notice that carries no outcome (the pre-call notice older routers wrote) is
+not a call. When no notice reported that provider's call in that attempt (the in-process
+providers, older logs), the event that ended the attempt counts instead (``TaskSucceeded``, with its
+``latency_ms``; ``TaskRetryScheduled``, ``TaskFailed``, ``TaskDeadLettered`` with an
+``error.provider``). A provider the router skipped (``skipped`` notice: its circuit open, no
+rate-limit slot, no usable key) was not called: counted in ``skipped_open`` / ``skipped_rate``
+/ ``skipped_other``, never as a call.
+``circuit_opened`` / ``circuit_closed`` notices set the breaker; other notices are ignored.
+``InvalidRequest`` is the caller's fault: counted by class, not as a failure of the provider.
+Latency percentiles are of successful calls.
 
 Entry ``<provider>``: {"ok", "fail", "client_errors", "errors": {class: n}, "lat": histogram,
 "win": {bucket: [ok, fail, histogram]}, "breaker", "breaker_ts", "opened", "last_ts",
-"last_error"}. ``win`` keeps the last ``AIIS_PROJ_HEALTH_BUCKETS`` buckets of
-``AIIS_PROJ_HEALTH_BUCKET_S`` (by event time; readers sum them). ``~att:<task>`` lists the
-``[attempt, provider, error_class]`` counted from notices, until the attempt ends.
+"last_error", "skipped_open", "skipped_rate", "skipped_other"} (the last three absent until
+the first skip).
+``win`` keeps the last ``AIIS_PROJ_HEALTH_BUCKETS`` buckets of ``AIIS_PROJ_HEALTH_BUCKET_S``
+(by event time; readers sum them). ``~att:<task>`` lists the ``[attempt, provider,
+error_class]`` the notices reported, until the attempt ends.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from projections import histogram
 from projections.view import Envelope, Projection, Record, Shard, ViewConfig
 
 CLIENT_ERRORS = frozenset({"InvalidRequest"})
+_SKIPPED = {"circuit_open": "skipped_open", "rate_limited": "skipped_rate"}
 _OUTCOME_EVENTS = {"TaskSucceeded", "TaskRetryScheduled", "TaskFailed", "TaskDeadLettered"}
 
 
@@ -102,13 +111,32 @@ def _notice(view: Shard, event: Envelope, data: dict[str, Any]) -> None:
         rec["opened"] += 1 if notice == "circuit_opened" else 0
     elif notice == "attempt":
         cls = detail.get("error_class")
+        if cls is not None and not isinstance(cls, str):
+            cls = "unknown"
         latency = detail.get("latency_ms")
+        if detail.get("outcome") is None and cls is None and latency is None:
+            return  # written before the call: not a call, says nothing of its outcome
+        if detail.get("outcome") == "error" and not cls:
+            cls = "unknown"
         error = {"error_class": cls, "message": detail.get("message", "")} if cls else None
         _count(view, provider, event["ts"], error, latency if isinstance(latency, int) else None)
-        key = "~att:" + event["task_id"]
-        seen = list(view.entries.get(key, []))
-        seen.append([data["attempt"], provider, cls])
-        view.put(key, seen)
+        _reported(view, event, data, provider, cls)
+    elif notice == "skipped":
+        rec = _provider(view, provider)
+        field = _SKIPPED.get(str(detail.get("reason")), "skipped_other")
+        rec[field] = rec.get(field, 0) + 1
+        _reported(view, event, data, provider, "skipped")
+
+
+def _reported(
+    view: Shard, event: Envelope, data: dict[str, Any], provider: str, cls: str | None
+) -> None:
+    """Remember that a notice reported this attempt's calls (its outcome event then counts
+    nothing)."""
+    key = "~att:" + event["task_id"]
+    seen = list(view.entries.get(key, []))
+    seen.append([data["attempt"], provider, cls])
+    view.put(key, seen)
 
 
 def _outcome(view: Shard, event: Envelope, data: dict[str, Any]) -> None:
@@ -125,9 +153,8 @@ def _outcome(view: Shard, event: Envelope, data: dict[str, Any]) -> None:
         if error is None or not error.get("provider"):
             return  # not a provider's failure (deadline, max deliveries, internal)
         provider, latency = error["provider"], None
-    cls = None if error is None else error["error_class"]
-    if seen is not None and [data["attempt"], provider, cls] in seen:
-        return  # already counted from the router's notice
+    if seen is not None and any(s[0] == data["attempt"] and s[1] == provider for s in seen):
+        return  # the router's notice already reported this provider's call (or skip)
     _count(view, provider, event["ts"], error, latency)
 
 

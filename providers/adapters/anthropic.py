@@ -122,31 +122,40 @@ class AnthropicAdapter(HttpAdapter):
         output_tokens: int | None = None
         reason: str | None = None
         stopped = False
-        async for event in sse_events(response, self.settings.stream_idle_timeout_s, self.name):
-            data = loads_chunk(event.data, self.name)
-            kind = data.get("type") or event.event
-            if kind == "message_start":
-                message = data["message"]
-                model = str(message.get("model") or model)
-                start_usage = message.get("usage") or {}
-            elif kind == "content_block_delta":
-                delta = data["delta"]
-                if delta.get("type") == "text_delta" and delta.get("text"):
-                    parts.append(delta["text"])
-                    sink.delta(delta["text"])
-            elif kind == "message_delta":
-                reason = (data.get("delta") or {}).get("stop_reason") or reason
-                usage = data.get("usage") or {}
-                if "output_tokens" in usage:
-                    output_tokens = int(usage["output_tokens"])
-            elif kind == "message_stop":
-                stopped = True
-                break
-            elif kind == "error":
-                raise self._body_error(data.get("error") or {}, 200, None)
-            # ping, content_block_start/stop and unknown future events carry nothing we need
-        if not stopped:
-            raise NetworkError(f"{self.name}: stream ended before message_stop", provider=self.name)
+        try:
+            async for event in sse_events(response, self.settings.stream_idle_timeout_s, self.name):
+                data = loads_chunk(event.data, self.name)
+                kind = data.get("type") or event.event
+                if kind == "message_start":
+                    message = data["message"]
+                    model = str(message.get("model") or model)
+                    start_usage = message.get("usage") or {}
+                elif kind == "content_block_delta":
+                    delta = data["delta"]
+                    if delta.get("type") == "text_delta" and delta.get("text"):
+                        parts.append(delta["text"])
+                        sink.delta(delta["text"])
+                elif kind == "message_delta":
+                    reason = (data.get("delta") or {}).get("stop_reason") or reason
+                    usage = data.get("usage") or {}
+                    if "output_tokens" in usage:
+                        output_tokens = int(usage["output_tokens"])
+                elif kind == "message_stop":
+                    stopped = True
+                    break
+                elif kind == "error":
+                    raise self._body_error(data.get("error") or {}, 200, None)
+                # ping, content_block_start/stop and unknown future events carry nothing we need
+            if not stopped:
+                raise NetworkError(
+                    f"{self.name}: stream ended before message_stop", provider=self.name
+                )
+        except ProviderError as exc:
+            # message_start carried the usage Anthropic bills for this call even though it
+            # failed: hand it to the router so the spend is counted
+            if start_usage and exc.usage is None:
+                exc.usage = usage_from(start_usage, output_tokens)
+            raise
         return ProviderResult(
             provider=self.name,
             model=model,

@@ -15,7 +15,7 @@ from pydantic import SecretStr
 
 from providers.config import ProviderConfig, ProviderSettings
 from providers.errors import NetworkError, ProviderError, ProviderTimeout
-from providers.headers import exhausted_until, parse_retry_after
+from providers.headers import exhausted_until, provider_hint
 from providers.types import ChatMessage, ProgressSink, ProviderRequest, ProviderResult
 from providers.wire import ClientPool, redact, remaining, transport_error
 
@@ -100,7 +100,7 @@ class HttpAdapter:
                     now = time.time()
                     if response.status_code >= 400:
                         body = await response.aread()
-                        retry_after = parse_retry_after(response.headers.get("retry-after"), now)
+                        retry_after = provider_hint(response.headers, now)
                         raise self.error_from(
                             response.status_code, response.headers, body, retry_after
                         )

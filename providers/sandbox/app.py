@@ -1,8 +1,10 @@
 """The sandbox application: routes ``/<provider>/...`` to its wire format, checks the key,
 applies latency and the chosen fault, and renders success, stream or error in that format.
 
-Control endpoints: ``GET /_sandbox/stats``; ``POST /_sandbox/faults`` with
-``{"provider": "gemini", "fault": "unavailable", "times": 5}`` (or ``{"clear": true}``).
+Control endpoints: ``GET /_sandbox/stats`` (``requests`` per provider — every call it received
+— and ``faults_by_provider``: how many of them it answered with each fault);
+``POST /_sandbox/faults`` with ``{"provider": "gemini", "fault": "unavailable", "times": 5}``
+(or ``{"clear": true}``).
 """
 
 from __future__ import annotations
@@ -110,6 +112,8 @@ class SandboxApp:
         if fault == "timeout":
             await asyncio.sleep(self.hang_s)
             raise Abort
+        if fault == "echo_key":
+            call.reply = f"{call.reply} {key}"
         headers = fmt.limit_headers(fault == "remaining0")
         if call.stream and hasattr(fmt, "frames"):
             return self._stream(fmt, call, fault, headers)  # type: ignore[arg-type]
@@ -167,6 +171,7 @@ class SandboxApp:
             "requests": dict(self.requests),
             "http_versions": dict(self.seen_http),
             "faults_injected": dict(self.faults.injected),
+            "faults_by_provider": {p: dict(f) for p, f in self.faults.by_provider.items()},
             **self.stats_extra(),
         }
 

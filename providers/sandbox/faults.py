@@ -32,6 +32,7 @@ FAULTS = frozenset(
         "bad_key",  # the key is rejected
         "invalid",  # 400 invalid request
         "remaining0",  # success, but rate-limit headers say the budget is spent for 2 s
+        "echo_key",  # success, but the reply echoes the request's API key (a leaky proxy)
     }
 )
 RANDOM_FAULTS = ("rate_limit", "unavailable", "server_error", "reset", "cut", "malformed")
@@ -55,6 +56,8 @@ class FaultPlan:
         self.random = random.Random(seed)
         self.queued: dict[str, deque[str]] = defaultdict(deque)
         self.injected: dict[str, int] = defaultdict(int)
+        # provider -> fault -> requests answered with it (what each provider "suffered")
+        self.by_provider: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def inject(self, provider: str, fault: str, times: int = 1) -> None:
         """The next ``times`` requests to ``provider`` fail with ``fault``."""
@@ -72,6 +75,7 @@ class FaultPlan:
         fault = self._choose(provider, header, text)
         if fault is not None:
             self.injected[fault] += 1
+            self.by_provider[provider][fault] += 1
         return fault
 
     def _choose(self, provider: str, header: str | None, text: str) -> str | None:

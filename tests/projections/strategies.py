@@ -67,7 +67,14 @@ def lifecycle(draw: st.DrawFn, task: str) -> list[tuple[str, dict[str, Any]]]:
                     detail["error_class"] = cls
                 else:
                     detail["latency_ms"] = draw(st.integers(1, 5000))
-                kind = draw(st.sampled_from(["attempt", "fallback", "partial_discarded"]))
+                if draw(st.booleans()):  # the current router's shape: outcome and latency
+                    detail["outcome"] = "error" if "error_class" in detail else "ok"
+                    detail.setdefault("latency_ms", draw(st.integers(1, 5000)))
+                kind = draw(
+                    st.sampled_from(["attempt", "skipped", "fallback", "partial_discarded"])
+                )
+                if kind == "skipped":
+                    detail["reason"] = draw(st.sampled_from(["circuit_open", "rate_limited"]))
                 out.append(("TaskProgress", {"attempt": attempt, "notice": kind, "detail": detail}))
             elif step == "circuit":
                 kind = draw(st.sampled_from(["circuit_opened", "circuit_closed"]))

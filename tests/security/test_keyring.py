@@ -17,6 +17,7 @@ from providers.keyring import (
     KEY_IN_USE,
     Key,
     KeyAlert,
+    KeyRejected,
     Keyring,
     NoUsableKey,
     RotatingAdapter,
@@ -103,15 +104,24 @@ async def test_rotation_on_auth_failed_without_failing_the_call() -> None:
 
 
 async def test_every_key_rejected_raises_and_alerts_once() -> None:
-    """When all keys fail, the last AuthFailed surfaces and one exhausted alert is emitted."""
+    """All keys rejected once: KeyRejected (retried); rejected again: AuthFailed, then
+    NoUsableKey, with one exhausted alert."""
     alerts: list[KeyAlert] = []
-    ring = Keyring(lambda: static({"gemini": [K1, K2]}), on_alert=alerts.append)
+    now = [0.0]
+    ring = Keyring(
+        lambda: static({"gemini": [K1, K2]}), on_alert=alerts.append, clock=lambda: now[0]
+    )
 
     async def always_401(key: Key) -> str:
         raise AuthFailed(f"401 for {key.id}", provider="gemini", status=401)
 
-    with pytest.raises(AuthFailed):
+    with pytest.raises(KeyRejected) as first:
         await ring.call("gemini", always_401)
+    assert first.value.retryable
+    now[0] = 1.0
+    with pytest.raises(AuthFailed) as second:
+        await ring.call("gemini", always_401)
+    assert not second.value.retryable
     with pytest.raises(NoUsableKey):
         await ring.call("gemini", always_401)
     kinds = [a.kind for a in alerts]
@@ -282,3 +292,20 @@ async def test_no_key_string_in_logs_or_reprs(caplog: pytest.LogCaptureFixture) 
     for text in texts:
         for key in (K1, K2):
             assert key not in text
+
+
+async def test_a_confirmed_bad_key_does_not_condemn_a_suspect_one() -> None:
+    """Key 2 suspect, key 1 rejected for the first time and key 2 again (confirmed bad) in one
+    call: key 1 is only suspect, so the call is retried (KeyRejected), not failed."""
+    now = [0.0]
+    ring = Keyring(lambda: static({"gemini": [K1, K2]}), clock=lambda: now[0])
+    k2 = ring.key_ids("gemini")[1]
+    ring.rejected("gemini", k2, taken_at=0.0)  # suspect since t=0
+    now[0] = 1.0
+
+    async def always_401(key: Key) -> str:
+        raise AuthFailed("401", provider="gemini", status=401)
+
+    with pytest.raises(KeyRejected):
+        await ring.call("gemini", always_401)
+    assert ring.current("gemini").id == ring.key_ids("gemini")[0]
