@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import InvalidTask
 from engine.events import ChatMessageIn
+from engine.params import validate_params
 from engine.settings import Settings
 
 TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
@@ -68,6 +69,9 @@ def validate_task(raw: dict[str, Any], settings: Settings) -> TaskSpec:
         raise InvalidTask(
             "params", f"{params_size} bytes of params; the limit is {settings.max_params_bytes}"
         )
+    params = validate_params(spec.params)
+    if params is not spec.params:
+        spec = spec.model_copy(update={"params": params})
     return spec
 
 
