@@ -74,6 +74,8 @@ class _Pending:
     item: tuple[str, ...]
     future: asyncio.Future[str]
     priority: str
+    tenant: str = ""
+    held: bool = False  # a budget reservation to give back unless the task is queued
 
 
 class Client:
@@ -150,6 +152,7 @@ class Client:
         else:
             partition = self._next_partition()
         task_id = new_task_id(partition, n)
+        held = await self.intake.reserve(spec, task_id)
         now = int(time.time() * 1000)
         deadline_ms = now + int((spec.deadline_s or self.settings.task_deadline_s) * 1000)
         requested = TaskRequestedData(
@@ -183,7 +186,8 @@ class Client:
             admitted.callback_url,
         )
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(partition, []).append(_Pending(item, future, spec.priority))
+        pending = _Pending(item, future, spec.priority, spec.tenant, held)
+        self._pending.setdefault(partition, []).append(pending)
         if partition not in self._flushers:
             self._flushers[partition] = asyncio.create_task(self._flush(partition))
         return await future
@@ -207,6 +211,8 @@ class Client:
                             p.future.set_exception(exc)
                     continue
                 for p, (status, value) in zip(batch, results, strict=True):
+                    if p.held and value != p.item[0]:  # refused or a duplicate: not queued
+                        await self.intake.release(p.tenant, p.item[0])
                     if p.future.done():  # its submitter was cancelled; the others still wait
                         continue
                     if status == "full":

@@ -1,6 +1,8 @@
 """What ``submit`` does to a valid task before it is written (docs/security.md):
 
-1. budget: the tenant's daily budget, only when one is configured for it (``BudgetExceeded``);
+1. budget: the tenant's daily budget, only when one is configured for it — ``reserve``
+   (called by the client once the task has its id) holds the task's estimated cost until its
+   terminal event settles it, or refuses (``BudgetExceeded``; see ``engine.budget``);
 2. template: ``params.template`` (+ ``template_version``, ``variables``) is rendered into the
    input; ``variables`` are dropped from the stored params (they may hold personal data);
 3. sanitise: control, bidi and zero-width characters out, NFC, the request size limit;
@@ -12,8 +14,8 @@
 5. callback URL: ``params.callback_url`` must be http(s) and not link-local/metadata (and not
    private or loopback unless allowed).
 
-Every step is in-process except the budget read and a template fetch, which happen only when
-the task (or tenant) uses them.
+Every step is in-process except the budget reservation and a template fetch, which happen only
+when the task (or tenant) uses them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine import redaction
-from engine.budget import Budgets
+from engine.budget import Budgets, estimate_usd
 from engine.errors import InvalidTask
 from engine.events import ChatMessageIn
 from engine.params import EXTENSION_PREFIX
@@ -66,9 +68,6 @@ class Intake:
         its stored form has been through already."""
         live = self.live
         await live.ensure_loaded()
-        if live.budgets.budget(spec.tenant) is not None:
-            self.budgets.config = live.budgets
-            await self.budgets.check(spec.tenant)
         params = spec.params
         callback = params.get("callback_url")
         if callback is not None:
@@ -122,6 +121,29 @@ class Intake:
         text, used = await self.templates.render(name, variables, version)
         params["template_version"] = used
         return {"input": text, "params": params}
+
+    async def reserve(self, spec: TaskSpec, task_id: str) -> bool:
+        """Hold the task's estimated cost against its tenant's budget; False when the tenant
+        has none. ``InvalidTask`` for a model without a price (a budget cannot be kept on
+        it); ``BudgetExceeded`` once spend and holds reach the budget."""
+        if self.live.budgets.budget(spec.tenant) is None:
+            return False
+        params = spec.params
+        model = params.get("model")
+        texts = [*_texts(spec.input), *(t for _, t in _param_texts(params))]
+        max_tokens = params.get("max_tokens", self.settings.max_output_tokens)
+        usd = estimate_usd(texts, model if isinstance(model, str) else None, max_tokens)
+        if usd is None:
+            raise InvalidTask(
+                "params.model",
+                f"{model!r} has no price; a tenant with a budget needs a priced model",
+            )
+        self.budgets.config = self.live.budgets
+        await self.budgets.reserve(spec.tenant, task_id, usd)
+        return True
+
+    async def release(self, tenant: str, task_id: str) -> None:
+        await self.budgets.release(tenant, task_id)
 
     def pii_ttl_s(self, deadline_ms: int) -> int:
         """How long a task's PII mapping lives: its deadline plus the retention of results."""

@@ -3,8 +3,8 @@
 A catch-up reader over every partition's log with its own checkpoint (``<ns>:ops:checkpoint``;
 like the projections, not a consumer group). Per event:
 
-- ``TaskSucceeded`` with a cost: ``Budgets.add_spend`` (counted once per event id, so a
-  re-read after a crash never charges twice) and a ``Spend`` observation;
+- terminal events: ``Budgets.settle`` (the reservation released and the cost counted once per
+  task, so a re-read after a crash never charges twice) and a ``Spend`` observation;
 - outcomes and fallback notices: ``ProviderCall`` observations; circuit notices:
   ``BreakerChanged``;
 - a terminal event of a task with a callback URL (``<tag>:cb``, written by submit.lua): a
@@ -236,33 +236,39 @@ class Ops:
                 elif notice == "fallback" and detail.get("from"):
                     observations.append(ProviderCall(ts, detail["from"], False))
                 continue
-            if etype == "TaskSucceeded":
-                if not data.get("cached"):
-                    observations.append(ProviderCall(ts, data["provider"], True))
-                cost = data.get("cost_usd")
-                if cost:
-                    spend = await self._spend(env["tenant"], float(cost), ts, env["id"])
-                    if spend is not None:
-                        observations.append(spend)
+            if etype == "TaskSucceeded" and not data.get("cached"):
+                observations.append(ProviderCall(ts, data["provider"], True))
             elif etype in ("TaskFailed", "TaskRetryScheduled", "TaskDeadLettered"):
                 provider = (data.get("error") or {}).get("provider")
                 if provider:
                     observations.append(ProviderCall(ts, provider, False))
             if etype in TERMINAL_EVENTS:
                 terminal.append(env)
+                spend = await self._settle(env)
+                if spend is not None:
+                    observations.append(spend)
         await self._emit(self.alerts.observe_all(observations))
         if terminal and self.webhooks is not None:
             await self._callbacks(partition, terminal)
 
-    async def _spend(self, tenant: str, usd: float, ts: int, event_id: str) -> Spend | None:
-        day = datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y%m%d")
-        total = await self.budgets.add_spend(tenant, usd, day, event_id)
+    async def _settle(self, env: dict[str, Any]) -> Spend | None:
+        """Settle the task's budget at its terminal event: release its reservation, add its
+        cost (a success of unknown cost is charged its reservation), once per task."""
+        tenant, data = env["tenant"], env["data"]
+        usd: float | None = 0.0
+        if env["type"] == "TaskSucceeded" and not data.get("cached"):
+            cost = data.get("cost_usd")
+            usd = None if cost is None else float(cost)
+        if not usd and self.live.budgets.budget(tenant) is None:
+            return None  # nothing to charge, nothing reserved: no round trip
+        day = datetime.fromtimestamp(env["ts"] / 1000, UTC).strftime("%Y%m%d")
+        total = await self.budgets.settle(tenant, env["task_id"], usd, day)
         before = self._totals.get((tenant, day), 0.0)
         self._totals[(tenant, day)] = total
         if len(self._totals) > 100_000:  # bounded: forget the oldest days' tenants
             self._totals = dict(list(self._totals.items())[-50_000:])
         self.stats["spend_events"] += 1
-        return Spend(ts, tenant, total - before) if total > before else None
+        return Spend(env["ts"], tenant, total - before) if total > before else None
 
     # --- ticks: queue depth, time-based rules, live budgets ---------------------------------
 

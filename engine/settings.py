@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     task_deadline_s: float = Field(900.0, gt=0, le=7 * 86400)
     max_prompt_chars: int = Field(200_000, ge=1, le=10_000_000)
     max_params_bytes: int = Field(16_384, ge=64, le=1_000_000)
+    # the providers' default max_tokens (same variable): a budget's estimate of a task's output
+    max_output_tokens: int = Field(1024, ge=1, le=200_000)
 
     # retry (DESIGN.md §1 table)
     retry_base_s: float = Field(1.0, gt=0, le=600)
