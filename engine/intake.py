@@ -37,7 +37,7 @@ from engine.pii import detect
 from engine.policy import LiveConfig
 from engine.sanitize import Limits, clean_request
 from engine.settings import Settings
-from engine.task import TaskSpec
+from engine.task import TaskSpec, check_sizes
 from engine.templates import TemplateError, TemplateStore
 from engine.webhooks import UrlPolicy, validate_callback_url
 
@@ -68,6 +68,9 @@ class Intake:
         its stored form has been through already."""
         live = self.live
         await live.ensure_loaded()
+        check_sizes(spec, live.limits)  # the deployment's limits, whoever validated the task
+        if self.limits.request_bytes != live.limits.max_request_bytes:
+            self.limits = Limits(live.limits.max_request_bytes, self.settings.max_result_bytes)
         params = spec.params
         callback = params.get("callback_url")
         if callback is not None:
