@@ -86,6 +86,8 @@ def card_prefix_ok(d: str) -> bool:
         return n == 15
     if 3528 <= p4 <= 3589:  # JCB
         return 16 <= n <= 19
+    if p4 in (1800, 2131):  # JCB, the older 15-digit numbers
+        return n == 15
     if 300 <= p3 <= 305 or p2 in (36, 38, 39) or p4 == 3095:  # Diners
         return 14 <= n <= 19
     if p4 == 6011 or 644 <= p3 <= 649 or p2 in (62, 65):  # Discover, UnionPay

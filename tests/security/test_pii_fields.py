@@ -37,6 +37,7 @@ EMAIL, PHONE = "hanako.yamada@example.co.jp", "090-1234-5678"
         ("連絡先 taro@例え.jp まで", "taro@例え.jp", Category.EMAIL),
         ("pay de89 3704 0044 0532 0130 00 today", "de89 3704 0044 0532 0130 00", Category.IBAN),
         ("pay gb82west12345698765432 today", "gb82west12345698765432", Category.IBAN),
+        ("card 213116194157357 ok", "213116194157357", Category.CARD),  # 15-digit JCB
     ],
 )
 def test_detection_misses_are_closed(text: str, value: str, category: Category) -> None:
