@@ -68,7 +68,12 @@ class Intake:
         its stored form has been through already."""
         live = self.live
         await live.ensure_loaded()
-        check_sizes(spec, live.limits)  # the deployment's limits, whoever validated the task
+        lim, mine = live.limits, self.settings
+        if (
+            lim.max_prompt_chars < mine.max_prompt_chars
+            or lim.max_params_bytes < mine.max_params_bytes
+        ):
+            check_sizes(spec, lim)  # validated against this process's larger limits (gateway)
         if self.limits.request_bytes != live.limits.max_request_bytes:
             self.limits = Limits(live.limits.max_request_bytes, self.settings.max_result_bytes)
         params = spec.params
@@ -91,10 +96,12 @@ class Intake:
         if spec.kind != "chat" and not cleaned[0].strip():
             raise InvalidTask("input", "prompt is empty (after removing control characters)")
         params = update.get("params", spec.params)
-        fields = _param_texts(params)
+        fields = _param_texts(params) if params else []
         policy = live.pii.for_tenant(spec.tenant)
         try:
-            screened = redaction.screen([*cleaned, *(t for _, t in fields)], policy)
+            screened = redaction.screen(
+                [*cleaned, *(t for _, t in fields)] if fields else cleaned, policy
+            )
         except redaction.PiiBlocked as exc:
             raise redaction.PiiBlocked(exc.categories, _blocked_field(cleaned, fields)) from None
         n = len(cleaned)

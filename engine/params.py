@@ -57,6 +57,8 @@ def _name(loc: tuple[int | str, ...]) -> str:
 def validate_params(params: dict[str, Any]) -> dict[str, Any]:
     """``params`` checked against ``TaskParams`` (``x_*`` keys aside); ``stop`` given as one
     string becomes a one-item list. Raises ``InvalidTask`` naming the first bad field."""
+    if not params:
+        return params
     documented = {k: v for k, v in params.items() if not k.startswith(EXTENSION_PREFIX)}
     try:
         TaskParams.model_validate(documented)
