@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 
 from engine import mapper, redaction
 from engine.connection import connect
-from engine.errors import InvalidTask, QueueFull, TaskNotFound
+from engine.errors import EngineError, InvalidTask, QueueFull, TaskNotFound
 from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
 from engine.intake import Intake
 from engine.keys import new_task_id, partition_for_key, partition_of
@@ -236,7 +236,10 @@ class Client:
                     continue
                 for p, (status, value) in zip(batch, results, strict=True):
                     if p.held and value != p.item[0]:  # refused or a duplicate: not queued
-                        await self.intake.release(p.tenant, p.item[0])
+                        try:
+                            await self.intake.release(p.tenant, p.item[0])
+                        except EngineError as exc:  # the hold expires with its key instead
+                            log.warning("could not release a budget reservation: %s", exc)
                     if p.future.done():  # its submitter was cancelled; the others still wait
                         continue
                     if status == "full":
