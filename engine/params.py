@@ -26,8 +26,9 @@ class TaskParams(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     # routing
-    provider: str | None = Field(None, min_length=1, max_length=64)
-    model: str | None = Field(None, min_length=1, max_length=128)
+    # identifiers, not free text: a shape that cannot carry an e-mail or a sentence
+    provider: str | None = Field(None, pattern=r"^[a-z0-9_-]{1,32}$")
+    model: str | None = Field(None, pattern=r"^[A-Za-z0-9._:/-]{1,128}$")
     # generation (mapped per provider)
     system: str | None = Field(None, max_length=10_000_000)
     max_tokens: int | None = Field(None, ge=1, le=200_000)

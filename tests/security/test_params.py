@@ -26,6 +26,7 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"stream": "yes"}, "params.stream"),
     ({"max_tokenz": 10}, "params.max_tokenz"),
     ({"system": 42}, "params.system"),
+    ({"model": "ask jane@example.com"}, "params.model"),
 ]
 
 
