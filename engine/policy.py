@@ -1,12 +1,12 @@
 """Live configuration: the PII policy, the daily budgets and the deployment's limits.
 
-The policies start from their settings (``AIIS_PII_POLICY``, ``AIIS_BUDGETS``; a bad one stops
-the component at start with an error naming the field). The **limits** (``LIMITS``: queue
-depth, prompt, params and request sizes) are the deployment's, not the process's
-(DESIGN.md §3 invariant 9): the value stored in ``<ns>:config`` is used by every producer; a
-component whose environment sets one explicitly seeds it there on its first read (``HSETNX``:
-the first writer wins, and a later disagreeing environment is logged and ignored); a limit
-stored nowhere is the built-in default, whatever this process's environment says.
+All of them are the deployment's, not the process's (DESIGN.md §3 invariant 9): the value
+stored in ``<ns>:config`` is used by every producer. A component whose environment sets one
+explicitly (``AIIS_PII_POLICY``, ``AIIS_BUDGETS`` — a bad one stops the component at start,
+naming the variable — or one of the ``LIMITS``: queue depth, prompt, params and request sizes)
+seeds it there on its first read (``HSETNX``: the first writer wins; a later disagreeing
+environment is logged, for limits, and ignored); a value stored nowhere is the built-in default,
+whatever this process's environment says.
 
 Everything can be replaced while everything runs with ``aiis config set NAME VALUE``, which
 validates it before writing it to ``<ns>:config``. Components re-read that hash at most every
@@ -138,7 +138,8 @@ async def effective_config(redis: aioredis.Redis, settings: Settings) -> list[tu
         elif name in LIMITS:
             rows.append((name, str(Settings.model_fields[name].default), "default"))
         elif str(getattr(settings, name)).strip():
-            rows.append((name, str(getattr(settings, name)), f"{env} of this environment"))
+            text = str(getattr(settings, name))
+            rows.append((name, text, f"{env} here; not stored yet, the first component seeds it"))
         else:
             rows.append((name, "redact" if name == "pii_policy" else "none", "default"))
     if partitions is not None:
@@ -214,8 +215,12 @@ class LiveConfig:
         key = config_key(self.settings.namespace)
         try:
             with translate_errors():
-                if strict:  # the first read: seed the limits this environment sets explicitly
+                if strict:  # the first read: seed what this environment sets explicitly
                     await seed_limits(self.redis, self.settings)
+                    for name in ("pii_policy", "budgets"):  # validated by from_settings
+                        text = getattr(self.settings, name)
+                        if name in self.settings.model_fields_set and text.strip():
+                            await self.redis.hsetnx(key, name, text)
                 raw = await self.redis.hgetall(key)
         except EngineError as exc:
             if strict:
@@ -227,6 +232,12 @@ class LiveConfig:
         if texts == self._raw:
             return
         self._raw = texts
+        for name in ("pii_policy", "budgets"):  # stored nowhere: the default, not this env's
+            if name not in texts:
+                if name == "pii_policy":
+                    self.pii = parse_pii("")
+                else:
+                    self.budgets = parse_budgets("")
         limits = {name: getattr(self.limits, name) for name in LIMITS}
         for name in LIMITS:  # a limit stored nowhere is the default, not this environment's
             if name not in texts:

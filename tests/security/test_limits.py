@@ -9,6 +9,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
+from engine.budget import BudgetExceeded
 from engine.client import Client
 from engine.errors import ConfigError, InvalidTask, QueueFull
 from engine.events import TERMINAL_EVENTS
@@ -61,6 +62,20 @@ async def test_a_client_whose_env_disagrees_uses_the_deployments_limit(
         await loose.submit("x" * 50)
     strict = make_client(namespace=ns, max_prompt_chars=5)
     await strict.submit("x" * 8)  # under the deployment's 10, over this env's 5
+
+
+async def test_budgets_and_pii_policy_of_a_client_without_the_variables_are_the_deployments(
+    make_client: Callable[..., Client],
+) -> None:
+    """The deployment's AIIS_BUDGETS and AIIS_PII_POLICY (seeded by its first component) hold
+    for a producer whose environment sets neither."""
+    deployment = make_client(budgets='{"tenants": {"acme": 0}}', pii_policy="block")
+    await deployment.submit("seeds the deployment's documents", tenant="other")
+    bare = make_client(namespace=deployment.settings.namespace)
+    with pytest.raises(BudgetExceeded, match=r"\$0\.00 daily budget"):
+        await bare.submit("y", tenant="acme")
+    with pytest.raises(InvalidTask, match="personal data"):
+        await bare.submit("mail jane@example.com", tenant="other")
 
 
 async def test_prompt_limit_enforced_over_http_from_redis(
