@@ -257,17 +257,16 @@ class LiveConfig:
                 self.budgets = value
             else:
                 limits[name] = value
-                mine = getattr(self.settings, name)
-                if name in self.settings.model_fields_set and value != mine:
-                    log.warning(
-                        "AIIS_%s=%s is ignored: the deployment's %s is %s "
-                        "(change it with `aiis config set %s N`)",
-                        name.upper(),
-                        mine,
-                        name,
-                        value,
-                        name,
-                    )
+            mine = getattr(self.settings, name)
+            if name in self.settings.model_fields_set and str(mine).strip() != text.strip():
+                log.warning(
+                    "AIIS_%s is ignored: the deployment's %s (in Redis) is %s; change it with "
+                    "`aiis config set %s …`",
+                    name.upper(),
+                    name,
+                    text if name in LIMITS else "another document",
+                    name,
+                )
         self.limits = DeploymentLimits(**limits)
 
     async def aclose(self) -> None:
