@@ -1,10 +1,15 @@
 """Hard daily budgets per tenant, in USD.
 
-Spend is accumulated atomically in Redis per tenant and UTC day, in integer micro-dollars
-(``INCRBY``: no float drift), from the costs of ``TaskSucceeded`` events. ``add_spend`` takes
-the event id and counts each event once, so a re-delivered event cannot double-charge.
-``check(tenant)`` before a submit raises ``BudgetExceeded`` once the day's spend has reached
-the budget. Keys expire two days after their day, so memory is bounded by tenants x 2 days.
+A budgeted tenant's task **reserves** an estimate of its cost at submit (``reserve``: input
+tokens and ``max_tokens`` at the model's price, or the dearest priced model when none is
+pinned) and **settles** at its terminal event (``settle``, from ``aiis ops``): the reservation
+is released and the real cost added to the day's spend, exactly once per task, in one Lua step
+(lua/budget_reserve.lua, lua/budget_settle.lua). A reservation is granted while spend +
+reservations < budget, so tasks submitted together overshoot by at most one task's estimate
+(checking spend alone let ten concurrent tasks spend 23x a budget). A task on a model without
+a price is refused for a budgeted tenant, and a success whose cost is unknown is charged its
+reservation: never free. Amounts are integer micro-dollars (``INCRBY``: no float drift); keys
+expire two days after their day, so memory is bounded by tenants x 2 days.
 
 Budget configuration (``{"default_usd": 50, "tenants": {"acme": 200}}``) is validated on every
 update; a bad one raises ``BudgetConfigError`` naming the field and the last good one stays.
@@ -13,43 +18,78 @@ update; a bad one raises ``BudgetConfigError`` naming the field and the last goo
 from __future__ import annotations
 
 import math
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib import resources
 
 import redis.asyncio as aioredis
 
 from engine.errors import ConfigError, EngineError
+from engine.keys import budget_keys
 from engine.store import translate_errors
+from providers.pricing import PER_MILLION, PriceTable
 
 MICRO = 1_000_000
 KEY_TTL_S = 2 * 86_400 + 3600
+CHARS_PER_TOKEN = 3  # a generous input-token estimate (English runs ~4, Japanese ~1-2)
+TOKENS_PER_MESSAGE = 8
 
-# KEYS: total, seen. ARGV: micro-dollars, event id ("" = no de-duplication), ttl
-_ADD = """
-if ARGV[2] ~= '' then
-  if redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[1]) == 0 then
-    return {0, tonumber(redis.call('GET', KEYS[1]) or '0')}
-  end
-  redis.call('EXPIRE', KEYS[2], ARGV[3])
-end
-local total = redis.call('INCRBY', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-return {1, total}
-"""
+
+def money(usd: float) -> str:
+    """``$0.05``, ``$0.0005``: cents, or as many places as a small amount needs."""
+    if usd == 0 or abs(usd) >= 0.01:
+        return f"${usd:.2f}"
+    return "$" + f"{usd:.8f}".rstrip("0")
+
+
+def _script(name: str) -> str:
+    return (resources.files("engine") / "lua" / f"{name}.lua").read_text()
+
+
+@cache
+def prices() -> PriceTable:
+    return PriceTable.load()
+
+
+def estimate_usd(texts: list[str], model: str | None, max_tokens: int) -> float | None:
+    """An upper-ish estimate of a call's cost: the input (``CHARS_PER_TOKEN``) and
+    ``max_tokens`` of output at ``model``'s price, or at the dearest priced model when none is
+    pinned. ``None``: ``model`` has no price."""
+    table = prices()
+    if model is not None:
+        price = table.lookup(model)
+        if price is None:
+            return None
+        inp, out, per = price.input, price.output, price.per_request
+    else:
+        inp, out, per = table.max_price()
+    tokens_in = sum(len(t.encode()) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for t in texts)
+    return (tokens_in * inp + max_tokens * out) / PER_MILLION + per
 
 
 class BudgetExceeded(EngineError):
     """The tenant has spent its budget for the UTC day; submits are refused until it resets."""
 
-    def __init__(self, tenant: str, spent_usd: float, budget_usd: float, resets_at: str) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        spent_usd: float,
+        budget_usd: float,
+        resets_at: str,
+        held_usd: float = 0.0,
+    ) -> None:
         super().__init__(
-            f"budget exceeded: tenant {tenant!r} spent ${spent_usd:.4f} of its "
-            f"${budget_usd:.2f} daily budget; it resets at {resets_at}"
+            f"budget exceeded: tenant {tenant!r} spent {money(spent_usd)} (and has "
+            f"{money(held_usd)} reserved by tasks in flight) of its {money(budget_usd)} daily "
+            f"budget; it resets at {resets_at}"
         )
         self.tenant = tenant
         self.spent_usd = spent_usd
         self.budget_usd = budget_usd
+        self.held_usd = held_usd
         self.resets_at = resets_at
 
 
@@ -101,9 +141,9 @@ def _resets_at(day: str) -> str:
 
 
 def spend_keys(namespace: str, tenant: str, day: str) -> tuple[str, str]:
-    """(total, seen events) of one tenant and day; one hash tag, so one Lua call on Cluster."""
-    tag = f"{namespace}:{{budget:{tenant}:{day}}}"
-    return f"{tag}:spent", f"{tag}:seen"
+    """(total, settled tasks) of one tenant and day."""
+    _, spent, seen, _ = budget_keys(namespace, tenant, day)
+    return spent, seen
 
 
 class Budgets:
@@ -115,7 +155,8 @@ class Budgets:
         self.redis = redis
         self.namespace = namespace
         self.config = config or BudgetConfig()
-        self._add = redis.register_script(_ADD)
+        self._reserve = redis.register_script(_script("budget_reserve"))
+        self._settle = redis.register_script(_script("budget_settle"))
 
     def update(self, raw: Mapping[str, object]) -> BudgetConfig:
         """Swap in a new configuration; on error the last good one stays and the error is
@@ -123,21 +164,63 @@ class Budgets:
         self.config = parse_config(raw)
         return self.config
 
+    async def reserve(
+        self, tenant: str, task_id: str, estimate_usd: float, day: str | None = None
+    ) -> None:
+        """Hold ``estimate_usd`` of the tenant's budget for ``task_id`` until it settles;
+        ``BudgetExceeded`` when spend + holds have reached the budget (nothing is held then)."""
+        budget = self.config.budget(tenant)
+        if budget is None:
+            return
+        day = day or day_of()
+        holds, *_ = budget_keys(self.namespace, tenant, day)
+        micro = max(0, round(estimate_usd * MICRO))
+        args: list[str | int] = [round(budget * MICRO), micro, task_id, day, KEY_TTL_S]
+        with translate_errors():
+            ok, spent, held = await self._reserve(keys=[holds], args=args)
+        if not int(ok):
+            raise BudgetExceeded(
+                tenant, int(spent) / MICRO, budget, _resets_at(day), int(held) / MICRO
+            )
+
+    async def release(self, tenant: str, task_id: str) -> None:
+        """Give back ``task_id``'s reservation without charging anything (it was not queued)."""
+        holds, *_ = budget_keys(self.namespace, tenant, day_of())
+        with translate_errors():
+            await self._settle(keys=[holds], args=[task_id, day_of(), 0, KEY_TTL_S, "0"])
+
+    async def settle(
+        self, tenant: str, task_id: str, usd: float | None, day: str | None = None
+    ) -> float:
+        """At ``task_id``'s terminal event (of ``day``): release its reservation and add
+        ``usd`` (``None``: unknown, charge the reservation) to the day's spend, once per task.
+        Returns the day's total in USD."""
+        if usd is not None and (not math.isfinite(usd) or usd < 0):
+            raise ValueError("spend must be a finite amount >= 0")
+        day = day or day_of()
+        holds, *_ = budget_keys(self.namespace, tenant, day)
+        micro = -1 if usd is None else round(usd * MICRO)
+        with translate_errors():
+            _, total = await self._settle(keys=[holds], args=[task_id, day, micro, KEY_TTL_S, "1"])
+        return int(total) / MICRO
+
     async def add_spend(
         self, tenant: str, usd: float, day: str | None = None, event_id: str | None = None
     ) -> float:
         """Add ``usd`` to the tenant's spend of ``day`` (today, UTC); counted once per
-        ``event_id``. Returns the day's total in USD."""
+        ``event_id`` (see ``settle``). Returns the day's total in USD."""
         if not math.isfinite(usd) or usd < 0:
             raise ValueError("spend must be a finite amount >= 0")
-        day = day or day_of()
-        total_key, seen_key = spend_keys(self.namespace, tenant, day)
-        micro = round(usd * MICRO)
+        if event_id is None:
+            event_id = f"anon:{uuid.uuid4().hex}"
+        return await self.settle(tenant, event_id, usd, day)
+
+    async def held(self, tenant: str, day: str | None = None) -> float:
+        """What tasks in flight hold of the tenant's budget of ``day``."""
+        *_, held_key = budget_keys(self.namespace, tenant, day or day_of())
         with translate_errors():
-            _, total = await self._add(
-                keys=[total_key, seen_key], args=[micro, event_id or "", KEY_TTL_S]
-            )
-        return int(total) / MICRO
+            raw = await self.redis.get(held_key)
+        return int(raw or 0) / MICRO
 
     async def spent(self, tenant: str, day: str | None = None) -> float:
         total_key, _ = spend_keys(self.namespace, tenant, day or day_of())
@@ -153,4 +236,4 @@ class Budgets:
         day = day or day_of()
         spent = await self.spent(tenant, day)
         if spent >= budget:
-            raise BudgetExceeded(tenant, spent, budget, _resets_at(day))
+            raise BudgetExceeded(tenant, spent, budget, _resets_at(day), await self.held(tenant))

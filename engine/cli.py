@@ -15,6 +15,7 @@ import orjson
 from engine import commands
 from engine.audit import register_audit
 from engine.errors import EngineError
+from engine.policy import CONFIG_NAMES
 from engine.settings import Settings
 
 
@@ -101,12 +102,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ops", help="budgets' spend, alerts and task webhooks (a catch-up reader)")
     register_audit(sub)
-    config = sub.add_parser("config", help="live policy documents: pii_policy, budgets")
+    config = sub.add_parser(
+        "config", help="live configuration: pii_policy, budgets, the deployment's limits"
+    )
     csub = config.add_subparsers(dest="config_command", required=True)
     cset = csub.add_parser("set", help="validate and store a document (JSON, or @FILE)")
-    cset.add_argument("name", choices=["pii_policy", "budgets"])
+    cset.add_argument("name", choices=list(CONFIG_NAMES))
     cset.add_argument("value")
-    csub.add_parser("show", help="print the stored documents")
+    csub.add_parser("show", help="print every effective value and where it comes from")
     template = sub.add_parser("template", help="prompt templates")
     tsub = template.add_subparsers(dest="template_command", required=True)
     tadd = tsub.add_parser("add", help="register BODY (or @FILE) as the next version of NAME")

@@ -8,6 +8,7 @@ per batch, not per task, and a lone submit still costs exactly one.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ import redis.asyncio as aioredis
 
 from engine import mapper, redaction
 from engine.connection import connect
-from engine.errors import InvalidTask, QueueFull, TaskNotFound
+from engine.errors import EngineError, InvalidTask, QueueFull, TaskNotFound
 from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
 from engine.intake import Intake
 from engine.keys import new_task_id, partition_for_key, partition_of
@@ -29,6 +30,8 @@ from engine.store import StateWord, Store, id_before, translate_errors
 from engine.task import TaskSpec, input_json, validate_task
 
 MAX_BATCH = 256
+
+log = logging.getLogger("aiis.client")
 
 STATUS_OF_CODE = {
     "Q": Status.QUEUED,
@@ -74,6 +77,8 @@ class _Pending:
     item: tuple[str, ...]
     future: asyncio.Future[str]
     priority: str
+    tenant: str = ""
+    held: bool = False  # a budget reservation to give back unless the task is queued
 
 
 class Client:
@@ -130,26 +135,22 @@ class Client:
             raw["params"] = params
         if deadline_s is not None:
             raw["deadline_s"] = deadline_s
-        return await self.submit_spec(validate_task(raw, self.settings))
+        await self.intake.live.ensure_loaded()
+        return await self.submit_spec(validate_task(raw, self.intake.live.limits))
 
     async def submit_spec(self, spec: TaskSpec, *, retry_of: str | None = None) -> str:
         """Submit a validated task (see ``submit`` and ``engine.intake`` for what happens
         to it first)."""
         admitted = await self.intake.admit(spec, resubmit=retry_of is not None)
         spec = admitted.spec
-        if self._checked is None:  # once per client: never write to partitions no worker reads
-            self._checked = asyncio.ensure_future(self.store.check_partitions())
-        try:
-            await asyncio.shield(self._checked)
-        except BaseException:
-            self._checked = None
-            raise
+        await self._deployment()
         n = self.settings.partitions
         if spec.idempotency_key is not None:
             partition = partition_for_key(spec.tenant, spec.idempotency_key, n)
         else:
             partition = self._next_partition()
         task_id = new_task_id(partition, n)
+        held = await self.intake.reserve(spec, task_id)
         now = int(time.time() * 1000)
         deadline_ms = now + int((spec.deadline_s or self.settings.task_deadline_s) * 1000)
         requested = TaskRequestedData(
@@ -183,10 +184,34 @@ class Client:
             admitted.callback_url,
         )
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._pending.setdefault(partition, []).append(_Pending(item, future, spec.priority))
+        pending = _Pending(item, future, spec.priority, spec.tenant, held)
+        self._pending.setdefault(partition, []).append(pending)
         if partition not in self._flushers:
             self._flushers[partition] = asyncio.create_task(self._flush(partition))
         return await future
+
+    async def _deployment(self) -> None:
+        """Once per client: the deployment's partition count (the first writer seeds it). A
+        client whose environment does not set AIIS_PARTITIONS adopts it; one that sets another
+        count is refused (``ConfigError``), so no producer writes to partitions the workers do
+        not read, nor looks for a task in the wrong one."""
+        if self._checked is None:
+            self._checked = asyncio.ensure_future(self._adopt_partitions())
+        try:
+            await asyncio.shield(self._checked)
+        except BaseException:
+            self._checked = None
+            raise
+
+    async def _adopt_partitions(self) -> None:
+        if "partitions" in self.settings.model_fields_set:
+            await self.store.check_partitions()
+            return
+        stored = await self.store.deployment_partitions()
+        if stored != self.settings.partitions:
+            log.info("using this deployment's %d partitions", stored)
+            self.store.use_partitions(stored)
+            self.settings = self.store.settings
 
     _rr = 0
 
@@ -200,19 +225,25 @@ class Client:
             while queue:
                 batch, queue[:] = queue[:MAX_BATCH], queue[MAX_BATCH:]
                 try:
-                    results = await self.store.submit(partition, [p.item for p in batch])
+                    limit = self.intake.live.limits.queue_max_depth
+                    results = await self.store.submit(
+                        partition, [p.item for p in batch], max_depth=limit
+                    )
                 except Exception as exc:
                     for p in batch:
                         if not p.future.done():
                             p.future.set_exception(exc)
                     continue
                 for p, (status, value) in zip(batch, results, strict=True):
+                    if p.held and value != p.item[0]:  # refused or a duplicate: not queued
+                        try:
+                            await self.intake.release(p.tenant, p.item[0])
+                        except EngineError as exc:  # the hold expires with its key instead
+                            log.warning("could not release a budget reservation: %s", exc)
                     if p.future.done():  # its submitter was cancelled; the others still wait
                         continue
                     if status == "full":
-                        depth = int(value)
-                        limit = self.settings.queue_max_depth
-                        p.future.set_exception(QueueFull(p.priority, depth, limit))
+                        p.future.set_exception(QueueFull(p.priority, int(value), limit))
                     else:
                         p.future.set_result(value)
         finally:
@@ -230,6 +261,7 @@ class Client:
         a result stored out of line is loaded into ``result.text``, and PII placeholders are
         restored from the task's vault (when its tenant's policy allowed keeping a mapping).
         The stored event itself never holds the original values."""
+        await self._deployment()
         partition = self._partition(task_id)
         found = await self.store.state(partition, task_id)
         if found is None:
@@ -275,6 +307,7 @@ class Client:
 
     async def cancel(self, task_id: str, *, tenant: str = "") -> Status:
         """Cancel the task unless it already ended; returns its status afterwards."""
+        await self._deployment()
         reply = await self.store.cancel(self._partition(task_id), task_id, tenant)
         if reply[0] == "missing":
             raise TaskNotFound(task_id)
@@ -283,6 +316,7 @@ class Client:
         return Status.CANCELLED
 
     async def state_word(self, task_id: str) -> StateWord | None:
+        await self._deployment()
         found = await self.store.state(self._partition(task_id), task_id)
         return found[0] if found else None
 
@@ -296,6 +330,7 @@ class Client:
     ) -> AsyncGenerator[Event, None]:
         """The task's events from the start (or after ``since``), live, until its terminal one
         (or until ``stop()`` says so, checked after every read of at most ``block_ms``)."""
+        await self._deployment()
         partition = self._partition(task_id)
         if since is None:
             word = await self.state_word(task_id)

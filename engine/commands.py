@@ -340,20 +340,20 @@ def _value(text: str) -> str:
 
 
 async def config(settings: Settings, args: argparse.Namespace) -> int:
-    from engine.keys import config_key  # noqa: PLC0415
-    from engine.policy import set_config  # noqa: PLC0415
+    from engine.policy import effective_config, set_config  # noqa: PLC0415
 
     async with _client(settings) as client:
         redis = client.store.redis
         if args.config_command == "show":
-            stored = await redis.hgetall(config_key(settings.namespace))
-            for name, value in sorted(stored.items()):
-                print(f"{_text(name)}: {_text(value)}")
+            for name, value, source in await effective_config(redis, settings):
+                print(f"{name:18} {value}  ({source})")
             return 0
         try:
             await set_config(redis, settings.namespace, args.name, _value(args.value))
         except ConfigError as exc:
-            await _audit(client, Action.CONFIG_CHANGE, target=args.name, outcome="error")
+            await _audit(
+                client, Action.CONFIG_CHANGE, target=args.name, outcome="error", reason=str(exc)
+            )
             raise ConfigError(f"{exc}; the current {args.name} stays in use") from None
         await _audit(client, Action.CONFIG_CHANGE, target=args.name)
         print(f"{args.name} updated; components pick it up within {settings.config_refresh_s} s")

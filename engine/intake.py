@@ -1,21 +1,26 @@
 """What ``submit`` does to a valid task before it is written (docs/security.md):
 
-1. budget: the tenant's daily budget, only when one is configured for it (``BudgetExceeded``);
+1. budget: the tenant's daily budget, only when one is configured for it — ``reserve``
+   (called by the client once the task has its id) holds the task's estimated cost until its
+   terminal event settles it, or refuses (``BudgetExceeded``; see ``engine.budget``);
 2. template: ``params.template`` (+ ``template_version``, ``variables``) is rendered into the
    input; ``variables`` are dropped from the stored params (they may hold personal data);
 3. sanitise: control, bidi and zero-width characters out, NFC, the request size limit;
-4. PII: the tenant's policy — ``redact`` (placeholders in the event and the record, the
-   mapping in its own key when the policy allows restoring), ``block`` (``PiiBlocked``) or
-   ``off``;
+4. PII: the tenant's policy over every free-text field that is sent or stored — the input,
+   ``params.system``, each ``params.stop`` and every string inside ``x_*`` params — ``redact``
+   (placeholders in the event and the record, one mapping for the whole request, kept in its
+   own key when the policy allows restoring), ``block`` (``PiiBlocked`` naming the field) or
+   ``off``; the idempotency key is stored only as a hash (it still deduplicates);
 5. callback URL: ``params.callback_url`` must be http(s) and not link-local/metadata (and not
    private or loopback unless allowed).
 
-Every step is in-process except the budget read and a template fetch, which happen only when
-the task (or tenant) uses them.
+Every step is in-process except the budget reservation and a template fetch, which happen only
+when the task (or tenant) uses them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -24,17 +29,20 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine import redaction
-from engine.budget import Budgets
+from engine.budget import Budgets, estimate_usd
 from engine.errors import InvalidTask
 from engine.events import ChatMessageIn
+from engine.params import EXTENSION_PREFIX
+from engine.pii import detect
 from engine.policy import LiveConfig
 from engine.sanitize import Limits, clean_request
 from engine.settings import Settings
-from engine.task import TaskSpec
+from engine.task import TaskSpec, check_sizes
 from engine.templates import TemplateError, TemplateStore
 from engine.webhooks import UrlPolicy, validate_callback_url
 
 TEMPLATE_PARAMS = ("template", "template_version", "variables")
+SCREENED_PARAMS = frozenset({"system", "stop"})  # free text sent to providers (+ every x_*)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,15 +68,24 @@ class Intake:
         its stored form has been through already."""
         live = self.live
         await live.ensure_loaded()
-        if live.budgets.budget(spec.tenant) is not None:
-            self.budgets.config = live.budgets
-            await self.budgets.check(spec.tenant)
+        lim, mine = live.limits, self.settings
+        if (
+            lim.max_prompt_chars < mine.max_prompt_chars
+            or lim.max_params_bytes < mine.max_params_bytes
+        ):
+            check_sizes(spec, lim)  # validated against this process's larger limits (gateway)
+        if self.limits.request_bytes != live.limits.max_request_bytes:
+            self.limits = Limits(live.limits.max_request_bytes, self.settings.max_result_bytes)
         params = spec.params
         callback = params.get("callback_url")
         if callback is not None:
             if not isinstance(callback, str):
                 raise InvalidTask("params.callback_url", "must be a string URL")
             validate_callback_url(callback, self.urls)
+        if spec.idempotency_key is not None:
+            spec = spec.model_copy(
+                update={"idempotency_key": hash_key(spec.tenant, spec.idempotency_key)}
+            )
         if resubmit:
             return Admitted(spec, "", callback or "")
         update: dict[str, Any] = {}
@@ -78,9 +95,20 @@ class Intake:
         cleaned = clean_request(texts, self.limits)
         if spec.kind != "chat" and not cleaned[0].strip():
             raise InvalidTask("input", "prompt is empty (after removing control characters)")
-        screened = redaction.screen(cleaned, live.pii.for_tenant(spec.tenant))
-        if list(screened.texts) != texts:
-            update["input"] = _rebuild(update.get("input", spec.input), screened.texts)
+        params = update.get("params", spec.params)
+        fields = _param_texts(params) if params else []
+        policy = live.pii.for_tenant(spec.tenant)
+        try:
+            screened = redaction.screen(
+                [*cleaned, *(t for _, t in fields)] if fields else cleaned, policy
+            )
+        except redaction.PiiBlocked as exc:
+            raise redaction.PiiBlocked(exc.categories, _blocked_field(cleaned, fields)) from None
+        n = len(cleaned)
+        if list(screened.texts[:n]) != texts:
+            update["input"] = _rebuild(update.get("input", spec.input), screened.texts[:n])
+        if fields and screened.texts[n:] != tuple(t for _, t in fields):
+            update["params"] = _put_texts(params, fields, screened.texts[n:])
         if update:
             spec = spec.model_copy(update=update)
         mapping = ""
@@ -104,6 +132,29 @@ class Intake:
         params["template_version"] = used
         return {"input": text, "params": params}
 
+    async def reserve(self, spec: TaskSpec, task_id: str) -> bool:
+        """Hold the task's estimated cost against its tenant's budget; False when the tenant
+        has none. ``InvalidTask`` for a model without a price (a budget cannot be kept on
+        it); ``BudgetExceeded`` once spend and holds reach the budget."""
+        if self.live.budgets.budget(spec.tenant) is None:
+            return False
+        params = spec.params
+        model = params.get("model")
+        texts = [*_texts(spec.input), *(t for _, t in _param_texts(params))]
+        max_tokens = params.get("max_tokens", self.settings.max_output_tokens)
+        usd = estimate_usd(texts, model if isinstance(model, str) else None, max_tokens)
+        if usd is None:
+            raise InvalidTask(
+                "params.model",
+                f"{model!r} has no price; a tenant with a budget needs a priced model",
+            )
+        self.budgets.config = self.live.budgets
+        await self.budgets.reserve(spec.tenant, task_id, usd)
+        return True
+
+    async def release(self, tenant: str, task_id: str) -> None:
+        await self.budgets.release(tenant, task_id)
+
     def pii_ttl_s(self, deadline_ms: int) -> int:
         """How long a task's PII mapping lives: its deadline plus the retention of results."""
         left = max(0, deadline_ms - int(time.time() * 1000)) // 1000
@@ -111,6 +162,58 @@ class Intake:
 
     async def aclose(self) -> None:
         await self.live.aclose()
+
+
+def hash_key(tenant: str, key: str) -> str:
+    """What is stored of an idempotency key: a digest, deterministic per tenant (so repeats
+    still deduplicate), that no longer shows the key (which may hold an order id or e-mail)."""
+    digest = hashlib.sha256(f"{tenant}\x1f{key}".encode()).hexdigest()
+    return f"sha256:{digest[:48]}"
+
+
+Path = tuple[str | int, ...]
+
+
+def _param_texts(params: dict[str, Any]) -> list[tuple[Path, str]]:
+    """The free-text strings of ``params`` that are sent or stored, with where each is."""
+    out: list[tuple[Path, str]] = []
+
+    def walk(path: Path, value: Any) -> None:
+        if isinstance(value, str):
+            out.append((path, value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                walk((*path, k), v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk((*path, i), v)
+
+    for key, value in params.items():
+        if key in SCREENED_PARAMS or key.startswith(EXTENSION_PREFIX):
+            walk((key,), value)
+    return out
+
+
+def _put_texts(
+    params: dict[str, Any], fields: list[tuple[Path, str]], texts: tuple[str, ...]
+) -> dict[str, Any]:
+    out: dict[str, Any] = orjson.loads(orjson.dumps(params))  # a deep copy of plain JSON
+    for (path, _), text in zip(fields, texts, strict=True):
+        node: Any = out
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = text
+    return out
+
+
+def _blocked_field(cleaned: list[str], fields: list[tuple[Path, str]]) -> str:
+    """The first field holding personal data, for ``PiiBlocked`` (its value is never shown)."""
+    if any(detect(t) for t in cleaned):
+        return "input"
+    for path, text in fields:
+        if detect(text):
+            return "params." + str(path[0])
+    return "input"
 
 
 def _texts(value: str | list[ChatMessageIn]) -> list[str]:

@@ -151,3 +151,11 @@ def ops_key(namespace: str) -> str:
 def ops_checkpoint_key(namespace: str) -> str:
     """Hash partition -> last log id ``aiis ops`` has handled."""
     return f"{namespace}:ops:checkpoint"
+
+
+def budget_keys(namespace: str, tenant: str, day: str) -> tuple[str, str, str, str]:
+    """(holds, spent, seen, held) of one tenant's budget on ``day``: the reservations by task
+    (every day), the day's spend and settled tasks, the day's reserved total. One hash tag per
+    tenant, so a reservation made one day settles atomically on the next (Cluster too)."""
+    tag = f"{namespace}:{{budget:{tenant}}}"
+    return f"{tag}:holds", f"{tag}:{day}:spent", f"{tag}:{day}:seen", f"{tag}:{day}:held"

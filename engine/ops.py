@@ -3,8 +3,8 @@
 A catch-up reader over every partition's log with its own checkpoint (``<ns>:ops:checkpoint``;
 like the projections, not a consumer group). Per event:
 
-- ``TaskSucceeded`` with a cost: ``Budgets.add_spend`` (counted once per event id, so a
-  re-read after a crash never charges twice) and a ``Spend`` observation;
+- terminal events: ``Budgets.settle`` (the reservation released and the cost counted once per
+  task, so a re-read after a crash never charges twice) and a ``Spend`` observation;
 - provider calls: ``ProviderCall`` observations, one per call the router reported in an
   ``attempt`` notice (written after the call, with its outcome; a failed call that reported
   usage is also spend), else from the event that ended the attempt (providers that write no
@@ -254,17 +254,15 @@ class Ops:
             if etype == "TaskSucceeded":
                 if not data.get("cached") and not counted:
                     observations.append(ProviderCall(ts, str(provider), True))
-                cost = data.get("cost_usd")
-                if cost:
-                    spend = await self._spend(env["tenant"], float(cost), ts, env["id"])
-                    if spend is not None:
-                        observations.append(spend)
             elif etype in ("TaskFailed", "TaskRetryScheduled", "TaskDeadLettered"):
                 cls = (data.get("error") or {}).get("error_class")
                 if not counted and cls not in CLIENT_ERRORS:
                     observations.append(ProviderCall(ts, str(provider), False))
             if etype in TERMINAL_EVENTS:
                 terminal.append(env)
+                spend = await self._settle(env)
+                if spend is not None:
+                    observations.append(spend)
         await self._emit(self.alerts.observe_all(observations))
         if terminal and self.webhooks is not None:
             await self._callbacks(partition, terminal)
@@ -301,6 +299,24 @@ class Ops:
     async def _spend(self, tenant: str, usd: float, ts: int, event_id: str) -> Spend | None:
         day = datetime.fromtimestamp(ts / 1000, UTC).strftime("%Y%m%d")
         total = await self.budgets.add_spend(tenant, usd, day, event_id)
+        return self._spent(tenant, day, total, ts)
+
+    async def _settle(self, env: dict[str, Any]) -> Spend | None:
+        """Settle the task's budget at its terminal event: release its reservation, add its
+        cost (a success of unknown cost is charged its reservation), once per task."""
+        tenant, data = env["tenant"], env["data"]
+        usd: float | None = 0.0
+        if env["type"] == "TaskSucceeded" and not data.get("cached"):
+            cost = data.get("cost_usd")
+            usd = None if cost is None else float(cost)
+        if not usd and self.live.budgets.budget(tenant) is None:
+            return None  # nothing to charge, nothing reserved: no round trip
+        day = datetime.fromtimestamp(env["ts"] / 1000, UTC).strftime("%Y%m%d")
+        total = await self.budgets.settle(tenant, env["task_id"], usd, day)
+        return self._spent(tenant, day, total, int(env["ts"]))
+
+    def _spent(self, tenant: str, day: str, total: float, ts: int) -> Spend | None:
+        """Track the day's total; a ``Spend`` observation when it grew."""
         before = self._totals.get((tenant, day), 0.0)
         self._totals[(tenant, day)] = total
         if len(self._totals) > 100_000:  # bounded: forget the oldest days' tenants

@@ -1,13 +1,15 @@
 """PII detection: a pure core, no I/O (redaction, restore and policies: ``engine.redaction``).
 
-``detect(text)`` finds e-mail addresses, phone numbers (E.164, Japanese, North American), card
+``detect(text)`` finds e-mail addresses (IDN domains too), phone numbers (E.164, Japanese with
+``-``/``.``/space or a bracketed area code, after ``TEL``; North American), card
 numbers (Luhn + issuer prefix), IBANs (country length + mod 97), IPv4/IPv6 (``ipaddress``),
 Japanese My Numbers (official check digit) and Japanese postal codes (with 〒 or in context).
 Every candidate is validated, so look-alikes (order numbers, dates, versions, non-Luhn numbers,
 bad IBANs, 12-digit numbers failing the check digit) are left alone.
 
-Full-width digits and hyphens (０９０－１２３４－５６７８) are recognised: detection runs on a
-shadow copy translated character for character, so offsets stay those of the original text.
+Full-width digits, hyphens and ``＠`` (０９０－１２３４－５６７８) are recognised: detection
+runs on a shadow copy translated character for character, so offsets stay those of the
+original text.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ SHADOW = str.maketrans(
         "\uff0b": "+",
         "\uff08": "(",
         "\uff09": ")",
+        "\uff20": "@",  # full-width commercial at
+        "\uff0e": ".",  # full-width full stop
         "\u3000": " ",  # ideographic space
     }
 )
@@ -82,6 +86,8 @@ def card_prefix_ok(d: str) -> bool:
         return n == 15
     if 3528 <= p4 <= 3589:  # JCB
         return 16 <= n <= 19
+    if p4 in (1800, 2131):  # JCB, the older 15-digit numbers
+        return n == 15
     if 300 <= p3 <= 305 or p2 in (36, 38, 39) or p4 == 3095:  # Diners
         return 14 <= n <= 19
     if p4 == 6011 or 644 <= p3 <= 649 or p2 in (62, 65):  # Discover, UnionPay
@@ -122,6 +128,7 @@ IBAN_LENGTHS: dict[str, int] = {
 
 def iban_ok(compact: str) -> bool:
     """An IBAN (no spaces, upper case) of its country's length whose mod-97 check is 1."""
+    compact = compact.upper()
     if IBAN_LENGTHS.get(compact[:2]) != len(compact) or not compact[2:4].isdigit():
         return False
     rearranged = compact[4:] + compact[:4]
@@ -140,9 +147,12 @@ def _looks_like_datetime(d: str) -> bool:
 
 # --- detectors (each returns spans on the shadow text) --------------------------------------
 
+# domain labels may be internationalised (IDN: münchen.de, 例え.jp); the TLD is ASCII or
+# punycode and the local part Latin, so Japanese prose around the address is not swallowed
 _EMAIL = re.compile(
-    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9](?:[A-Za-z0-9._%+-]{0,63})@"
-    r"((?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+([A-Za-z]{2,24}))"
+    r"(?<![A-Za-z0-9\u00c0-\u024f._%+-])[A-Za-z0-9\u00c0-\u024f]"
+    r"(?:[A-Za-z0-9\u00c0-\u024f._%+-]{0,63})@"
+    r"((?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+([A-Za-z]{2,24}|xn--[A-Za-z0-9-]{1,59}))"
     r"(?!\.?[A-Za-z0-9-])"
 )
 _FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "bmp", "ico", "tiff"})
@@ -151,7 +161,7 @@ _FILE_EXTENSIONS = frozenset({"png", "jpg", "jpeg", "gif", "svg", "webp", "bmp",
 _DIGIT_RUN = re.compile(r"(?<![A-Za-z0-9_.+/-])[0-9]+(?:[ -][0-9]+)*(?![A-Za-z0-9_])")
 _CARD_SHAPES = frozenset({(4, 4, 4, 4), (4, 4, 4, 4, 3), (4, 6, 5), (4, 6, 4), (4, 4, 4, 1)})
 
-_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]{1,4}){3,8}")
+_IBAN = re.compile(r"(?<![A-Za-z0-9])[A-Za-z]{2}[0-9]{2}(?: ?[A-Za-z0-9]{1,4}){3,8}")
 
 _IPV4 = re.compile(r"(?<![A-Za-z0-9.])(?:[0-9]{1,3}\.){3}[0-9]{1,3}(?![A-Za-z0-9]|\.[0-9])")
 _IPV6 = re.compile(
@@ -161,8 +171,9 @@ _IPV6 = re.compile(
 _VERSION_CONTEXT = re.compile(r"(?:version|ver\.?|v|バージョン|rev\.?|release)\s*$", re.IGNORECASE)
 
 _PHONE_JP = re.compile(
-    r"(?<![A-Za-z0-9+.\-/])"
-    r"(0[0-9]{1,4}(?:([ -])[0-9]{1,4}\2|\([0-9]{1,4}\))[0-9]{3,4}|0[5789]0[0-9]{8})"
+    r"(?:(?<![A-Za-z0-9+.\-/])|(?<=TEL|Tel|tel|FAX|Fax|fax)|(?<=TEL:|Tel:|tel:|FAX:|Fax:|fax:))"
+    r"(0[0-9]{1,4}(?:([ .-])[0-9]{1,4}\2|\([0-9]{1,4}\))[0-9]{3,4}|0[5789]0[0-9]{8}"
+    r"|\(0[0-9]{1,4}\) ?[0-9]{1,4}[ -][0-9]{3,4})"
     r"(?![A-Za-z0-9]|[-.][0-9])"
 )
 _PHONE_INTL = re.compile(r"(?<![A-Za-z0-9+])\+[0-9]{1,3}(?:[ .-]?\(?[0-9]{1,5}\)?){1,6}(?![0-9])")
@@ -243,7 +254,7 @@ def _ibans(s: str) -> Iterable[Span]:
         # and scan on from the cut, not from the end of the match
         pos = m.start() + 1
         cand = m.group(0)
-        need = IBAN_LENGTHS.get(cand[:2])
+        need = IBAN_LENGTHS.get(cand[:2].upper())
         if need is None:
             continue
         count = 0
@@ -305,7 +316,7 @@ def _phones(s: str) -> Iterable[Span]:
         while text:
             if text.endswith(")") and text.count("(") < text.count(")"):
                 text = text[:-1]  # a closing bracket of the surrounding prose
-            d = _digits(text)
+            d = _digits(text.replace("(0)", "", 1))  # +81 (0)90…: the trunk 0 in brackets
             ok = 8 <= len(d) <= 15
             if d.startswith("81"):  # Japan: 9 or 10 national digits, no trunk 0
                 ok = len(d) in (11, 12) and d[2] != "0"
@@ -338,7 +349,7 @@ def _postal_codes(s: str) -> Iterable[Span]:
 _DETECTORS = (_emails, _ibans, _digit_runs, _ips, _phones, _postal_codes)
 
 
-_IBAN_HEAD = re.compile(r"[A-Z]{2}[0-9]{2}")
+_IBAN_HEAD = re.compile(r"[A-Za-z]{2}[0-9]{2}")
 
 
 def may_hold_pii(s: str) -> bool:

@@ -1,11 +1,17 @@
-"""Live policy documents: the PII policy and the daily budgets.
+"""Live configuration: the PII policy, the daily budgets and the deployment's limits.
 
-Each starts from its setting (``AIIS_PII_POLICY``, ``AIIS_BUDGETS``; a bad one stops the
-component at start with an error naming the field) and can be replaced while everything runs
-with ``aiis config set NAME JSON``, which validates the document before it writes it to
-``<ns>:config``. Components re-read that hash at most every ``AIIS_CONFIG_REFRESH_S``, in the
-background; a document that fails validation there (written around the CLI) is logged and the
-last good one stays in use.
+All of them are the deployment's, not the process's (DESIGN.md §3 invariant 9): the value
+stored in ``<ns>:config`` is used by every producer. A component whose environment sets one
+explicitly (``AIIS_PII_POLICY``, ``AIIS_BUDGETS`` — a bad one stops the component at start,
+naming the variable — or one of the ``LIMITS``: queue depth, prompt, params and request sizes)
+seeds it there on its first read (``HSETNX``: the first writer wins; a later disagreeing
+environment is logged, for limits, and ignored); a value stored nowhere is the built-in default,
+whatever this process's environment says.
+
+Everything can be replaced while everything runs with ``aiis config set NAME VALUE``, which
+validates it before writing it to ``<ns>:config``. Components re-read that hash at most every
+``AIIS_CONFIG_REFRESH_S``, in the background; a document that fails validation there (written
+around the CLI) is logged and the last good one stays in use.
 """
 
 from __future__ import annotations
@@ -15,17 +21,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 import redis.asyncio as aioredis
+from pydantic import TypeAdapter, ValidationError
 
 from engine.budget import BudgetConfig, BudgetConfigError, parse_config
 from engine.errors import ConfigError, EngineError
-from engine.keys import config_key
+from engine.keys import config_key, meta_key
 from engine.redaction import Mode, PiiPolicies, TenantPolicy
-from engine.settings import Settings
-from engine.store import translate_errors
+from engine.settings import DEPLOYMENT_LIMITS, Settings
+from engine.store import seed_limits, translate_errors
 
 log = logging.getLogger("aiis.policy")
 
@@ -45,6 +52,10 @@ def parse_pii(text: str) -> PiiPolicies:
     if text in {m.value for m in Mode}:
         return PiiPolicies(default=TenantPolicy(Mode(text)))
     raw = _json("pii_policy", text)
+    if isinstance(raw, str):  # '"block"', as JSON: the same as bare block
+        if raw in {m.value for m in Mode}:
+            return PiiPolicies(default=TenantPolicy(Mode(raw)))
+        raise ConfigError(f"pii_policy: mode must be one of {[m.value for m in Mode]}")
     if not isinstance(raw, dict):
         raise ConfigError("pii_policy: expected a mode or an object {default, tenants}")
     try:
@@ -66,7 +77,80 @@ def parse_budgets(text: str) -> BudgetConfig:
         raise ConfigError(str(exc)) from None
 
 
-PARSERS: dict[str, Callable[[str], Any]] = {"pii_policy": parse_pii, "budgets": parse_budgets}
+LIMITS = DEPLOYMENT_LIMITS
+
+
+@dataclass(frozen=True, slots=True)
+class DeploymentLimits:
+    """The deployment's limits, identical for every producer."""
+
+    queue_max_depth: int
+    max_prompt_chars: int
+    max_params_bytes: int
+    max_request_bytes: int
+
+    @classmethod
+    def defaults(cls) -> DeploymentLimits:
+        return cls(**{name: Settings.model_fields[name].default for name in LIMITS})
+
+
+def _limit_parser(name: str) -> Callable[[str], int]:
+    field = Settings.model_fields[name]
+    adapter: TypeAdapter[int] = TypeAdapter(Annotated[int, *field.metadata])
+
+    def parse(text: str) -> int:
+        try:
+            return adapter.validate_python(orjson.loads(text.strip() or "null"), strict=True)
+        except (orjson.JSONDecodeError, ValidationError) as exc:
+            bounds = ", ".join(str(m) for m in field.metadata)
+            raise ConfigError(f"{name}: expected a whole number ({bounds}); {exc}") from None
+
+    return parse
+
+
+PARSERS: dict[str, Callable[[str], Any]] = {
+    "pii_policy": parse_pii,
+    "budgets": parse_budgets,
+    **{name: _limit_parser(name) for name in LIMITS},
+}
+
+
+CONFIG_NAMES = tuple(PARSERS)
+
+_STORED = "stored in Redis: aiis config set, or seeded by the first component"
+
+
+async def effective_config(redis: aioredis.Redis, settings: Settings) -> list[tuple[str, str, str]]:
+    """``(name, effective value, where it comes from)`` of every configuration value, for
+    ``aiis config show`` (also when nothing was ever set)."""
+    with translate_errors():
+        raw = await redis.hgetall(config_key(settings.namespace))
+        partitions = await redis.hget(meta_key(settings.namespace), "partitions")
+    stored = {_text(k): _text(v) for k, v in raw.items()}
+    rows: list[tuple[str, str, str]] = []
+    for name in CONFIG_NAMES:
+        env = f"AIIS_{name.upper()}"
+        if name in stored:
+            rows.append((name, stored[name], _STORED))
+        elif name in LIMITS and name in settings.model_fields_set:
+            value = str(getattr(settings, name))
+            rows.append((name, value, f"{env} here; not stored yet, the first component seeds it"))
+        elif name in LIMITS:
+            rows.append((name, str(Settings.model_fields[name].default), "default"))
+        elif str(getattr(settings, name)).strip():
+            text = str(getattr(settings, name))
+            rows.append((name, text, f"{env} here; not stored yet, the first component seeds it"))
+        else:
+            rows.append((name, "redact" if name == "pii_policy" else "none", "default"))
+    if partitions is not None:
+        rows.append(("partitions", _text(partitions), "recorded in Redis by the first writer"))
+    else:
+        rows.append(("partitions", str(settings.partitions), "AIIS_PARTITIONS; not recorded yet"))
+    return rows
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def set_config(redis: aioredis.Redis, namespace: str, name: str, text: str) -> None:
@@ -88,6 +172,7 @@ class LiveConfig:
     settings: Settings
     pii: PiiPolicies
     budgets: BudgetConfig
+    limits: DeploymentLimits
     _stamp: float = -1e18
     _task: asyncio.Task[None] | None = None
     _raw: dict[str, str] | None = None
@@ -100,7 +185,7 @@ class LiveConfig:
             budgets = parse_budgets(settings.budgets)
         except ConfigError as exc:
             raise ConfigError(f"AIIS_{str(exc).split(':')[0].upper()}: {exc}") from None
-        return cls(redis, settings, pii, budgets)
+        return cls(redis, settings, pii, budgets, DeploymentLimits.defaults())
 
     @property
     def loaded(self) -> bool:
@@ -127,9 +212,16 @@ class LiveConfig:
         """Re-read ``<ns>:config``; swap in each valid document, keep the last good one.
         ``strict``: an unreachable Redis raises (the first read) instead of being logged."""
         self._stamp = time.monotonic()
+        key = config_key(self.settings.namespace)
         try:
             with translate_errors():
-                raw = await self.redis.hgetall(config_key(self.settings.namespace))
+                if strict:  # the first read: seed what this environment sets explicitly
+                    await seed_limits(self.redis, self.settings)
+                    for name in ("pii_policy", "budgets"):  # validated by from_settings
+                        text = getattr(self.settings, name)
+                        if name in self.settings.model_fields_set and text.strip():
+                            await self.redis.hsetnx(key, name, text)
+                raw = await self.redis.hgetall(key)
         except EngineError as exc:
             if strict:
                 raise
@@ -140,6 +232,16 @@ class LiveConfig:
         if texts == self._raw:
             return
         self._raw = texts
+        for name in ("pii_policy", "budgets"):  # stored nowhere: the default, not this env's
+            if name not in texts:
+                if name == "pii_policy":
+                    self.pii = parse_pii("")
+                else:
+                    self.budgets = parse_budgets("")
+        limits = {name: getattr(self.limits, name) for name in LIMITS}
+        for name in LIMITS:  # a limit stored nowhere is the default, not this environment's
+            if name not in texts:
+                limits[name] = getattr(DeploymentLimits.defaults(), name)
         for name, text in texts.items():
             parser = PARSERS.get(name)
             if parser is None:
@@ -151,8 +253,21 @@ class LiveConfig:
                 continue
             if name == "pii_policy":
                 self.pii = value
-            else:
+            elif name == "budgets":
                 self.budgets = value
+            else:
+                limits[name] = value
+            mine = getattr(self.settings, name)
+            if name in self.settings.model_fields_set and str(mine).strip() != text.strip():
+                log.warning(
+                    "AIIS_%s is ignored: the deployment's %s (in Redis) is %s; change it with "
+                    "`aiis config set %s …`",
+                    name.upper(),
+                    name,
+                    text if name in LIMITS else "another document",
+                    name,
+                )
+        self.limits = DeploymentLimits(**limits)
 
     async def aclose(self) -> None:
         if self._task is not None:

@@ -9,6 +9,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# the deployment's limits: stored in Redis (`aiis config`), the same for every producer; an
+# explicit environment value only seeds them (engine.policy)
+DEPLOYMENT_LIMITS = ("queue_max_depth", "max_prompt_chars", "max_params_bytes", "max_request_bytes")
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIIS_", extra="ignore", frozen=True)
@@ -42,6 +46,8 @@ class Settings(BaseSettings):
     task_deadline_s: float = Field(900.0, gt=0, le=7 * 86400)
     max_prompt_chars: int = Field(200_000, ge=1, le=10_000_000)
     max_params_bytes: int = Field(16_384, ge=64, le=1_000_000)
+    # the providers' default max_tokens (same variable): a budget's estimate of a task's output
+    max_output_tokens: int = Field(1024, ge=1, le=200_000)
 
     # retry (DESIGN.md §1 table)
     retry_base_s: float = Field(1.0, gt=0, le=600)

@@ -16,8 +16,8 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import RedisError, ResponseError
 
 from engine.errors import ConfigError, RedisUnavailable
-from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, meta_key
-from engine.settings import Settings
+from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, config_key, meta_key
+from engine.settings import DEPLOYMENT_LIMITS, Settings
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry as redis-py returns it
 
@@ -104,12 +104,21 @@ class Store:
 
     # --- set-up ---------------------------------------------------------------------------
 
-    async def check_partitions(self) -> None:
-        """Record the deployment's partition count, or refuse a different one."""
+    async def deployment_partitions(self) -> int:
+        """The deployment's partition count; this process's seeds it when none is recorded."""
         with translate_errors():
             meta = meta_key(self.settings.namespace)
             await self.redis.hsetnx(meta, "partitions", self.settings.partitions)
-            stored = int(await self.redis.hget(meta, "partitions") or 0)
+            return int(await self.redis.hget(meta, "partitions") or self.settings.partitions)
+
+    def use_partitions(self, partitions: int) -> None:
+        """Address ``partitions`` partitions (a producer adopting the deployment's count)."""
+        self.settings = self.settings.model_copy(update={"partitions": partitions})
+        self.partitions = all_partitions(self.settings.namespace, partitions)
+
+    async def check_partitions(self) -> None:
+        """Record the deployment's partition count, or refuse a different one (workers)."""
+        stored = await self.deployment_partitions()
         if stored != self.settings.partitions:
             raise ConfigError(
                 f"AIIS_PARTITIONS={self.settings.partitions} but this Redis holds data "
@@ -118,8 +127,10 @@ class Store:
             )
 
     async def prepare(self) -> None:
-        """Check the deployment's partition count and create the consumer groups."""
+        """Check the deployment's partition count, seed the deployment's limits this
+        environment sets (``engine.policy``) and create the consumer groups."""
         await self.check_partitions()
+        await seed_limits(self.redis, self.settings)
         with translate_errors():
             for keys in self.partitions:
                 for priority in PRIORITIES:
@@ -130,12 +141,18 @@ class Store:
 
     # --- producer side ---------------------------------------------------------------------
 
-    async def submit(self, partition: int, items: Sequence[Sequence[str | bytes]]) -> list[Any]:
-        """Accept tasks; see submit.lua. Returns ``[(status, value), …]`` per item."""
+    async def submit(
+        self,
+        partition: int,
+        items: Sequence[Sequence[str | bytes]],
+        *,
+        max_depth: int | None = None,
+    ) -> list[Any]:
+        """Accept tasks; see submit.lua. Returns ``[(status, value), …]`` per item.
+        ``max_depth``: the deployment's queue depth limit (``engine.policy``)."""
         flat: list[str | bytes] = [x for item in items for x in item]
-        raw = await self._run(
-            "submit", partition, "", self.settings.queue_max_depth, len(items), *flat
-        )
+        depth = self.settings.queue_max_depth if max_depth is None else max_depth
+        raw = await self._run("submit", partition, "", depth, len(items), *flat)
         return [(_s(raw[i]), _s(raw[i + 1])) for i in range(0, len(raw), 2)]
 
     async def cancel(self, partition: int, task_id: str, tenant: str = "") -> list[str]:
@@ -264,6 +281,15 @@ class Store:
                 {self.keys(partition).log: after}, count=count, block=block_ms
             )
         return list(reply[0][1]) if reply else []
+
+
+async def seed_limits(redis: aioredis.Redis, settings: Settings) -> None:
+    """Store the deployment limits ``settings`` sets explicitly (its environment) unless the
+    deployment has them already: the first writer wins (``engine.policy``)."""
+    key = config_key(settings.namespace)
+    with translate_errors():
+        for name in sorted(set(DEPLOYMENT_LIMITS) & settings.model_fields_set):
+            await redis.hsetnx(key, name, getattr(settings, name))
 
 
 def _now_ms() -> int:

@@ -5,16 +5,26 @@ anything is written.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from engine.errors import InvalidTask
 from engine.events import ChatMessageIn
+from engine.params import validate_params
 from engine.settings import Settings
 
 TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+
+
+class SizeLimits(Protocol):
+    """The size limits a task is checked against: the deployment's (``engine.policy``)."""
+
+    @property
+    def max_prompt_chars(self) -> int: ...
+    @property
+    def max_params_bytes(self) -> int: ...
 
 
 class TaskSpec(BaseModel):
@@ -36,8 +46,9 @@ def _field_of(err: Any) -> str:
     return ".".join(loc) or "task"
 
 
-def validate_task(raw: dict[str, Any], settings: Settings) -> TaskSpec:
-    """A valid ``TaskSpec`` from ``raw``, or ``InvalidTask`` naming the first bad field."""
+def validate_task(raw: dict[str, Any], settings: Settings | SizeLimits) -> TaskSpec:
+    """A valid ``TaskSpec`` from ``raw``, or ``InvalidTask`` naming the first bad field; sizes
+    are checked against ``settings`` (pass the deployment's limits, see ``check_sizes``)."""
     try:
         spec = TaskSpec.model_validate(raw)
     except ValidationError as exc:
@@ -47,7 +58,6 @@ def validate_task(raw: dict[str, Any], settings: Settings) -> TaskSpec:
     if spec.kind == "chat":
         if not isinstance(spec.input, list) or not spec.input:
             raise InvalidTask("input", "chat input must be a non-empty list of messages")
-        size = sum(len(m.content) for m in spec.input)
         if not any(m.role == "user" for m in spec.input):
             raise InvalidTask("input", "chat input needs at least one user message")
     else:
@@ -55,20 +65,31 @@ def validate_task(raw: dict[str, Any], settings: Settings) -> TaskSpec:
             raise InvalidTask("input", f"{spec.kind} input must be a prompt string")
         if not spec.input.strip() and "template" not in spec.params:
             raise InvalidTask("input", "prompt is empty")
+    check_sizes(spec, settings)
+    params = validate_params(spec.params)
+    if params is not spec.params:
+        spec = spec.model_copy(update={"params": params})
+    return spec
+
+
+def check_sizes(spec: TaskSpec, limits: Settings | SizeLimits) -> None:
+    """``InvalidTask`` when the prompt or the params are larger than ``limits`` allow."""
+    if isinstance(spec.input, str):
         size = len(spec.input)
-    if size > settings.max_prompt_chars:
+    else:
+        size = sum(len(m.content) for m in spec.input)
+    if size > limits.max_prompt_chars:
         raise InvalidTask(
-            "input", f"prompt has {size} characters; the limit is {settings.max_prompt_chars}"
+            "input", f"prompt has {size} characters; the limit is {limits.max_prompt_chars}"
         )
     try:
         params_size = len(orjson.dumps(spec.params))
     except TypeError as exc:
         raise InvalidTask("params", f"not JSON-serialisable: {exc}") from None
-    if params_size > settings.max_params_bytes:
+    if params_size > limits.max_params_bytes:
         raise InvalidTask(
-            "params", f"{params_size} bytes of params; the limit is {settings.max_params_bytes}"
+            "params", f"{params_size} bytes of params; the limit is {limits.max_params_bytes}"
         )
-    return spec
 
 
 def input_json(spec: TaskSpec) -> str | list[dict[str, str]]:

@@ -47,6 +47,15 @@ class PriceTable:
         models = orjson.loads(raw)["models"]
         return cls({name: Price(**fields) for name, fields in models.items()})
 
+    def max_price(self) -> tuple[float, float, float]:
+        """The dearest input, output and per-request prices of the table (an upper bound)."""
+        prices = self._prices.values()
+        return (
+            max((p.input for p in prices), default=0.0),
+            max((p.output for p in prices), default=0.0),
+            max((p.per_request for p in prices), default=0.0),
+        )
+
     def lookup(self, model: str) -> Price | None:
         """Exact name, else the name without a ``models/`` prefix or a date/version suffix."""
         name = model.removeprefix("models/")

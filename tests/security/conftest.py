@@ -27,3 +27,6 @@ async def redis(request: pytest.FixtureRequest) -> AsyncIterator[aioredis.Redis]
 @pytest.fixture
 def namespace() -> str:
     return f"s{uuid.uuid4().hex[:10]}"
+
+
+from tests.gateway.conftest import make_gateway  # noqa: E402, F401  (the gateway factory fixture)

@@ -191,5 +191,5 @@ async def test_spend_counts_each_event_once_and_concurrently(
     await asyncio.gather(*(budgets.add_spend("t", 0.001, day, f"e{i}") for i in range(50)))
     await asyncio.gather(*(budgets.add_spend("t", 0.001, day, f"e{i}") for i in range(50)))
     assert await budgets.spent("t", day) == pytest.approx(0.05)
-    ttl = await redis.ttl(f"{namespace}:{{budget:t:{day}}}:spent")
+    ttl = await redis.ttl(f"{namespace}:{{budget:t}}:{day}:spent")
     assert 0 < ttl <= 2 * 86_400 + 3600

@@ -32,8 +32,8 @@ SECRET = "whsec-test-0123456789"
 
 
 class Counting:
-    """Echoes the prompt (``params.big``: a result that many bytes long), costs
-    ``params.cost`` USD (default 0.01), counts its calls."""
+    """Echoes the prompt (``params.x_big``: a result that many bytes long), costs
+    ``params.x_cost`` USD (default 0.01), counts its calls."""
 
     chains: ClassVar[dict[str, list[str]]] = {"text": ["echo"], "chat": ["echo"], "image": ["echo"]}
 
@@ -43,15 +43,15 @@ class Counting:
     async def process(self, request: ProviderRequest, sink: ProgressSink) -> ProviderResult:
         self.calls += 1
         text = request.prompt or request.messages[-1].content
-        if request.params.get("big"):
-            text = (text + " ") * (int(request.params["big"]) // (len(text) + 1) + 1)
+        if request.params.get("x_big"):
+            text = (text + " ") * (int(request.params["x_big"]) // (len(text) + 1) + 1)
         return ProviderResult(
             provider="echo",
             model="echo-1",
             text=text,
             usage=Usage(input_tokens=3, output_tokens=3),
             finish_reason="stop",
-            cost_usd=float(request.params.get("cost", 0.01)),
+            cost_usd=float(request.params.get("x_cost", 0.01)),
         )
 
     async def aclose(self) -> None:
@@ -217,7 +217,7 @@ async def test_large_result_is_stored_out_of_line_and_loaded_on_read(
     """A result over the offload size leaves the event small; ``get`` loads the text."""
     client = make(result_offload_bytes=1024)
     workers.start(client, Counting())
-    task_id = await client.submit("abc", params={"big": 5000})
+    task_id = await client.submit("abc", params={"x_big": 5000})
     event = await finish(client, task_id)
     assert event.data.result.text is None and event.data.result.ref.size > 5000
     view = await client.get(task_id)
@@ -240,12 +240,12 @@ async def test_ops_counts_spend_once_and_budget_then_rejects(
     """Succeeded costs reach the tenant's spend exactly once, even when the log is re-read."""
     client = make(budgets='{"tenants": {"acme": 0.025}}')
     workers.start(client, Counting())
-    for _ in range(3):
-        await finish(client, await client.submit("x", tenant="acme", params={"cost": 0.01}))
     ops = Ops(client)
     await ops.load()
-    while await ops.step():
-        pass
+    for _ in range(3):  # each settled before the next: its reservation is given back
+        await finish(client, await client.submit("x", tenant="acme", params={"x_cost": 0.01}))
+        while await ops.step():
+            pass
     ops.cursors = dict.fromkeys(ops.cursors, "0-0")  # as after a lost checkpoint
     while await ops.step():
         pass
