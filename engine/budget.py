@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import redis.asyncio as aioredis
 
-from engine.errors import ConfigError, EngineError
+from engine.errors import BudgetConfigError, BudgetExceeded
 from engine.store import translate_errors
 
 MICRO = 1_000_000
@@ -37,24 +37,6 @@ local total = redis.call('INCRBY', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 return {1, total}
 """
-
-
-class BudgetExceeded(EngineError):
-    """The tenant has spent its budget for the UTC day; submits are refused until it resets."""
-
-    def __init__(self, tenant: str, spent_usd: float, budget_usd: float, resets_at: str) -> None:
-        super().__init__(
-            f"budget exceeded: tenant {tenant!r} spent ${spent_usd:.4f} of its "
-            f"${budget_usd:.2f} daily budget; it resets at {resets_at}"
-        )
-        self.tenant = tenant
-        self.spent_usd = spent_usd
-        self.budget_usd = budget_usd
-        self.resets_at = resets_at
-
-
-class BudgetConfigError(ConfigError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,13 +25,13 @@ import redis.asyncio as aioredis
 
 from engine import redaction
 from engine.budget import Budgets
-from engine.errors import InvalidTask
+from engine.errors import InvalidTask, TemplateError
 from engine.events import ChatMessageIn
 from engine.policy import LiveConfig
 from engine.sanitize import Limits, clean_request
 from engine.settings import Settings
 from engine.task import TaskSpec
-from engine.templates import TemplateError, TemplateStore
+from engine.templates import TemplateStore
 from engine.webhooks import UrlPolicy, validate_callback_url
 
 TEMPLATE_PARAMS = ("template", "template_version", "variables")

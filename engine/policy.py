@@ -20,8 +20,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine.budget import BudgetConfig, BudgetConfigError, parse_config
-from engine.errors import ConfigError, EngineError
+from engine.budget import BudgetConfig, parse_config
+from engine.errors import BudgetConfigError, ConfigError, EngineError
 from engine.keys import config_key
 from engine.redaction import Mode, PiiPolicies, TenantPolicy
 from engine.settings import Settings

@@ -7,10 +7,15 @@ adapter boundary and chained with ``raise … from exc``; nothing else leaves ``
     │   ├── ProviderTimeout       connect/read timeout, stalled stream       (linear backoff)
     │   ├── NetworkError          connection reset/refused, cut stream, malformed chunk
     │   └── Overloaded            Anthropic 529, 503
-    └── FatalError                never retried, never falls back
-        ├── InvalidRequest        the request itself is wrong
-        ├── InsufficientCredits   quota or billing exhausted
-        └── AuthFailed            401/403: the key is bad (key rotation acts on this)
+    ├── FatalError                never retried, never falls back
+    │   ├── InvalidRequest        the request itself is wrong
+    │   ├── InsufficientCredits   quota or billing exhausted
+    │   └── AuthFailed            401/403: the key is bad (key rotation acts on this)
+    │       └── NoUsableKey       every key of the provider was rejected (or none is set)
+    ├── SecretsError              a key source is malformed (names file and line, never content)
+    └── SandboxError              inside the provider sandbox only, never from a real call
+        ├── BadInput              the sandbox answers the request as invalid
+        └── Abort                 the sandbox drops the connection / resets the stream
 
 Messages never contain API keys: adapters build them from status codes and provider error
 bodies, never from request headers.
@@ -77,6 +82,29 @@ class InsufficientCredits(FatalError):
 
 class AuthFailed(FatalError):
     """The credentials were rejected."""
+
+
+class NoUsableKey(AuthFailed):
+    """Every key of the provider has been rejected (or none is configured)."""
+
+
+class SecretsError(ProviderError):
+    """A key source is malformed; the message names the file and line, never the content."""
+
+
+class SandboxError(ProviderError):
+    """Control flow of the provider sandbox (``providers.sandbox``), never from a real call."""
+
+    def __init__(self, message: str = "sandbox: request aborted") -> None:
+        super().__init__(message, provider="sandbox")
+
+
+class BadInput(SandboxError):
+    """The sandbox answers the request as invalid (the provider's 400)."""
+
+
+class Abort(SandboxError):
+    """Drop the connection (HTTP/1.1) or reset the stream (HTTP/2)."""
 
 
 ERROR_CLASSES: dict[str, type[ProviderError]] = {

@@ -30,7 +30,7 @@ from pydantic import SecretStr
 
 from providers.adapters.base import KEY_IN_USE, Reply
 from providers.config import PROVIDERS, SECRET_FILES, ProviderSettings
-from providers.errors import AuthFailed, ProviderError
+from providers.errors import AuthFailed, NoUsableKey, SecretsError
 from providers.router import Adapter
 from providers.types import ProgressSink, ProviderRequest
 
@@ -40,14 +40,6 @@ T = TypeVar("T")
 
 MAX_KEYS_PER_PROVIDER = 32
 MAX_SECRET_FILE_BYTES = 64 * 1024
-
-
-class SecretsError(ProviderError):
-    """A key source is malformed; the message names the file and line, never the content."""
-
-
-class NoUsableKey(AuthFailed):
-    """Every key of the provider has been rejected (or none is configured)."""
 
 
 @dataclass(frozen=True, slots=True)
