@@ -13,7 +13,10 @@ EngineError
 ├── BudgetExceeded       the tenant has spent its daily budget; submits wait for the reset
 ├── TaskNotFound
 ├── MalformedTask        a task record is missing or unreadable (the worker dead-letters it)
-├── RedisUnavailable     cannot reach Redis (message says where, never a password)
+├── RedisUnavailable     cannot reach Redis, or it refuses for now (failover, resharding);
+│                        the message says where, never a password
+├── RedisCommandError    Redis refused a command (WRONGTYPE, a script error, …); a bug or
+│                        foreign data under our keys, not worth retrying
 ├── ConfigError          bad settings or a deployment mismatch (e.g. partition count)
 │   └── BudgetConfigError  a budget configuration field is invalid (names the field)
 └── EventDecodeError     an event the code cannot read
@@ -127,6 +130,10 @@ class MalformedTask(EngineError):
 
 class RedisUnavailable(EngineError):
     pass
+
+
+class RedisCommandError(EngineError):
+    """Redis refused a command for good; chained (``from``) to redis-py's error."""
 
 
 class ConfigError(EngineError):
