@@ -1,5 +1,5 @@
-"""Provider error taxonomy. Foreign errors (httpx, SDK bodies) are translated into these at the
-adapter boundary and chained with ``raise … from exc``; nothing else leaves ``providers/``.
+"""Provider error taxonomy. Foreign errors (httpx, h2, SDK bodies) are translated into these at
+the adapter boundary and chained with ``raise … from exc``; nothing else leaves ``providers/``.
 
     ProviderError
     ├── RetryableError            the engine retries (and the router falls back)
