@@ -3,7 +3,10 @@ surface as ``EngineError``s chained (``from``) to the redis error."""
 
 from __future__ import annotations
 
+import ast
+import re
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -92,3 +95,36 @@ def test_other_cluster_client_errors_are_engine_errors() -> None:
     with pytest.raises(RedisCommandError) as info, translate_errors():
         raise error
     assert info.value.__cause__ is error
+
+
+def _unguarded_redis_calls(path: Path) -> list[str]:
+    """``file:line: call`` of every awaited Redis call not inside ``with translate_errors()``."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+    found = []
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Await) and isinstance(node.value, ast.Call)):
+            continue
+        call = ast.unparse(node.value.func)
+        if not re.search(r"(^|\.)redis\.|^pipe\.|_scripts\[", call):
+            continue
+        up: ast.AST = node
+        while up in parents:
+            up = parents[up]
+            if isinstance(up, ast.With) and any(
+                "translate_errors" in ast.unparse(item.context_expr) for item in up.items
+            ):
+                break
+        else:
+            found.append(f"{path.name}:{node.lineno}: {call}")
+    return found
+
+
+def test_every_redis_call_of_the_store_and_client_is_translated() -> None:
+    """Each awaited Redis call in engine/store.py and engine/client.py runs under
+    translate_errors, so a new call cannot let a redis exception escape."""
+    engine = Path(__file__).resolve().parents[2] / "engine"
+    found = _unguarded_redis_calls(engine / "store.py") + _unguarded_redis_calls(
+        engine / "client.py"
+    )
+    assert found == []
