@@ -3,9 +3,12 @@ transport raises reaches the caller as a ``ProviderError`` chained (``from``) to
 
 from __future__ import annotations
 
+import socket
+
 import h2.exceptions
 import httpx
 import pytest
+from redis.asyncio.cluster import RedisCluster
 
 from providers.config import ProviderSettings
 from providers.errors import InvalidRequest, NetworkError, ProviderError
@@ -67,3 +70,20 @@ async def test_transport_exceptions_become_network_errors(
         await router.aclose()
     assert isinstance(info.value, NetworkError)
     assert info.value.__cause__ is raised
+
+
+async def test_an_unreachable_cluster_redis_fails_open(settings: ProviderSettings) -> None:
+    """With its Redis Cluster unreachable (redis-py raises RedisClusterException, which is no
+    RedisError) the breaker and the rate limiter fail open as they do for a lost standalone
+    Redis: the call succeeds and no redis exception leaves the router."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed once the block ends: nothing listens there
+    cluster = RedisCluster(host="127.0.0.1", port=port)
+    router = build_router(cluster, settings)  # type: ignore[arg-type]
+    try:
+        result = await router.process(_request("text", provider="openai"), RecordingSink())
+    finally:
+        await router.aclose()
+        await cluster.aclose()
+    assert result.text
