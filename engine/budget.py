@@ -27,7 +27,7 @@ from importlib import resources
 
 import redis.asyncio as aioredis
 
-from engine.errors import ConfigError, EngineError
+from engine.errors import BudgetConfigError, BudgetExceeded
 from engine.keys import budget_keys
 from engine.store import translate_errors
 from providers.pricing import PER_MILLION, PriceTable
@@ -36,13 +36,6 @@ MICRO = 1_000_000
 KEY_TTL_S = 2 * 86_400 + 3600
 CHARS_PER_TOKEN = 3  # a generous input-token estimate (English runs ~4, Japanese ~1-2)
 TOKENS_PER_MESSAGE = 8
-
-
-def money(usd: float) -> str:
-    """``$0.05``, ``$0.0005``: cents, or as many places as a small amount needs."""
-    if usd == 0 or abs(usd) >= 0.01:
-        return f"${usd:.2f}"
-    return "$" + f"{usd:.8f}".rstrip("0")
 
 
 def _script(name: str) -> str:
@@ -68,33 +61,6 @@ def estimate_usd(texts: list[str], model: str | None, max_tokens: int) -> float 
         inp, out, per = table.max_price()
     tokens_in = sum(len(t.encode()) // CHARS_PER_TOKEN + TOKENS_PER_MESSAGE for t in texts)
     return (tokens_in * inp + max_tokens * out) / PER_MILLION + per
-
-
-class BudgetExceeded(EngineError):
-    """The tenant has spent its budget for the UTC day; submits are refused until it resets."""
-
-    def __init__(
-        self,
-        tenant: str,
-        spent_usd: float,
-        budget_usd: float,
-        resets_at: str,
-        held_usd: float = 0.0,
-    ) -> None:
-        super().__init__(
-            f"budget exceeded: tenant {tenant!r} spent {money(spent_usd)} (and has "
-            f"{money(held_usd)} reserved by tasks in flight) of its {money(budget_usd)} daily "
-            f"budget; it resets at {resets_at}"
-        )
-        self.tenant = tenant
-        self.spent_usd = spent_usd
-        self.budget_usd = budget_usd
-        self.held_usd = held_usd
-        self.resets_at = resets_at
-
-
-class BudgetConfigError(ConfigError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)

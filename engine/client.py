@@ -101,7 +101,8 @@ class Client:
         for task in list(self._flushers.values()):
             await task
         await self.intake.aclose()
-        await self.store.redis.aclose()
+        with translate_errors():
+            await self.store.redis.aclose()
 
     async def __aenter__(self) -> Client:
         return self

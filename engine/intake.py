@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 
 from engine import redaction
 from engine.budget import Budgets, estimate_usd
-from engine.errors import InvalidTask
+from engine.errors import InvalidTask, PiiBlocked, TemplateError
 from engine.events import ChatMessageIn
 from engine.params import EXTENSION_PREFIX
 from engine.pii import detect
@@ -38,7 +38,7 @@ from engine.policy import LiveConfig
 from engine.sanitize import Limits, clean_request
 from engine.settings import Settings
 from engine.task import TaskSpec, check_sizes
-from engine.templates import TemplateError, TemplateStore
+from engine.templates import TemplateStore
 from engine.webhooks import UrlPolicy, validate_callback_url
 
 TEMPLATE_PARAMS = ("template", "template_version", "variables")
@@ -102,8 +102,8 @@ class Intake:
             screened = redaction.screen(
                 [*cleaned, *(t for _, t in fields)] if fields else cleaned, policy
             )
-        except redaction.PiiBlocked as exc:
-            raise redaction.PiiBlocked(exc.categories, _blocked_field(cleaned, fields)) from None
+        except PiiBlocked as exc:
+            raise PiiBlocked(exc.categories, _blocked_field(cleaned, fields)) from None
         n = len(cleaned)
         if list(screened.texts[:n]) != texts:
             update["input"] = _rebuild(update.get("input", spec.input), screened.texts[:n])

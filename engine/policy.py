@@ -27,8 +27,8 @@ import orjson
 import redis.asyncio as aioredis
 from pydantic import TypeAdapter, ValidationError
 
-from engine.budget import BudgetConfig, BudgetConfigError, parse_config
-from engine.errors import ConfigError, EngineError
+from engine.budget import BudgetConfig, parse_config
+from engine.errors import BudgetConfigError, ConfigError, EngineError
 from engine.keys import config_key, meta_key
 from engine.redaction import Mode, PiiPolicies, TenantPolicy
 from engine.settings import DEPLOYMENT_LIMITS, Settings

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from engine.errors import InvalidTask
+from engine.errors import PiiBlocked
 from engine.pii import SHADOW, Category, detect, may_hold_pii
 
 
@@ -23,18 +23,6 @@ class Mode(StrEnum):
     REDACT = "redact"
     BLOCK = "block"
     OFF = "off"
-
-
-class PiiBlocked(InvalidTask):
-    """The tenant's policy is ``block`` and the input holds personal data. Names the
-    categories found, never the values."""
-
-    def __init__(self, categories: Iterable[Category], field: str = "input") -> None:
-        self.categories = tuple(sorted(set(categories)))
-        names = ", ".join(c.value for c in self.categories)
-        super().__init__(
-            field, f"contains personal data ({names}); the tenant's PII policy is 'block'"
-        )
 
 
 # --- redaction and restore -------------------------------------------------------------------

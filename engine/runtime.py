@@ -71,8 +71,8 @@ def make_processor(
     if settings.provider == "scripted":
         return ScriptedProvider()
     from providers.config import ProviderSettings  # noqa: PLC0415 - httpx only when used
+    from providers.errors import SecretsError  # noqa: PLC0415
     from providers.factory import build_processor  # noqa: PLC0415
-    from providers.keyring import SecretsError  # noqa: PLC0415
 
     try:
         provider_settings = ProviderSettings()

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from engine.errors import InvalidTask
+from engine.errors import InvalidTask, ResultGone
 from engine.store import translate_errors
 
 _KEEP = frozenset("\n\t")
@@ -97,11 +97,6 @@ class ResultRef:
 
     def as_dict(self) -> dict[str, object]:
         return {"key": self.key, "size": self.size, "sha256": self.sha256}
-
-
-class ResultGone(InvalidTask):
-    def __init__(self, key: str) -> None:
-        super().__init__("result", f"the stored result {key} has expired or was removed")
 
 
 def blob_key(hash_tag_prefix: str, task_id: str, attempt: int) -> str:

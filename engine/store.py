@@ -1,10 +1,14 @@
 """The engine's only door to Redis: Lua scripts for every state change, plain reads for the rest.
-Redis errors are translated here into ``RedisUnavailable``; no ``redis.*`` exception escapes.
+Redis errors are translated here (``translate_errors``) and chained: a lost connection or a
+refusal that passes (READONLY after a failover, CLUSTERDOWN, TRYAGAIN) into
+``RedisUnavailable``, any other refusal (WRONGTYPE, a script error) into ``RedisCommandError``;
+no ``redis.*`` exception escapes.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -13,9 +17,18 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import (
+    ClusterDownError,
+    ReadOnlyError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    RedisError,
+    ResponseError,
+    SlotNotCoveredError,
+    TryAgainError,
+)
 
-from engine.errors import ConfigError, RedisUnavailable
+from engine.errors import ConfigError, RedisCommandError, RedisUnavailable
 from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, config_key, meta_key
 from engine.settings import DEPLOYMENT_LIMITS, Settings
 
@@ -33,13 +46,29 @@ def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+# refusals that a failover or a resharding ends: as good as unreachable for now
+_PASSING = (
+    ReadOnlyError,
+    ClusterDownError,
+    TryAgainError,
+    SlotNotCoveredError,
+    RedisClusterUnreachableError,
+)
+# redis-py prefixes a pipeline's error with the command and its arguments: keep only Redis' words
+_PIPELINE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.DOTALL)
+
+
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn redis-py connection failures into ``RedisUnavailable`` (chained)."""
+    """Turn every redis-py exception into an ``EngineError`` chained to it: ``RedisUnavailable``
+    for lost connections and passing refusals, ``RedisCommandError`` for the rest."""
     try:
         yield
-    except ResponseError:
-        raise
+    except _PASSING as exc:
+        raise RedisUnavailable(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
+    except (ResponseError, RedisClusterException) as exc:
+        said = _PIPELINE.sub("", str(exc))
+        raise RedisCommandError(f"Redis refused a command: {said}") from exc
     except (RedisError, OSError) as exc:
         raise RedisUnavailable(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from engine.errors import InvalidTask
+from engine.errors import ExtraVariables, MissingVariables, TemplateError, TemplateNotFound
 from engine.store import translate_errors
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -35,31 +35,6 @@ local v = redis.call('HINCRBY', KEYS[1], 'latest', 1)
 redis.call('HSET', KEYS[1], tostring(v), ARGV[1])
 return v
 """
-
-
-class TemplateError(InvalidTask):
-    def __init__(self, message: str, field: str = "params.template") -> None:
-        super().__init__(field, message)
-
-
-class TemplateNotFound(TemplateError):
-    pass
-
-
-class MissingVariables(TemplateError):
-    def __init__(self, name: str, version: int, missing: list[str]) -> None:
-        super().__init__(
-            f"template {name!r} v{version} needs variables {missing}", "params.variables"
-        )
-        self.missing = missing
-
-
-class ExtraVariables(TemplateError):
-    def __init__(self, name: str, version: int, extra: list[str]) -> None:
-        super().__init__(
-            f"template {name!r} v{version} has no variables {extra}", "params.variables"
-        )
-        self.extra = extra
 
 
 @dataclass(frozen=True, slots=True)

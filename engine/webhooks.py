@@ -29,7 +29,7 @@ import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, SecretStr
 
-from engine.errors import InvalidTask
+from engine.errors import BadCallbackUrl
 
 SIGNATURE_HEADER = "X-AIIS-Signature"
 METADATA_HOSTS = frozenset({"metadata.google.internal", "metadata.goog", "metadata"})
@@ -43,13 +43,6 @@ PRIVATE = tuple(
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7")
 )
 MAX_URL_LENGTH = 2048
-
-
-class BadCallbackUrl(InvalidTask):
-    """The callback URL is not allowed; the message says why."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__("callback_url", reason)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,7 +22,7 @@ import time
 import orjson
 
 from engine.autoscale import InFlightLimit
-from engine.errors import RedisUnavailable
+from engine.errors import MalformedTask, RedisUnavailable
 from engine.keys import PRIORITIES
 from engine.outbox import Outbox, Running, Sink, error_data, succeeded_data
 from engine.results import Results
@@ -209,7 +209,7 @@ class Worker:
         deadline_ms = int(run.record.get("deadline") or now_ms + 1)
         try:
             if "input" not in run.record or "tenant" not in run.record:
-                raise _Malformed("task record is missing or unreadable")
+                raise MalformedTask("task record is missing or unreadable")
             if now_ms >= deadline_ms:
                 raise TimeoutError
             request = self._request(run)
@@ -232,7 +232,7 @@ class Worker:
             return
         except TimeoutError:
             self._fail(run, "DeadlineExceeded", "the task's deadline passed")
-        except _Malformed as exc:
+        except MalformedTask as exc:
             self._dead(run, "malformed", "Malformed", str(exc))
         except ProviderError as exc:
             run.provider = exc.provider
@@ -367,7 +367,3 @@ class Worker:
                     log.info("reclaimed %d idle tasks from %s", len(got.started), priority)
                     self.stats["reclaimed"] += len(got.started)
                 self._launch(p, got.started)
-
-
-class _Malformed(Exception):
-    pass

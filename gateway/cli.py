@@ -10,10 +10,10 @@ from typing import Any
 
 from engine.settings import Settings
 from gateway.auth import hash_token
-from gateway.errors import GatewayConfigError
+from gateway.errors import GatewayConfigError, WatchError
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings
-from gateway.watch import Watcher, WatchError
+from gateway.watch import Watcher
 
 COMMANDS = ("gateway", "watch", "token")
 

@@ -2,7 +2,8 @@
 
 GatewayError
 ├── GatewayConfigError   bad token configuration, or no tokens on a non-loopback address
-└── ProtocolError        a client request cannot be served; ``code`` goes on the wire
+├── ProtocolError        a client request cannot be served; ``code`` goes on the wire
+└── WatchError           ``aiis watch`` cannot follow the gateway (refused, closed, gave up)
 """
 
 from __future__ import annotations
@@ -27,3 +28,7 @@ class ProtocolError(GatewayError):
         self.message = message
         self.status = status
         self.extra = extra
+
+
+class WatchError(GatewayError):
+    """``aiis watch`` lost the gateway for good; the message says why."""

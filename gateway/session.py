@@ -15,13 +15,19 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from engine.audit import Action
-from engine.budget import BudgetExceeded
-from engine.errors import EngineError, InvalidTask, QueueFull, RedisUnavailable, TaskNotFound
-from engine.redaction import PiiBlocked
+from engine.errors import (
+    BadCallbackUrl,
+    BudgetExceeded,
+    EngineError,
+    InvalidTask,
+    PiiBlocked,
+    QueueFull,
+    RedisUnavailable,
+    TaskNotFound,
+    TemplateError,
+)
 from engine.sanitize import Limits
 from engine.task import validate_task
-from engine.templates import TemplateError
-from engine.webhooks import BadCallbackUrl
 from gateway import protocol, since
 from gateway.auth import Principal
 from gateway.context import Context

@@ -12,8 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from redis.exceptions import ResponseError
-
+from engine.errors import RedisCommandError
 from engine.keys import partition_of
 from engine.store import StateWord, Store, id_before, translate_errors
 from gateway.errors import ProtocolError
@@ -33,7 +32,7 @@ async def _log_bounds(store: Store, partition: int) -> tuple[str | None, str, st
     try:
         with translate_errors():
             info: dict[str, Any] = await store.redis.xinfo_stream(key)
-    except ResponseError:  # no such key: nothing was ever written
+    except RedisCommandError:  # no such key: nothing was ever written
         return None, "0-0", None
 
     def text(value: Any) -> str:

@@ -12,13 +12,10 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from engine.events import TERMINAL_EVENTS
+from gateway.errors import WatchError
 
 RESUMABLE = {1001, 1006, 1011, 1012, 1013}
 MAX_RECONNECTS = 20
-
-
-class WatchError(Exception):
-    pass
 
 
 def describe(env: dict[str, Any]) -> str:

@@ -31,7 +31,7 @@ from purgatory import AsyncAbstractUnitOfWork, AsyncCircuitBreakerFactory
 from purgatory.domain.model import Context, OpenedState
 from purgatory.service._async.repository import AsyncAbstractRepository
 from purgatory.typing import StateName
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from providers import keys
 from providers.errors import PROVIDER_FAILURES, CircuitOpen, InvalidRequest
@@ -262,7 +262,7 @@ class Breakers:
         try:
             try:
                 breaker = await self.factory.get_breaker(provider, exclude=[InvalidRequest])
-            except RedisError as exc:
+            except (RedisError, RedisClusterException) as exc:
                 # fail open: an unreachable breaker store must not stop healthy traffic
                 log.warning(
                     "%s: circuit state unavailable (%s); calling without breaker",
@@ -301,7 +301,7 @@ class Breakers:
         try:
             while breaker.context.messages:
                 await breaker.messagebus.handle(breaker.context.messages.pop(0), breaker.uow)
-        except RedisError:
+        except (RedisError, RedisClusterException):
             # the call's own outcome matters more than one lost breaker update
             return
 

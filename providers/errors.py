@@ -1,5 +1,5 @@
-"""Provider error taxonomy. Foreign errors (httpx, SDK bodies) are translated into these at the
-adapter boundary and chained with ``raise … from exc``; nothing else leaves ``providers/``.
+"""Provider error taxonomy. Foreign errors (httpx, h2, SDK bodies) are translated into these at
+the adapter boundary and chained with ``raise … from exc``; nothing else leaves ``providers/``.
 
     ProviderError
     ├── RetryableError            the engine retries (and the router falls back)
@@ -8,13 +8,19 @@ adapter boundary and chained with ``raise … from exc``; nothing else leaves ``
     │   ├── NetworkError          connection reset/refused, cut stream, malformed chunk
     │   └── Overloaded            Anthropic 529, 503
     │       └── CircuitOpen       not called: the provider's breaker is open (class "Overloaded")
-    └── FatalError                never retried, never falls back
-        ├── InvalidRequest        the request itself is wrong
-        ├── InsufficientCredits   quota or billing exhausted
-        ├── AuthFailed            401/403: the key is bad (key rotation acts on this)
-        └── OwnFailure            our own code failed inside an adapter (a bug, a value we could
-                                  not encode): not the provider's failure; never retried, never
-                                  counted by a breaker or as a provider call
+    ├── FatalError                never retried, never falls back
+    │   ├── InvalidRequest        the request itself is wrong
+    │   ├── InsufficientCredits   quota or billing exhausted
+    │   ├── AuthFailed            401/403: the key is bad (key rotation acts on this)
+    │   │   ├── NoUsableKey       every key of the provider was rejected (or none is set)
+    │   │   └── KeyRejected       rejected but only suspect so far: retried (docs/security.md)
+    │   └── OwnFailure            our own code failed inside an adapter (a bug, a value we could
+    │                             not encode): not the provider's failure; never retried, never
+    │                             counted by a breaker or as a provider call
+    ├── SecretsError              a key source is malformed (names file and line, never content)
+    └── SandboxError              inside the provider sandbox only, never from a real call
+        ├── BadInput              the sandbox answers the request as invalid
+        └── Abort                 the sandbox drops the connection / resets the stream
 
 Only the provider's own failures — ``PROVIDER_FAILURES``: 5xx/overload, timeouts, network —
 count toward its circuit breaker; its pacing (429) and our own errors never do.
@@ -112,6 +118,37 @@ class OwnFailure(FatalError):
 
 PROVIDER_FAILURES: tuple[type[ProviderError], ...] = (ProviderTimeout, NetworkError, Overloaded)
 """What counts toward a provider's circuit breaker (``CircuitOpen`` is never raised by a call)."""
+
+
+class NoUsableKey(AuthFailed):
+    """Every key of the provider has been rejected (or none is configured); nothing was sent."""
+
+    sent = False
+
+
+class KeyRejected(AuthFailed):
+    """The key was rejected, but not yet confirmed bad (see providers.keyring): retried."""
+
+    retryable = True
+
+
+class SecretsError(ProviderError):
+    """A key source is malformed; the message names the file and line, never the content."""
+
+
+class SandboxError(ProviderError):
+    """Control flow of the provider sandbox (``providers.sandbox``), never from a real call."""
+
+    def __init__(self, message: str = "sandbox: request aborted") -> None:
+        super().__init__(message, provider="sandbox")
+
+
+class BadInput(SandboxError):
+    """The sandbox answers the request as invalid (the provider's 400)."""
+
+
+class Abort(SandboxError):
+    """Drop the connection (HTTP/1.1) or reset the stream (HTTP/2)."""
 
 
 ERROR_CLASSES: dict[str, type[ProviderError]] = {

@@ -38,11 +38,10 @@ from typing import Literal, TypeVar
 from pydantic import SecretStr
 
 from providers.adapters.base import KEY_IN_USE, Reply
-from providers.errors import AuthFailed
+from providers.errors import AuthFailed, KeyRejected, NoUsableKey, SecretsError
 from providers.keysources import (
     MAX_KEYS_PER_PROVIDER,
     KeySets,
-    SecretsError,
     default_loader,
     dir_keys,
     env_keys,
@@ -73,18 +72,6 @@ __all__ = [  # the sources' names stay importable from here (providers.keysource
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-class NoUsableKey(AuthFailed):
-    """Every key of the provider has been rejected (or none is configured); nothing was sent."""
-
-    sent = False
-
-
-class KeyRejected(AuthFailed):
-    """The key was rejected, but not yet confirmed bad (see the module docstring): retried."""
-
-    retryable = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,14 +13,10 @@ from pathlib import Path
 from pydantic import SecretStr
 
 from providers.config import PROVIDERS, SECRET_FILES, ProviderSettings
-from providers.errors import ProviderError
+from providers.errors import SecretsError
 
 MAX_KEYS_PER_PROVIDER = 32
 MAX_SECRET_FILE_BYTES = 64 * 1024
-
-
-class SecretsError(ProviderError):
-    """A key source is malformed; the message names the file and line, never the content."""
 
 
 KeySets = dict[str, tuple[SecretStr, ...]]

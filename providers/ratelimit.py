@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from providers import keys
 from providers.errors import RateLimited
@@ -174,7 +174,7 @@ class RateLimiter:
                 ],
                 args=args,
             )
-        except RedisError:
+        except (RedisError, RedisClusterException):
             waits = [0] * len(batch)  # our limiter down must not stop traffic; providers 429
         except BaseException:
             for _, _, answer in batch:  # cancelled at shutdown: let the callers through
@@ -199,7 +199,7 @@ class RateLimiter:
             return
         try:
             await self._block(keys=[keys.blocked(self.prefix, provider)], args=[until_ms, now])
-        except RedisError:
+        except (RedisError, RedisClusterException):
             return
 
 

@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Never
 import grpc
 
 from engine.audit import Action, AuditLog
-from engine.budget import BudgetExceeded
 from engine.client import Client
 from engine.errors import (
+    BudgetExceeded,
     ConfigError,
     EngineError,
     InvalidTask,

@@ -10,11 +10,12 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
+import h2.exceptions
 import httpx
 from pydantic import SecretStr
 
 from providers.config import ProviderConfig, ProviderSettings
-from providers.errors import NetworkError, ProviderError, ProviderTimeout
+from providers.errors import InvalidRequest, NetworkError, ProviderError, ProviderTimeout
 from providers.headers import exhausted_until, provider_hint
 from providers.types import ChatMessage, ProgressSink, ProviderRequest, ProviderResult
 from providers.wire import ClientPool, redact, remaining, transport_error
@@ -112,7 +113,12 @@ class HttpAdapter:
             raise ProviderTimeout(
                 f"{self.name}: no complete answer within {budget:.1f}s", provider=self.name
             ) from exc
-        except (httpx.HTTPError, OSError) as exc:
+        except httpx.InvalidURL as exc:  # e.g. a pinned model no URL can hold: retrying won't help
+            raise InvalidRequest(
+                f"{self.name}: the request makes an invalid URL", provider=self.name
+            ) from exc
+        except (httpx.HTTPError, httpx.StreamError, h2.exceptions.H2Error, OSError) as exc:
+            # h2's own exceptions too: the HTTP/2 transport may let one through
             raise transport_error(exc, self.name) from exc
         except (ValueError, KeyError, TypeError, IndexError, AttributeError) as exc:
             # a 2xx body of the wrong shape: the provider changed or the proxy is broken

@@ -7,9 +7,9 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from providers.errors import BadInput
 from providers.sandbox.common import (
     RETRY_S,
-    BadInput,
     Call,
     bearer,
     content,

@@ -16,13 +16,14 @@ from typing import Any, Protocol
 
 import orjson
 
+from providers.errors import Abort, BadInput
 from providers.sandbox.anthropic import Anthropic
-from providers.sandbox.common import BadInput, Call, json_response
+from providers.sandbox.common import Call, json_response
 from providers.sandbox.faults import FaultPlan
 from providers.sandbox.gemini import Gemini
 from providers.sandbox.images import Pexels, Unsplash
 from providers.sandbox.openai import OpenAI
-from providers.sandbox.server import Abort, Request, Response
+from providers.sandbox.server import Request, Response
 
 
 class Format(Protocol):

@@ -8,15 +8,12 @@ from typing import Any
 
 import orjson
 
+from providers.errors import BadInput
 from providers.sandbox.faults import MARKER, marker_numbers
 from providers.sandbox.server import Request, Response
 
 MAX_REPLY_WORDS = 24
 RETRY_S = 2  # what rate-limit faults ask the client to wait
-
-
-class BadInput(Exception):
-    """The request is malformed for this API (answered as the API's 400)."""
 
 
 def tokens(text: str) -> int:

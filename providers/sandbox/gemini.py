@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
+from providers.errors import BadInput
 from providers.sandbox.common import (
     RETRY_S,
-    BadInput,
     Call,
     content,
     json_response,

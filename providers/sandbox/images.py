@@ -7,7 +7,8 @@ import hashlib
 import time
 from typing import Any
 
-from providers.sandbox.common import RETRY_S, BadInput, Call, json_response
+from providers.errors import BadInput
+from providers.sandbox.common import RETRY_S, Call, json_response
 from providers.sandbox.server import Request, Response
 
 

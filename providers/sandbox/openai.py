@@ -6,9 +6,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from providers.errors import BadInput
 from providers.sandbox.common import (
     RETRY_S,
-    BadInput,
     Call,
     bearer,
     content,

@@ -24,6 +24,8 @@ import h2.exceptions
 import h2.settings
 import h11
 
+from providers.errors import Abort
+
 log = logging.getLogger(__name__)
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -39,10 +41,6 @@ def _reason(status: int) -> bytes:
         return HTTPStatus(status).phrase.encode()
     except ValueError:
         return b""
-
-
-class Abort(Exception):
-    """Drop the connection (HTTP/1.1) or reset the stream (HTTP/2) right now."""
 
 
 @dataclass(slots=True)

@@ -26,13 +26,8 @@ from engine.alerts import (
     Spend,
     Tick,
 )
-from engine.budget import (
-    BudgetConfig,
-    BudgetConfigError,
-    BudgetExceeded,
-    Budgets,
-    parse_config,
-)
+from engine.budget import BudgetConfig, Budgets, parse_config
+from engine.errors import BudgetConfigError, BudgetExceeded
 
 DAY_MS = 86_400_000
 T0 = 1_718_000_000_000 - 1_718_000_000_000 % DAY_MS  # midnight UTC

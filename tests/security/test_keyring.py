@@ -12,16 +12,14 @@ from pydantic import SecretStr
 
 from providers.adapters.base import Reply
 from providers.config import ProviderSettings
-from providers.errors import AuthFailed, RateLimited
+from providers.errors import AuthFailed, NoUsableKey, RateLimited, SecretsError
 from providers.keyring import (
     KEY_IN_USE,
     Key,
     KeyAlert,
     KeyRejected,
     Keyring,
-    NoUsableKey,
     RotatingAdapter,
-    SecretsError,
     default_loader,
     dir_keys,
     env_keys,

@@ -10,18 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engine.errors import InvalidTask
+from engine.errors import InvalidTask, PiiBlocked
 from engine.pii import SHADOW, Category, detect, iban_ok, luhn_ok, may_hold_pii, my_number_ok
-from engine.redaction import (
-    Mode,
-    PiiBlocked,
-    PiiPolicies,
-    Redactor,
-    TenantPolicy,
-    redact,
-    restore,
-    screen,
-)
+from engine.redaction import Mode, PiiPolicies, Redactor, TenantPolicy, redact, restore, screen
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "pii_corpus.jsonl"
 

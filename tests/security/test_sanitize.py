@@ -7,12 +7,11 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import InvalidTask
+from engine.errors import InvalidTask, ResultGone
 from engine.keys import PartitionKeys
 from engine.sanitize import (
     Limits,
     Offloader,
-    ResultGone,
     ResultRef,
     blob_key,
     clean_request,

@@ -5,16 +5,14 @@ from __future__ import annotations
 import pytest
 import redis.asyncio as aioredis
 
-from engine.errors import InvalidTask
-from engine.templates import (
+from engine.errors import (
     ExtraVariables,
+    InvalidTask,
     MissingVariables,
     TemplateError,
     TemplateNotFound,
-    TemplateStore,
-    parse,
-    render,
 )
+from engine.templates import TemplateStore, parse, render
 
 
 def test_render_fills_variables_once() -> None:

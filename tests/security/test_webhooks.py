@@ -11,10 +11,9 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from engine.errors import InvalidTask
+from engine.errors import BadCallbackUrl, InvalidTask
 from engine.webhooks import (
     SIGNATURE_HEADER,
-    BadCallbackUrl,
     DeliveryAttempt,
     DeliveryPolicy,
     UrlPolicy,

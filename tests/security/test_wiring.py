@@ -13,16 +13,20 @@ import orjson
 import pytest
 
 from engine.audit import AuditLog
-from engine.budget import BudgetExceeded
 from engine.client import Client
-from engine.errors import ConfigError, InvalidTask
+from engine.errors import (
+    BadCallbackUrl,
+    BudgetExceeded,
+    ConfigError,
+    InvalidTask,
+    MissingVariables,
+    PiiBlocked,
+)
 from engine.events import TERMINAL_EVENTS, TaskSucceeded
 from engine.keys import ops_key
 from engine.ops import Ops
 from engine.policy import set_config
-from engine.redaction import PiiBlocked
-from engine.templates import MissingVariables
-from engine.webhooks import BadCallbackUrl, verify_signature
+from engine.webhooks import verify_signature
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
 from tests.conftest import Workers, fast_settings
 
