@@ -36,7 +36,7 @@ from engine.events import (
 from engine.runtime import redis_url, run_loop, run_worker
 from engine.settings import Settings
 from engine.store import Store
-from engine.supervisor import Child, Pool, Supervisor
+from engine.supervisor import HEALTHY_S, Child, Pool, Supervisor
 
 
 def _client(settings: Settings) -> Client:
@@ -81,11 +81,56 @@ async def _check_redis(url: str, settings: Settings) -> None:
         await client.aclose()
 
 
-def _worker_children(n: int, concurrency: int | None, env: dict[str, str]) -> list[Child]:
-    argv = [sys.executable, "-m", "engine", "worker", "--processes", "1"]
+# `aiis serve` stops its children in this order: what takes work in, the workers (they drain
+# their calls), the sandbox they call, then the log's readers; the embedded Redis goes last.
+STAGE_OF = {"gateway": 0, "intake": 0, "worker": 1, "sandbox": 2, "projections": 3, "ops": 3}
+
+
+def _engine_argv(*args: str) -> list[str]:
+    """A supervised ``aiis`` child: a configuration error exits with EXIT_CONFIG, which stops
+    the supervisor instead of a restart loop."""
+    return [sys.executable, "-m", "engine", "--supervised", *args]
+
+
+def _worker_argv(concurrency: int | None) -> list[str]:
+    argv = _engine_argv("worker", "--processes", "1")
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    return [Child(f"worker-{i + 1}", argv, env) for i in range(n)]
+    return argv
+
+
+def _worker_children(n: int, concurrency: int | None, env: dict[str, str]) -> list[Child]:
+    argv = _worker_argv(concurrency)
+    return [Child(f"worker-{i + 1}", argv, env, stage=STAGE_OF["worker"]) for i in range(n)]
+
+
+class _RedisHealer:
+    """Restarts the embedded redis-server of ``aiis serve`` from its AOF when it dies; gives up
+    (one line, serve exits 1) when it dies again within HEALTHY_S of a restart."""
+
+    def __init__(self, embedded: EmbeddedRedis) -> None:
+        self.embedded = embedded
+        self.restarted_at: float | None = None
+
+    def __call__(self) -> str | None:
+        code = self.embedded.died()
+        if code is None:
+            return None
+        now = time.monotonic()
+        log_file = self.embedded.data_dir / "redis.log"
+        if self.restarted_at is not None and now - self.restarted_at < HEALTHY_S:
+            return f"embedded redis-server died again (exit {code}); see {log_file}"
+        print(
+            f"aiis: embedded redis-server exited with {code}; restarting it from its AOF",
+            file=sys.stderr,
+        )
+        try:
+            self.embedded.restart()
+        except EngineError as exc:
+            return f"embedded redis-server could not restart: {exc}"
+        self.restarted_at = time.monotonic()
+        print(f"aiis: embedded redis-server is back at {self.embedded.url}", file=sys.stderr)
+        return None
 
 
 def _wait_port(port: int, child: Child, timeout: float = 15.0) -> None:
@@ -133,6 +178,7 @@ def serve(
                 [sys.executable, "-m", "providers.sandbox", "--port", str(port)],
                 {**os.environ},
                 quiet=True,
+                stage=STAGE_OF["sandbox"],
             )
             children.append(sandbox)
             env["AIIS_SANDBOX_URL"] = f"http://127.0.0.1:{port}"
@@ -146,9 +192,13 @@ def serve(
             providers = settings.provider
         children += _worker_children(workers, concurrency, env)
         children += [
-            Child(name, [sys.executable, "-m", "engine", name], env) for name in components
+            Child(name, _engine_argv(name), env, stage=STAGE_OF.get(name, 0)) for name in components
         ]
-        supervisor = Supervisor(children, stop_timeout=settings.drain_timeout_s + 5)
+        supervisor = Supervisor(
+            children,
+            stop_timeout=settings.drain_timeout_s + 5,
+            tick=_RedisHealer(embedded) if embedded is not None else None,
+        )
         print(f"aiis serve: Redis {url} ({where})")
         print(f"aiis serve: providers: {providers}")
         print(
@@ -183,9 +233,7 @@ def autoscaled_workers(settings: Settings, spec: str, concurrency: int | None) -
     url = redis_url(settings)
     asyncio.run(_check_redis(url, settings))
     env = dict(os.environ)
-    argv = [sys.executable, "-m", "engine", "worker", "--processes", "1"]
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
+    argv = _worker_argv(concurrency)
     # RedisCluster offers the same commands the signal reader uses
     client = cast(
         redis.Redis,
