@@ -257,10 +257,19 @@ def autoscaled_workers(settings: Settings, spec: str, concurrency: int | None) -
 
 
 class _Printer:
-    """Renders a task's events on a terminal; streamed text is printed as it arrives."""
+    """Renders a task's events on a terminal; streamed text is printed as it arrives. A result
+    reads the same whether it streamed, came whole or from the cache: the text (or image URLs),
+    then one summary line."""
 
     def __init__(self) -> None:
-        self.streamed = False
+        self.streamed = False  # this attempt's text was shown as it arrived
+        self.midline = False  # streamed text left the cursor inside a line
+
+    def _line(self, text: str) -> None:
+        if self.midline:
+            print()
+            self.midline = False
+        print(text, flush=True)
 
     def __call__(self, event: Event) -> None:
         data = event.data
@@ -268,26 +277,26 @@ class _Printer:
             if data.delta:
                 self.streamed = True
                 print(data.delta, end="", flush=True)
+                self.midline = not data.delta.endswith("\n")
             if data.notice:
-                detail = orjson.dumps(data.detail).decode()
-                print(f"{chr(10) if self.streamed else ''}[{data.notice}] {detail}", flush=True)
+                self._line(f"[{data.notice}] {orjson.dumps(data.detail).decode()}")
             return
         if isinstance(data, TaskSucceededData):
-            print(
-                f"\n✔ succeeded  {data.provider}/{data.model}  tokens in/out "
-                f"{data.usage.input_tokens}/{data.usage.output_tokens}  "
+            if data.result.text is not None and not self.streamed:
+                self._line(data.result.text)
+            for image in data.result.images:
+                self._line(image.url)
+            self._line(
+                f"✔ succeeded{' (cached)' if data.cached else ''}  {data.provider}/{data.model}"
+                f"  tokens in/out {data.usage.input_tokens}/{data.usage.output_tokens}  "
                 f"cost ${data.cost_usd}  {data.latency_ms} ms"
             )
-            if data.result.text is not None and not self.streamed:
-                print(data.result.text)
-            for image in data.result.images:
-                print(image.url)
             return
         if isinstance(data, TaskRetryScheduledData | TaskRequeuedData | TaskStartedData):
             self.streamed = False  # a new attempt streams from the start
         summary = orjson.dumps(data.model_dump(mode="json")).decode()
         mark = "✘" if event.type in TERMINAL_EVENTS else "·"
-        print(f"{mark} {event.type} {summary}", flush=True)
+        self._line(f"{mark} {event.type} {summary}")
 
 
 async def submit(settings: Settings, args: argparse.Namespace) -> int:
