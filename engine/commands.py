@@ -10,7 +10,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import cast
 
@@ -144,6 +144,23 @@ def _wait_port(port: int, child: Child, timeout: float = 15.0) -> None:
     raise ConfigError(f"{child.name} did not start listening on port {port}")
 
 
+# our client-side provider limits (providers/config.py), sized for real provider tiers
+PROVIDER_RATE_LIMITS = tuple(
+    f"AIIS_{name}"
+    for name in (
+        "GEMINI_RPM", "GEMINI_TPM", "OPENAI_RPM", "OPENAI_TPM",
+        "ANTHROPIC_RPM", "ANTHROPIC_TPM", "UNSPLASH_RPM", "PEXELS_RPM",
+    )
+)  # fmt: skip
+
+
+def sandbox_worker_env(env: Mapping[str, str]) -> dict[str, str]:
+    """The workers' environment against serve's own sandbox: our rate limits model real
+    provider tiers (Gemini 1,000 rpm capped a sandbox burst at ~18 tasks/s); the loopback
+    sandbox has none, so they are off unless the user set them."""
+    return {**{name: "0" for name in PROVIDER_RATE_LIMITS}, **env}
+
+
 def _needs_sandbox(settings: Settings) -> bool:
     if settings.provider != "auto" or settings.sandbox_url:
         return False
@@ -171,6 +188,8 @@ def serve(
         asyncio.run(_check_redis(url, settings))
         env = {**os.environ, "AIIS_REDIS_URL": url}
         children: list[Child] = []
+        sandbox: Child | None = None
+        port = 0
         if _needs_sandbox(settings):
             port = free_port()
             sandbox = Child(
@@ -181,11 +200,14 @@ def serve(
                 stage=STAGE_OF["sandbox"],
             )
             children.append(sandbox)
+            env = sandbox_worker_env(env)
             env["AIIS_SANDBOX_URL"] = f"http://127.0.0.1:{port}"
             providers = (
                 f"sandbox at {env['AIIS_SANDBOX_URL']} (no provider API key is set: every "
                 "provider is simulated on loopback)"
             )
+        elif settings.provider == "auto" and settings.sandbox_url:
+            providers = f"the sandbox at {settings.sandbox_url} (AIIS_SANDBOX_URL)"
         elif settings.provider == "auto":
             providers = "the provider router (API keys from the environment)"
         else:
@@ -207,9 +229,13 @@ def serve(
         )
         print('aiis serve: try  aiis submit "hello" --wait   (Ctrl-C stops everything)')
         sys.stdout.flush()
-        return supervisor.run(
-            on_start=lambda: _wait_port(port, sandbox) if "AIIS_SANDBOX_URL" in env else None
-        )
+        started = sandbox  # the first child: the workers start once it listens
+
+        def sandbox_listens() -> None:
+            if started is not None:
+                _wait_port(port, started)
+
+        return supervisor.run(on_start=sandbox_listens)
     finally:
         if embedded is not None:
             embedded.stop()

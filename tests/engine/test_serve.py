@@ -84,7 +84,8 @@ def test_ctrl_c_with_queued_work_stops_in_order_and_carries_nothing_over(tmp_pat
     with NetworkError, no breaker opens, nothing restarts; the next start finishes every task."""
     data = tmp_path / "data"
     env = serve_env(data)
-    serve = start_serve(env, tmp_path, "--workers", "1")
+    env["AIIS_GEMINI_RPM"] = "1200"  # 20 tasks/s on the first provider: work stays queued
+    serve = start_serve(env, tmp_path, "--workers", "1", "--concurrency", "16")
     try:
         url = str(redis_info(data)["url"])
         settings = Settings(redis_url=url)

@@ -68,3 +68,20 @@ def test_config_error_at_start_stops_an_autoscaled_pool(redis_url: str) -> None:
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("aiis: error: worker-") and "no provider API key" in last, last
     assert "restarting" not in result.stderr
+
+
+def test_serve_with_its_sandbox_turns_our_rate_limits_off_unless_set() -> None:
+    """Against its own loopback sandbox, `aiis serve`'s workers run without our client-side
+    provider rate limits (1,000 rpm capped a burst at ~18 tasks/s); a value the user set stays."""
+    from engine.commands import sandbox_worker_env
+
+    env = sandbox_worker_env({"AIIS_OPENAI_RPM": "60", "PATH": "/bin"})
+    assert env["AIIS_GEMINI_RPM"] == "0" and env["AIIS_ANTHROPIC_TPM"] == "0"
+    assert env["AIIS_OPENAI_RPM"] == "60" and env["PATH"] == "/bin"
+
+
+def test_default_concurrency_suits_io_bound_calls() -> None:
+    """The default in-flight limit per worker is sized for I/O-bound calls (docs/engine.md)."""
+    from engine.settings import Settings
+
+    assert Settings().concurrency >= 256
