@@ -148,3 +148,37 @@ def test_ctrl_c_with_queued_work_stops_in_order_and_carries_nothing_over(tmp_pat
     finally:
         out = ctrl_c(serve)
     assert serve.returncode == 0, out
+
+
+def test_serve_uses_a_sandbox_named_by_aiis_sandbox_url(tmp_path: Path) -> None:
+    """With AIIS_SANDBOX_URL set, `aiis serve` starts no sandbox of its own and its workers
+    answer through the one named (it used to die at start on the sandbox it had not made)."""
+    port = free_port()
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "providers.sandbox", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+    )
+    data = tmp_path / "data"
+    env = serve_env(data)
+    env["AIIS_SANDBOX_URL"] = f"http://127.0.0.1:{port}"
+    serve = start_serve(env, tmp_path, "--workers", "1")
+    try:
+        redis_info(data)
+        result = subprocess.run(
+            [sys.executable, "-m", "engine", "submit", "through my sandbox", "--wait"],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert "through my sandbox" in result.stdout
+    finally:
+        out = ctrl_c(serve)
+        sandbox.terminate()
+        sandbox.wait(30)
+    assert serve.returncode == 0, out
+    assert f"sandbox at http://127.0.0.1:{port} (AIIS_SANDBOX_URL)" in out
+    assert "started sandbox" not in out
