@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from engine import commands
+from engine import commands, serving
 from engine.audit import register_audit
 from engine.errors import ConfigError, EngineError
 from engine.settings import Settings
@@ -168,11 +168,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.command == "serve":
         components = [c for c in COMPONENTS if c in _PLUGIN_OF or c in ENGINE_COMPONENTS]
-        return commands.serve(settings, args.workers, args.concurrency, components)
+        return serving.serve(settings, args.workers, args.concurrency, components)
     if args.command == "worker":
         if args.autoscale:
-            return commands.autoscaled_workers(settings, args.autoscale, args.concurrency)
-        return commands.worker(settings, args.processes, args.concurrency)
+            return serving.autoscaled_workers(settings, args.autoscale, args.concurrency)
+        return serving.worker(settings, args.processes, args.concurrency)
     if args.command == "submit":
         return asyncio.run(commands.submit(settings, args))
     if args.command == "get":

@@ -183,7 +183,8 @@ class Supervisor:
         if code == EXIT_CONFIG:
             if child.relay is not None:  # its error line may still be in the pipe
                 child.relay.join(1.0)
-            self._fail(f"{child.name} cannot start: {child.last_error or 'configuration error'}")
+            reason = child.last_error.removeprefix("aiis: error: ") or "configuration error"
+            self._fail(f"{child.name} cannot start: {reason}")
             return
         child.restarts += 1
         now = time.monotonic()
