@@ -6,17 +6,19 @@ import argparse
 import asyncio
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from engine import commands
+from engine import commands, serving
 from engine.audit import register_audit
-from engine.errors import EngineError
+from engine.errors import ConfigError, EngineError
 from engine.policy import CONFIG_NAMES
 from engine.settings import Settings
+from engine.supervisor import EXIT_CONFIG
 
 
 def _settings() -> Settings:
@@ -45,6 +47,7 @@ PLUGINS = ("projections.cli", "gateway.cli", "gateway.grpc.cli")
 # long-running component commands that `aiis serve` runs as children, when installed
 COMPONENTS = ("projections", "gateway", "ops")
 ENGINE_COMPONENTS = ("ops",)
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
 
 
 def _plugins() -> list[Any]:
@@ -61,6 +64,8 @@ def _plugins() -> list[Any]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="aiis", description="ai-integration-service")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # set by a supervisor on its children: a configuration error exits with EXIT_CONFIG
+    parser.add_argument("--supervised", action="store_true", help=argparse.SUPPRESS)
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="embedded Redis (unless AIIS_REDIS_URL) + workers")
@@ -136,23 +141,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:  # one line per provider request is noise at INFO
         logging.getLogger("httpx").setLevel(logging.WARNING)
     try:
-        return _dispatch(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except ConfigError as exc:
+        print(f"aiis: error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG if args.supervised else 1
     except EngineError as exc:
         print(f"aiis: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130
+    except (BrokenPipeError, BaseExceptionGroup) as exc:
+        if not _only_broken_pipes(exc):
+            raise
+        # the reader went away (`aiis … | head`): stop quietly, as a tool killed by SIGPIPE
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit
+        return EXIT_BROKEN_PIPE
+
+
+def _only_broken_pipes(exc: BaseException) -> bool:
+    if isinstance(exc, BaseExceptionGroup):
+        return all(_only_broken_pipes(inner) for inner in exc.exceptions)
+    return isinstance(exc, BrokenPipeError)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings()
     if args.command == "serve":
         components = [c for c in COMPONENTS if c in _PLUGIN_OF or c in ENGINE_COMPONENTS]
-        return commands.serve(settings, args.workers, args.concurrency, components)
+        return serving.serve(settings, args.workers, args.concurrency, components)
     if args.command == "worker":
         if args.autoscale:
-            return commands.autoscaled_workers(settings, args.autoscale, args.concurrency)
-        return commands.worker(settings, args.processes, args.concurrency)
+            return serving.autoscaled_workers(settings, args.autoscale, args.concurrency)
+        return serving.worker(settings, args.processes, args.concurrency)
     if args.command == "submit":
         return asyncio.run(commands.submit(settings, args))
     if args.command == "get":

@@ -7,22 +7,14 @@ import asyncio
 import contextlib
 import getpass
 import os
-import socket
-import sys
-import time
-from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 import orjson
-import redis
 
 from engine import dlq as dead_letters
 from engine.audit import Action, AuditLog, audit_command
-from engine.autoscale import Autoscaler, ScalePolicy, parse_range
 from engine.client import Client
 from engine.connection import connect
-from engine.embedded import EmbeddedRedis, free_port
 from engine.errors import ConfigError, EngineError
 from engine.events import (
     TERMINAL_EVENTS,
@@ -33,10 +25,8 @@ from engine.events import (
     TaskStartedData,
     TaskSucceededData,
 )
-from engine.runtime import redis_url, run_loop, run_worker
+from engine.runtime import redis_url
 from engine.settings import Settings
-from engine.store import Store
-from engine.supervisor import Child, Pool, Supervisor
 
 
 def _client(settings: Settings) -> Client:
@@ -72,147 +62,20 @@ async def _audit(
     )
 
 
-async def _check_redis(url: str, settings: Settings) -> None:
-    client = Client(connect(url, cluster=settings.redis_cluster), settings)
-    try:
-        await client.ping()
-        await Store(client.store.redis, settings).prepare()
-    finally:
-        await client.aclose()
-
-
-def _worker_children(n: int, concurrency: int | None, env: dict[str, str]) -> list[Child]:
-    argv = [sys.executable, "-m", "engine", "worker", "--processes", "1"]
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    return [Child(f"worker-{i + 1}", argv, env) for i in range(n)]
-
-
-def _wait_port(port: int, child: Child, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if child.process is not None and child.process.poll() is not None:
-            raise ConfigError(f"{child.name} exited with {child.process.returncode} at start")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise ConfigError(f"{child.name} did not start listening on port {port}")
-
-
-def _needs_sandbox(settings: Settings) -> bool:
-    if settings.provider != "auto" or settings.sandbox_url:
-        return False
-    from providers.config import ProviderSettings  # noqa: PLC0415 - httpx only when used
-
-    return not ProviderSettings().has_any_key()
-
-
-def serve(
-    settings: Settings, workers: int, concurrency: int | None, components: Sequence[str] = ()
-) -> int:
-    """Everything in one process tree: embedded Redis (unless AIIS_REDIS_URL), the provider
-    sandbox (when no API key is set), workers, and the other components (projections, gateway).
-    """
-    embedded: EmbeddedRedis | None = None
-    if settings.redis_url:
-        url = settings.redis_url
-        where = "AIIS_REDIS_URL"
-    else:
-        embedded = EmbeddedRedis(Path(settings.data_dir))
-        url = embedded.start()
-        where = f"embedded redis-server, AOF on, data in {embedded.data_dir}"
-    supervisor: Supervisor | None = None
-    try:
-        asyncio.run(_check_redis(url, settings))
-        env = {**os.environ, "AIIS_REDIS_URL": url}
-        children: list[Child] = []
-        if _needs_sandbox(settings):
-            port = free_port()
-            sandbox = Child(
-                "sandbox",
-                [sys.executable, "-m", "providers.sandbox", "--port", str(port)],
-                {**os.environ},
-                quiet=True,
-            )
-            children.append(sandbox)
-            env["AIIS_SANDBOX_URL"] = f"http://127.0.0.1:{port}"
-            providers = (
-                f"sandbox at {env['AIIS_SANDBOX_URL']} (no provider API key is set: every "
-                "provider is simulated on loopback)"
-            )
-        elif settings.provider == "auto":
-            providers = "the provider router (API keys from the environment)"
-        else:
-            providers = settings.provider
-        children += _worker_children(workers, concurrency, env)
-        children += [
-            Child(name, [sys.executable, "-m", "engine", name], env) for name in components
-        ]
-        supervisor = Supervisor(children, stop_timeout=settings.drain_timeout_s + 5)
-        print(f"aiis serve: Redis {url} ({where})")
-        print(f"aiis serve: providers: {providers}")
-        print(
-            f"aiis serve: {workers} worker process(es); also running: "
-            f"{', '.join(components) or 'nothing else'}"
-        )
-        print('aiis serve: try  aiis submit "hello" --wait   (Ctrl-C stops everything)')
-        sys.stdout.flush()
-        return supervisor.run(
-            on_start=lambda: _wait_port(port, sandbox) if "AIIS_SANDBOX_URL" in env else None
-        )
-    finally:
-        if embedded is not None:
-            embedded.stop()
-
-
-def worker(settings: Settings, processes: int, concurrency: int | None) -> int:
-    if processes <= 1:
-        run_loop(run_worker(settings, concurrency), settings.event_loop)
-        return 0
-    asyncio.run(_check_redis(redis_url(settings), settings))
-    children = _worker_children(processes, concurrency, dict(os.environ))
-    return Supervisor(children, stop_timeout=settings.drain_timeout_s + 5).run()
-
-
-def autoscaled_workers(settings: Settings, spec: str, concurrency: int | None) -> int:
-    """Worker processes between MIN and MAX, following the queue (see engine/autoscale.py)."""
-    try:
-        minimum, maximum = parse_range(spec)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
-    url = redis_url(settings)
-    asyncio.run(_check_redis(url, settings))
-    env = dict(os.environ)
-    argv = [sys.executable, "-m", "engine", "worker", "--processes", "1"]
-    if concurrency:
-        argv += ["--concurrency", str(concurrency)]
-    # RedisCluster offers the same commands the signal reader uses
-    client = cast(
-        redis.Redis,
-        redis.RedisCluster.from_url(url) if settings.redis_cluster else redis.Redis.from_url(url),
-    )
-    policy = ScalePolicy(
-        minimum,
-        maximum,
-        concurrency or settings.concurrency,
-        grow_after_s=settings.autoscale_grow_after_s,
-        idle_s=settings.autoscale_idle_s,
-    )
-    scaler = Autoscaler(client, settings.namespace, Store.keys_of(settings), policy)
-    pool = Pool(
-        lambda n: Child(f"worker-{n}", argv, env),
-        scaler,
-        initial=minimum,
-        every_s=settings.autoscale_interval_s,
-    )
-    return Supervisor([], stop_timeout=settings.drain_timeout_s + 5, pool=pool).run()
-
-
 class _Printer:
-    """Renders a task's events on a terminal; streamed text is printed as it arrives."""
+    """Renders a task's events on a terminal; streamed text is printed as it arrives. A result
+    reads the same whether it streamed, came whole or from the cache: the text (or image URLs),
+    then one summary line."""
 
     def __init__(self) -> None:
-        self.streamed = False
+        self.streamed = False  # this attempt's text was shown as it arrived
+        self.midline = False  # streamed text left the cursor inside a line
+
+    def _line(self, text: str) -> None:
+        if self.midline:
+            print()
+            self.midline = False
+        print(text, flush=True)
 
     def __call__(self, event: Event) -> None:
         data = event.data
@@ -220,26 +83,26 @@ class _Printer:
             if data.delta:
                 self.streamed = True
                 print(data.delta, end="", flush=True)
+                self.midline = not data.delta.endswith("\n")
             if data.notice:
-                detail = orjson.dumps(data.detail).decode()
-                print(f"{chr(10) if self.streamed else ''}[{data.notice}] {detail}", flush=True)
+                self._line(f"[{data.notice}] {orjson.dumps(data.detail).decode()}")
             return
         if isinstance(data, TaskSucceededData):
-            print(
-                f"\n✔ succeeded  {data.provider}/{data.model}  tokens in/out "
-                f"{data.usage.input_tokens}/{data.usage.output_tokens}  "
+            if data.result.text is not None and not self.streamed:
+                self._line(data.result.text)
+            for image in data.result.images:
+                self._line(image.url)
+            self._line(
+                f"✔ succeeded{' (cached)' if data.cached else ''}  {data.provider}/{data.model}"
+                f"  tokens in/out {data.usage.input_tokens}/{data.usage.output_tokens}  "
                 f"cost ${data.cost_usd}  {data.latency_ms} ms"
             )
-            if data.result.text is not None and not self.streamed:
-                print(data.result.text)
-            for image in data.result.images:
-                print(image.url)
             return
         if isinstance(data, TaskRetryScheduledData | TaskRequeuedData | TaskStartedData):
             self.streamed = False  # a new attempt streams from the start
         summary = orjson.dumps(data.model_dump(mode="json")).decode()
         mark = "✘" if event.type in TERMINAL_EVENTS else "·"
-        print(f"{mark} {event.type} {summary}", flush=True)
+        self._line(f"{mark} {event.type} {summary}")
 
 
 async def submit(settings: Settings, args: argparse.Namespace) -> int:

@@ -40,7 +40,8 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def die_with_parent() -> None:
+    """SIGTERM this process when its parent dies (runs in the child between fork and exec)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -83,6 +84,24 @@ class EmbeddedRedis:
                 "stop it, or use another AIIS_DATA_DIR"
             ) from None
         self.port = self.port or free_port()
+        return self._spawn(timeout)
+
+    def died(self) -> int | None:
+        """The exit code of a redis-server that died under us (reaped), else None."""
+        if self.process is None:
+            return None
+        return self.process.poll()
+
+    def restart(self, timeout: float = 60.0) -> str:
+        """Start redis-server again after it died: same port and data directory, so it reloads
+        its AOF and every client reconnects to the same URL (we keep the directory's lock)."""
+        if self.process is not None and self.process.poll() is None:
+            raise RedisUnavailable("embedded redis-server is still running")
+        self.process = None
+        return self._spawn(timeout)
+
+    def _spawn(self, timeout: float) -> str:
+        assert self.port is not None
         args = [
             str(redis_server_binary()),
             "--bind", "127.0.0.1",
@@ -103,7 +122,7 @@ class EmbeddedRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # Ctrl-C reaches us, and we stop Redis in order
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - only sets the parent-death signal
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - only sets the parent-death signal
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=1)

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     # auto: the provider router (real keys, else AIIS_SANDBOX_URL); echo; scripted (tests)
     provider: str = Field("auto", pattern=r"^(auto|echo|scripted)$")
     sandbox_url: str | None = None  # point every adapter at a sandbox (set by `aiis serve`)
-    concurrency: int = Field(64, ge=1, le=20_000)
+    # calls in flight per worker process: provider calls are I/O-bound (seconds each), so a
+    # process keeps many; the adaptive limit backs off when providers push back (docs/engine.md)
+    concurrency: int = Field(256, ge=1, le=20_000)
     # the worker's event loop: auto = uvloop when installed, else asyncio's own
     event_loop: str = Field("auto", pattern=r"^(auto|asyncio|uvloop)$")
     visibility_timeout_s: float = Field(30.0, gt=0.5, le=3600)

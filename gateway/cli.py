@@ -66,11 +66,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     host = settings.gateway_host
     host = f"[{host}]" if ":" in host else host
     url = args.url or f"ws://{host}:{settings.gateway_port}/v1/ws"
-    watcher = Watcher(
-        url, args.token or gw.client_token, args.task_id, args.tenant, args.since, args.json
-    )
+    token = args.token or gw.client_token
+    watcher = Watcher(url, token, args.task_id, args.tenant, args.since, args.json)
     try:
         return asyncio.run(watcher.run())
     except WatchError as exc:
-        print(f"aiis watch: {exc}", file=sys.stderr)
-        return 2
+        text = str(exc)
+        if not token and any(w in text.lower() for w in ("unauthorized", "401", "4401")):
+            text = (
+                "the gateway requires a token: pass --token TOKEN or set "
+                f"AIIS_GATEWAY_CLIENT_TOKEN ({text})"
+            )
+        print(f"aiis watch: error: {text}", file=sys.stderr)
+        return 1  # README: errors exit 1

@@ -13,6 +13,7 @@ from rich.table import Table
 from projections.replay import Difference
 
 MAX_DIFFS_SHOWN = 50
+MAX_WIDTH = 400  # columns a table may take past the console's width
 
 
 def _usd(value: float) -> str:
@@ -27,6 +28,18 @@ def _when(ts: int | None) -> str:
     if not ts:
         return "–"
     return dt.datetime.fromtimestamp(ts / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _print(console: Console, table: Table) -> None:
+    """Print a table at its natural width even past the console's (a pipe counts as 80
+    columns): a header cut to "succeed…" or wrapped in two says less than a long line."""
+    natural = console.measure(table, options=console.options.update_width(MAX_WIDTH)).maximum
+    width = console.width
+    console.width = max(width, min(natural, MAX_WIDTH))  # print(width=) cannot widen
+    try:
+        console.print(table)
+    finally:
+        console.width = width
 
 
 def stats(console: Console, report: dict[str, Any]) -> None:
@@ -51,7 +64,7 @@ def stats(console: Console, report: dict[str, Any]) -> None:
             ),
         )
     t.caption = f"dead-letter stream now holds {q['dlq_depth']:,}"
-    console.print(t)
+    _print(console, t)
 
     t = Table(title="Throughput (completed tasks)")
     for col in (
@@ -81,7 +94,7 @@ def stats(console: Console, report: dict[str, Any]) -> None:
             ),
             str(r["completed_per_s"]),
         )
-    console.print(t)
+    _print(console, t)
 
     c = report["cost_today"]
     for dim in ("provider", "tenant"):
@@ -109,7 +122,7 @@ def stats(console: Console, report: dict[str, Any]) -> None:
             _num(tot["unpriced"]),
             style="bold",
         )
-        console.print(t)
+        _print(console, t)
 
     t = Table(title="Providers")
     for col in (
@@ -142,7 +155,7 @@ def stats(console: Console, report: dict[str, Any]) -> None:
             f"[red]{breaker}[/red]" if h["breaker"] == "opened" else breaker,
             ", ".join(f"{k} {v}" for k, v in errs),
         )
-    console.print(t)
+    _print(console, t)
 
     t = Table(title="Projections")
     for col in ("projection", "events", "lag ms", "behind", "status"):
@@ -152,7 +165,7 @@ def stats(console: Console, report: dict[str, Any]) -> None:
         behind = f"{s['behind']:,}{'+' if s['more'] else ''}"
         t.add_row(name, _num(s["events"]), _num(s["lag_ms"]), behind, status)
     t.caption = f"task_state tracks {report['tasks_tracked']:,} tasks"
-    console.print(t)
+    _print(console, t)
 
 
 def _short(value: Any, limit: int = 160) -> str:

@@ -165,6 +165,7 @@ async def run_projections(
             raise
 
     async def report() -> None:
+        caught_up_at: list[int] | None = None  # events applied when we last said "0 behind"
         while not inner.is_set():
             await wait_or_stop(inner, proj.lag_report_s)
             if inner.is_set():
@@ -172,6 +173,13 @@ async def run_projections(
             lags = await lag_report(
                 redis, settings.namespace, settings.partitions, [p.name for p in chosen]
             )
+            if all(v["behind"] == 0 for v in lags.values()):
+                applied = [int(v["events"]) for v in lags.values()]
+                if applied == caught_up_at:
+                    continue  # idle and already said so: no line every lag_report_s
+                caught_up_at = applied
+            else:
+                caught_up_at = None
             log.info(
                 "projection lag: %s",
                 ", ".join(

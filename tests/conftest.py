@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,6 +23,29 @@ from engine.settings import Settings
 from engine.worker import Worker
 from providers.echo import ScriptedProvider
 from providers.types import TaskProcessor
+
+# the defaults of the gateway (AIIS_GATEWAY_PORT), gRPC (AIIS_GRPC_PORT) and Redis
+DEFAULT_PORTS = (8765, 50051, 6379)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def default_ports_taken() -> Iterator[list[int]]:
+    """Hold the default ports for the whole session, as an `aiis serve` on this machine would:
+    a test that binds (or connects to) a default port fails here instead of depending on it
+    being free. A port another process already holds is just as taken."""
+    held: list[socket.socket] = []
+    for port in DEFAULT_PORTS:
+        sock = socket.socket()
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen(1)
+        except OSError:
+            sock.close()
+            continue
+        held.append(sock)
+    yield [s.getsockname()[1] for s in held]
+    for sock in held:
+        sock.close()
 
 
 @pytest.fixture(scope="session")

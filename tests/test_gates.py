@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import ast
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import DEFAULT_PORTS
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "providers", "projections", "gateway")
@@ -68,3 +71,11 @@ def test_dependencies_point_one_way(package: str) -> None:
         if _imports(path) & FORBIDDEN[package]
     }
     assert offenders == {}
+
+
+def test_default_ports_are_taken_while_the_suite_runs(default_ports_taken: list[int]) -> None:
+    """The suite runs with 8765, 50051 and 6379 occupied (tests/conftest.py), so no test can
+    pass only because a default port happened to be free."""
+    for port in DEFAULT_PORTS:
+        with socket.socket() as sock, pytest.raises(OSError):
+            sock.bind(("127.0.0.1", port))

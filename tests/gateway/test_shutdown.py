@@ -24,6 +24,7 @@ async def test_sigterm_closes_connections_with_1001_and_exits_0(engine: Engine) 
         "AIIS_REDIS_URL": engine.settings.redis_url or "",
         "AIIS_NAMESPACE": engine.settings.namespace,
         "AIIS_GATEWAY_PORT": "0",
+        "AIIS_GRPC_PORT": "0",  # never the default 50051: an `aiis serve` may hold it
         "AIIS_GATEWAY_TOKENS": "",
     }
     proc = await asyncio.create_subprocess_exec(
