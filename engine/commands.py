@@ -84,7 +84,10 @@ class _Printer:
                 self.streamed = True
                 print(data.delta, end="", flush=True)
                 self.midline = not data.delta.endswith("\n")
-            if data.notice:
+            # a successful call's notice says what the summary line will say: only failed calls,
+            # skips, fallbacks and breakers are shown
+            ok_call = data.notice == "attempt" and (data.detail or {}).get("outcome") == "ok"
+            if data.notice and not ok_call:
                 self._line(f"[{data.notice}] {orjson.dumps(data.detail).decode()}")
             return
         if isinstance(data, TaskSucceededData):
