@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 import pytest
@@ -23,6 +24,10 @@ from engine.client import Client
 from engine.events import TERMINAL_EVENTS
 from engine.ops import Ops
 from engine.settings import Settings
+from gateway.grpc.gen import tasks_pb2 as pb
+from gateway.grpc.gen import tasks_pb2_grpc
+from gateway.grpc.server import GrpcServer
+from gateway.grpc.settings import GrpcSettings
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
 from projections.lookup import task_record
@@ -31,6 +36,7 @@ from projections.settings import ProjectionSettings
 from tests.conftest import TOPOLOGIES, Engine, Topology
 from tests.engine.helpers import wait_for
 from tests.gateway.conftest import MakeGateway, recv, request
+from tests.grpc.conftest import ACME, AUTH
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -154,6 +160,33 @@ async def test_sse_and_watch_skip_a_poison_entry_of_their_own_task(
             ]
     assert events[-1] == "TaskSucceeded"
     assert events.count("TaskSucceeded") == 1  # the empty-data one is no terminal for SSE
+
+
+async def test_grpc_watch_skips_a_poison_entry_of_its_task(engine: Engine) -> None:
+    """gRPC WatchTask (Client.watch underneath) skips malformed entries naming its task and
+    streams the task's real events to its real terminal one."""
+    engine.start_worker()
+    config = GrpcSettings(shutdown_grace_s=0.5)
+    server = GrpcServer(engine.settings, None, AUTH, config, host="127.0.0.1", port=0)
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.target)
+    try:
+        stub = tasks_pb2_grpc.TaskServiceStub(channel)
+        client = engine.client
+        task_id = await client.submit("slow", tenant="acme", params={"script": ["sleep:0.6"]})
+        watch = stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), metadata=ACME)
+        first = await asyncio.wait_for(watch.read(), 10)
+        for form in ("bad_ts", "succeeded_list", "succeeded_empty"):
+            await xadd_poison(client, form, client._partition(task_id), task_id)
+        types = [first.type]
+        async with asyncio.timeout(30):
+            while (event := await watch.read()) is not grpc.aio.EOF:
+                types.append(event.type)
+        assert types[0] == "TaskRequested" and types[-1] == "TaskSucceeded"
+        assert types.count("TaskSucceeded") == 1
+    finally:
+        await channel.close()
+        await server.stop()
 
 
 # --- ops -----------------------------------------------------------------------------------
