@@ -20,8 +20,11 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from engine import tolerant
+from engine.autoscale import SignalReader
 from engine.client import Client
+from engine.connection import connect_sync_for
 from engine.events import TERMINAL_EVENTS
+from engine.keys import PartitionKeys
 from engine.ops import Ops
 from engine.settings import Settings
 from gateway.grpc.gen import tasks_pb2 as pb
@@ -187,6 +190,31 @@ async def test_grpc_watch_skips_a_poison_entry_of_its_task(engine: Engine) -> No
     finally:
         await channel.close()
         await server.stop()
+
+
+# --- the autoscaler --------------------------------------------------------------------------
+
+
+async def test_autoscaler_signals_count_real_outcomes_past_poison_entries(engine: Engine) -> None:
+    """The autoscaler's signal reader (blocking client from the same factory) reads past
+    poison entries and counts only the real outcomes after them."""
+    settings = engine.settings
+    reader = SignalReader(
+        connect_sync_for(settings, settings.redis_url or ""),
+        [PartitionKeys(settings.namespace, p) for p in range(settings.partitions)],
+    )
+    reader.read()  # starts from now
+    for form in ("bad_ts", "not_utf8", "succeeded_list", "unknown_type"):
+        await xadd_poison(engine.client, form)
+    engine.start_worker()
+    ids = [await engine.client.submit(f"t{i}") for i in range(3)]
+    for task_id in ids:  # (Client.watch ends at the terminal event, skipping the poison)
+        async with asyncio.timeout(30):
+            _ = [event async for event in engine.client.watch(task_id)]
+    finished = 0
+    for _ in range(3):  # the log may still grow by the time it reads
+        finished += (await asyncio.to_thread(reader.read)).finished
+    assert finished == 3 + 1  # the 3 tasks, and the poison typed TaskSucceeded
 
 
 # --- ops -----------------------------------------------------------------------------------
