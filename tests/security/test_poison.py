@@ -56,6 +56,8 @@ def poison(form: str, task: str = "d") -> dict[str, Any]:
         fields |= {"type": "TaskSucceeded", "data": "[]"}
     elif form == "succeeded_empty":  # decodes, but no view can apply it
         fields |= {"type": "TaskSucceeded", "data": "{}"}
+    elif form == "provider_object":  # decodes; a provider that is not a name
+        fields |= {"type": "TaskSucceeded", "data": '{"provider": {}, "cost_usd": 1}'}
     elif form == "unknown_type":
         fields["type"] = "TaskTeleported"
     else:
@@ -221,7 +223,9 @@ async def test_autoscaler_signals_count_real_outcomes_past_poison_entries(engine
 
 
 @pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
-@pytest.mark.parametrize("form", ["succeeded_list", "succeeded_empty", "not_utf8"])
+@pytest.mark.parametrize(
+    "form", ["succeeded_list", "succeeded_empty", "provider_object", "not_utf8"]
+)
 async def test_ops_keeps_handling_after_a_poison_entry(
     engine: Engine, topology: Topology, form: str
 ) -> None:
@@ -255,7 +259,8 @@ async def test_ops_keeps_handling_after_a_poison_entry(
 
 
 @pytest.mark.parametrize(
-    "form", ["unknown_type", "succeeded_list", "succeeded_empty", "not_utf8", "bad_ts"]
+    "form",
+    ["unknown_type", "succeeded_list", "succeeded_empty", "provider_object", "not_utf8", "bad_ts"],
 )
 async def test_projections_fold_past_a_poison_entry_and_replay_verifies(
     engine: Engine, tmp_path: Path, form: str
