@@ -17,9 +17,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine import mapper, redaction
-from engine.connection import connect
-from engine.errors import EngineError, InvalidTask, QueueFull, TaskNotFound
+from engine import mapper, redaction, tolerant
+from engine.connection import connect_for
+from engine.errors import EngineError, EventDecodeError, InvalidTask, QueueFull, TaskNotFound
 from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
 from engine.intake import Intake
 from engine.keys import new_task_id, partition_for_key, partition_of
@@ -95,7 +95,7 @@ class Client:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Client:
         settings = settings or Settings()
-        return cls(connect(url, cluster=settings.redis_cluster), settings)
+        return cls(connect_for(settings, url=url), settings)
 
     async def aclose(self) -> None:
         for task in list(self._flushers.values()):
@@ -351,7 +351,11 @@ class Client:
                 cursor = eid.decode()
                 if fields.get(b"task") != task_id.encode():
                     continue
-                event = mapper.decode(eid, fields)
+                try:
+                    event = mapper.decode(eid, fields)
+                except EventDecodeError as exc:  # anyone can XADD: skip it, never stop
+                    tolerant.skipped("watch", cursor, exc)
+                    continue
                 yield event
                 if event.type in TERMINAL_EVENTS:
                     return

@@ -14,7 +14,7 @@ import orjson
 from engine import dlq as dead_letters
 from engine.audit import Action, AuditLog, audit_command
 from engine.client import Client
-from engine.connection import connect
+from engine.connection import connect_for
 from engine.errors import ConfigError, EngineError
 from engine.events import (
     TERMINAL_EVENTS,
@@ -30,7 +30,7 @@ from engine.settings import Settings
 
 
 def _client(settings: Settings) -> Client:
-    return Client(connect(redis_url(settings), cluster=settings.redis_cluster), settings)
+    return Client(connect_for(settings), settings)
 
 
 def cli_identity() -> str:

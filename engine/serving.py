@@ -12,13 +12,10 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import cast
-
-import redis
 
 from engine.autoscale import Autoscaler, ScalePolicy, parse_range
 from engine.client import Client
-from engine.connection import connect
+from engine.connection import connect_for, connect_sync_for
 from engine.embedded import EmbeddedRedis, free_port
 from engine.errors import ConfigError, EngineError
 from engine.runtime import redis_url, run_loop, run_worker
@@ -28,7 +25,7 @@ from engine.supervisor import HEALTHY_S, Child, Pool, Supervisor
 
 
 async def _check_redis(url: str, settings: Settings) -> None:
-    client = Client(connect(url, cluster=settings.redis_cluster), settings)
+    client = Client(connect_for(settings, url=url), settings)
     try:
         await client.ping()
         await Store(client.store.redis, settings).prepare()
@@ -215,11 +212,7 @@ def autoscaled_workers(settings: Settings, spec: str, concurrency: int | None) -
     asyncio.run(_check_redis(url, settings))
     env = dict(os.environ)
     argv = _worker_argv(concurrency)
-    # RedisCluster offers the same commands the signal reader uses
-    client = cast(
-        redis.Redis,
-        redis.RedisCluster.from_url(url) if settings.redis_cluster else redis.Redis.from_url(url),
-    )
+    client = connect_sync_for(settings, url)
     policy = ScalePolicy(
         minimum,
         maximum,
