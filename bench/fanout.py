@@ -131,7 +131,12 @@ async def main() -> int:
         url = embedded.start()
     namespace = f"bench{uuid.uuid4().hex[:6]}"
     env = {**os.environ, "AIIS_REDIS_URL": url, "AIIS_NAMESPACE": namespace}
-    env |= {"AIIS_GATEWAY_PORT": "0", "AIIS_GATEWAY_TOKENS": "", "AIIS_GATEWAY_HOST": "127.0.0.1"}
+    env |= {
+        "AIIS_GATEWAY_PORT": "0",
+        "AIIS_GRPC_PORT": "0",
+        "AIIS_GATEWAY_TOKENS": "",
+        "AIIS_GATEWAY_HOST": "127.0.0.1",
+    }
     gateway = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "engine", "gateway", env=env, stdout=asyncio.subprocess.PIPE
     )

@@ -52,6 +52,7 @@ class Run:
             "AIIS_NAMESPACE": self.namespace,
             "AIIS_SANDBOX_URL": sandbox.url,
             "AIIS_GATEWAY_PORT": str(self.port),
+            "AIIS_GRPC_PORT": "0",  # never a default port (tests/conftest.py holds them)
             "AIIS_SECRETS_DIR": str(self.secrets),
             "AIIS_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "AIIS_CACHE": "1",
