@@ -98,6 +98,11 @@ class PartitionKeys:
         """Hash task id -> callback URL, until ``aiis ops`` has delivered the terminal event."""
         return f"{self.tag}:cb"
 
+    def kept(self, task_id: str) -> str:
+        """A task's events kept once the log is archived and trimmed (a stream, same ids as the
+        log), until the janitor forgets the task (janitor.lua builds the same name)."""
+        return f"{self.tag}:ev:{task_id}"
+
     def pii(self, task_id: str) -> str:
         """A task's PII restore mapping (JSON, with a TTL); never in an event
         (``engine.pii_vault``; submit.lua builds the same name from the tag)."""

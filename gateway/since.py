@@ -48,8 +48,9 @@ async def _log_bounds(store: Store, partition: int) -> tuple[str | None, str, st
     )
 
 
-async def check_retained(store: Store, partition: int, since: str) -> None:
-    """``ProtocolError`` unless every event after ``since`` is still in the partition's log."""
+async def check_retained(store: Store, partition: int, since: str, *, task: bool = False) -> None:
+    """``ProtocolError`` unless every event after ``since`` is still in the partition's log.
+    With ``task``, an archived (trimmed) part is no gap: a task's events are kept beside it."""
     sid = parse_id(since)
     if sid is None:
         raise ProtocolError("bad_since", f"since {since[:40]!r} is not an event id (<ms>-<seq>)")
@@ -61,7 +62,7 @@ async def check_retained(store: Store, partition: int, since: str) -> None:
             f"since {since} is ahead of the log (its newest event is {last}); was the log "
             'reset? subscribe without since, or with since="0-0" for everything retained',
         )
-    if since == EVERYTHING or first is None:
+    if since == EVERYTHING or first is None or task:
         return
     if deleted is not None:  # Redis ≥ 7 knows exactly what was trimmed
         gap = deleted != "0-0" and sid < (parse_id(deleted) or (0, 0))
@@ -92,7 +93,7 @@ async def resolve(
             return {partition: id_before(word.requested_id)}
         if not isinstance(since, str):
             raise ProtocolError("bad_since", "a task subscription takes one event id as since")
-        await check_retained(store, partition, since)
+        await check_retained(store, partition, since, task=True)
         return {partition: since}
     if since is None:
         return None
