@@ -67,7 +67,7 @@ async def used_memory(client: Client) -> int:
     return int(info["used_memory"])
 
 
-async def soak(url: str, args: argparse.Namespace, archive: Path) -> int:
+async def soak(url: str, args: argparse.Namespace, archive: Path) -> dict[str, str]:
     namespace = "soak"
     env = env_of(url, namespace, args, archive)
     settings = Settings(redis_url=url, namespace=namespace, queue_max_depth=10_000_000)
@@ -133,7 +133,12 @@ async def soak(url: str, args: argparse.Namespace, archive: Path) -> int:
     else:
         print(f"run shorter than the warm-up ({warmup:.0f} s): no plateau to compare")
     await client.aclose()
-    verify = subprocess.run([*cmd, "replay", "--verify"], env=env, capture_output=True, text=True)
+    return env
+
+
+def replay_verify(env: dict[str, str]) -> int:
+    cmd = [sys.executable, "-m", "engine", "replay", "--verify"]
+    verify = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     print(f"aiis replay --verify: exit {verify.returncode}: {verify.stdout.strip()[-300:]}")
     return verify.returncode
 
@@ -175,9 +180,7 @@ async def measure(url: str, n: int, archive: Path) -> None:
         redis, "measure", 1, archive, list(PROJECTIONS), segment_events=100_000, min_age_ms=0
     )
     kept = await used_memory(client)
-    ids = [k.decode() for k in await redis.hkeys(keys.state)]
-    for i in range(0, len(ids), 1000):
-        await redis.delete(*(keys.kept(t) for t in ids[i : i + 1000]))
+    await redis.delete(keys.kept)
     none_kept = await used_memory(client)
     while await client.store.janitor(0, int(time.time() * 1000) + 1):
         pass
@@ -213,9 +216,10 @@ def main() -> None:
             if args.measure:
                 asyncio.run(measure(url, args.measure, Path(tmp) / "archive"))
                 return
-            sys.exit(asyncio.run(soak(url, args, Path(tmp) / "archive")))
+            code = replay_verify(asyncio.run(soak(url, args, Path(tmp) / "archive")))
         finally:
             server.stop()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

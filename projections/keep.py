@@ -2,8 +2,9 @@
 
 A finished task must stay readable whole — ``get``, ``watch``, SSE, WebSocket, gRPC — for its
 retention whether or not its part of the log was archived (DESIGN.md §3 invariant 10). The
-archive copies each page it is about to trim into ``PartitionKeys.kept(task)`` (a small stream
-with the log's own ids) for the tasks whose state the engine still holds; the engine's readers
+archive copies each page it is about to trim into ``PartitionKeys.kept`` (one hash field per
+task: its entries as JSON, with the log's own ids) for the tasks whose state the engine still
+holds; the engine's readers
 (``Store.history``) read there first, and the janitor deletes it with the task.
 """
 
@@ -29,18 +30,16 @@ class Keeper:
         self.kept = 0  # entries kept so far
 
     async def __call__(self, page: Sequence[tuple[str, dict[str, str]]]) -> None:
-        slots: dict[str, int] = {}
         argv: list[str | int] = []
         for eid, fields in page:
             task = fields.get("task")
             if not task:
                 continue
-            slot = slots.setdefault(task, len(slots) + 2)  # KEYS[1] is the state hash
-            argv += [slot, task, eid, 2 * len(fields)]
+            argv += [task, eid, 2 * len(fields)]
             for k, v in fields.items():
                 argv += [k, v]
         if not argv:
             return
-        keys = [self.keys.state, *(self.keys.kept(t) for t in slots)]
         with translate_errors():
+            keys = [self.keys.state, self.keys.kept]
             self.kept += int(await self.script(keys=keys, args=argv))

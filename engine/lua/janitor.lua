@@ -25,12 +25,10 @@ for i, rec in ipairs(recs) do
     end
   end
 end
-local kept = {}
-for i, id in ipairs(old) do kept[i] = K_TAG .. ':ev:' .. id end
 redis.call('HDEL', K_STATE, unpack(old))
 redis.call('HDEL', K_TASK, unpack(old))
 redis.call('HDEL', K_CB, unpack(old))  -- callbacks `aiis ops` never delivered
-redis.call('DEL', unpack(kept))
+redis.call('HDEL', K_TAG .. ':kept', unpack(old))
 if #idem > 0 then redis.call('HDEL', K_IDEM, unpack(idem)) end
 redis.call('ZREM', K_DONE, unpack(old))
 return #old
