@@ -1,6 +1,6 @@
 """Soak: many tasks through the `echo` provider with scheduled archiving; Redis memory plateaus.
 
-    python bench/soak.py [--tasks 500000] [--max-seconds 0] [--retention-s 60]
+    python bench/soak.py [--tasks 500000] [--rate 1000] [--max-seconds 0] [--retention-s 60]
                          [--archive-interval-s 10] [--min-age-s 10] [--sample-s 5]
     python bench/soak.py --measure 20000     # bytes per retained task: log vs kept vs none
 
@@ -74,8 +74,13 @@ async def soak(url: str, args: argparse.Namespace, archive: Path) -> dict[str, s
     client = Client.from_url(url, settings)
     await client.store.prepare()
     cmd = [sys.executable, "-m", "engine"]
-    worker = subprocess.Popen([*cmd, "worker"], env=env, stderr=subprocess.DEVNULL)
-    runner = subprocess.Popen([*cmd, "projections"], env=env, stderr=subprocess.DEVNULL)
+    logs = archive.parent
+    worker = subprocess.Popen([*cmd, "worker"], env=env, stderr=open(logs / "worker.log", "wb"))  # noqa: ASYNC230, SIM115
+    runner = subprocess.Popen(
+        [*cmd, "projections"],
+        env=env,
+        stderr=open(logs / "projections.log", "wb"),  # noqa: ASYNC230, SIM115
+    )
     keys = client.store.keys(0)
     queue = keys.queue("normal")
     warmup = args.warmup_s or (
@@ -106,12 +111,16 @@ async def soak(url: str, args: argparse.Namespace, archive: Path) -> dict[str, s
             if await client.store.redis.xlen(queue) > args.window:
                 await asyncio.sleep(0.05)
                 continue
-            n = min(1000, args.tasks - submitted)
+            if args.rate and submitted > args.rate * (time.monotonic() - t0):
+                await asyncio.sleep(0.05)
+                continue
+            n = min(500, args.tasks - submitted)
             await asyncio.gather(*(client.submit(f"soak {submitted + i}") for i in range(n)))
             submitted += n
         while await client.store.redis.xlen(queue) > 0:  # let the last ones finish
             await asyncio.sleep(0.2)
         loaded = time.monotonic() - t0
+        await asyncio.sleep(args.sample_s)  # one sample after the load
     finally:
         sampler.cancel()
         worker.terminate()
@@ -119,6 +128,10 @@ async def soak(url: str, args: argparse.Namespace, archive: Path) -> dict[str, s
         worker.wait()
         runner.wait()
     print(f"{submitted:,} tasks in {loaded:.0f} s ({submitted / loaded:,.0f} tasks/s)")
+    for name in ("worker", "projections"):
+        lines = (logs / f"{name}.log").read_text(errors="replace").splitlines()
+        notable = [x for x in lines if "WARNING" in x or "ERROR" in x or "archived" in x]
+        print(f"{name}: {len(lines)} log lines; last notable: {notable[-3:]}")
     print(f"{'t (s)':>7} {'submitted':>10} {'used_memory':>12} {'log len':>8} {'done':>8}")
     for t, n, used, log_len, done in samples:
         print(f"{t:7.0f} {n:10,} {used / 1e6:10.1f} MB {log_len:8,} {done:8,}")
@@ -206,6 +219,9 @@ def main() -> None:
     ap.add_argument("--sample-s", type=float, default=5)
     ap.add_argument("--warmup-s", type=float, default=0)
     ap.add_argument("--window", type=int, default=20_000, help="tasks waiting at most")
+    ap.add_argument(
+        "--rate", type=float, default=1000, help="tasks/s submitted at most (0: no limit)"
+    )
     ap.add_argument("--measure", type=int, default=0, metavar="N")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
