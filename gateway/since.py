@@ -48,9 +48,11 @@ async def _log_bounds(store: Store, partition: int) -> tuple[str | None, str, st
     )
 
 
-async def check_retained(store: Store, partition: int, since: str, *, task: bool = False) -> None:
-    """``ProtocolError`` unless every event after ``since`` is still in the partition's log.
-    With ``task``, an archived (trimmed) part is no gap: a task's events are kept beside it."""
+async def check_retained(
+    store: Store, partition: int, since: str, *, task_id: str | None = None
+) -> None:
+    """``ProtocolError`` unless every event after ``since`` is still in the partition's log, or
+    (``task_id``) the task's trimmed part was kept beside it by the archive."""
     sid = parse_id(since)
     if sid is None:
         raise ProtocolError("bad_since", f"since {since[:40]!r} is not an event id (<ms>-<seq>)")
@@ -62,12 +64,15 @@ async def check_retained(store: Store, partition: int, since: str, *, task: bool
             f"since {since} is ahead of the log (its newest event is {last}); was the log "
             'reset? subscribe without since, or with since="0-0" for everything retained',
         )
-    if since == EVERYTHING or first is None or task:
+    if since == EVERYTHING or first is None:
         return
     if deleted is not None:  # Redis ≥ 7 knows exactly what was trimmed
         gap = deleted != "0-0" and sid < (parse_id(deleted) or (0, 0))
     else:
         gap = sid < (parse_id(id_before(first)) or (0, 0))
+    if gap and task_id is not None:
+        with translate_errors():
+            gap = not await store.redis.hexists(store.keys(partition).kept, task_id)
     if gap:
         raise ProtocolError(
             "since_too_old",
@@ -93,7 +98,7 @@ async def resolve(
             return {partition: id_before(word.requested_id)}
         if not isinstance(since, str):
             raise ProtocolError("bad_since", "a task subscription takes one event id as since")
-        await check_retained(store, partition, since, task=True)
+        await check_retained(store, partition, since, task_id=target.value)
         return {partition: since}
     if since is None:
         return None

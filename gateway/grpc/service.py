@@ -316,7 +316,7 @@ class TaskService:
             return id_before(word.requested_id)
         store = self.client.store
         partition = partition_of(task_id, store.settings.partitions)
-        await check_retained(store, partition, request.since, task=True)
+        await check_retained(store, partition, request.since, task_id=task_id)
         since, end = parse_id(request.since), parse_id(word.ref)
         if word.code in TERMINAL_CODES and since is not None and end is not None and since >= end:
             return None  # resumed after the terminal event: the stream is complete
