@@ -271,7 +271,7 @@ class Client:
         record = orjson.loads(raw_record) if raw_record else {}
         terminal = None
         if word.code in "SFXC":
-            entry = await self.store.event_at(partition, word.ref)
+            entry = await self.store.event_at(partition, word.ref, task_id=task_id)
             if entry is not None:
                 terminal = mapper.decode(*entry)
                 if for_caller and isinstance(terminal, TaskSucceeded):
@@ -330,7 +330,8 @@ class Client:
         stop: Callable[[], bool] | None = None,
     ) -> AsyncGenerator[Event, None]:
         """The task's events from the start (or after ``since``), live, until its terminal one
-        (or until ``stop()`` says so, checked after every read of at most ``block_ms``)."""
+        (or until ``stop()`` says so, checked after every read of at most ``block_ms``). Events
+        of an archived (trimmed) part of the log come from those kept beside the task."""
         await self._deployment()
         partition = self._partition(task_id)
         if since is None:
@@ -341,7 +342,9 @@ class Client:
         cursor = since
         me = asyncio.current_task()
         while True:
-            entries = await self.store.read_log(partition, cursor, block_ms=block_ms)
+            entries = await self.store.history(partition, task_id, cursor)
+            if not entries:
+                entries = await self.store.read_log(partition, cursor, block_ms=block_ms)
             if me is not None and me.cancelling():
                 # redis-py can swallow a cancellation that lands in a blocked XREAD
                 raise asyncio.CancelledError

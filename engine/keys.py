@@ -98,6 +98,13 @@ class PartitionKeys:
         """Hash task id -> callback URL, until ``aiis ops`` has delivered the terminal event."""
         return f"{self.tag}:cb"
 
+    @property
+    def kept(self) -> str:
+        """Hash task id -> the task's events kept once its part of the log was archived and
+        trimmed (JSON ``[[id, [field, value, …]], …]``, log ids), until the janitor forgets the
+        task (history.lua and janitor.lua build the same name from the tag)."""
+        return f"{self.tag}:kept"
+
     def pii(self, task_id: str) -> str:
         """A task's PII restore mapping (JSON, with a TTL); never in an event
         (``engine.pii_vault``; submit.lua builds the same name from the tag)."""

@@ -439,7 +439,7 @@ class Ops:
                 word = await self.client.state_word(task_id)
                 if word is None or word.code not in "SFXC" or _after(word.ref, cursor):
                     continue
-                entry = await store.event_at(partition, word.ref)
+                entry = await store.event_at(partition, word.ref, task_id=task_id)
                 if entry is None:
                     continue
                 await self._deliver_later(partition, mapper.envelope(*entry), raw_url.decode())

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
 
     # retention
     task_retention_s: float = Field(86_400.0, gt=0)
+    # finished tasks retained at most (all partitions): beyond it the oldest are forgotten
+    # before their retention ends, so Redis memory stays bounded under any traffic
+    task_retained_max: int = Field(1_000_000, ge=100, le=1_000_000_000)
     dlq_max_len: int = Field(100_000, ge=1)
 
     # gateway

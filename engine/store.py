@@ -34,7 +34,8 @@ from engine.settings import DEPLOYMENT_LIMITS, Settings
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry as redis-py returns it
 
-SCRIPTS = ("submit", "fetch", "commit", "renew", "cancel", "janitor")
+SCRIPTS = ("submit", "fetch", "commit", "renew", "cancel", "janitor", "history")
+JANITOR_BATCH = 1000  # tasks forgotten per janitor call
 
 
 def _load_script(name: str) -> str:
@@ -253,8 +254,12 @@ class Store:
         flat = [x for h in held for x in h]
         return [int(x) - 1 for x in await self._run("renew", partition, consumer, len(held), *flat)]
 
-    async def janitor(self, partition: int, cutoff_ms: int, limit: int = 1000) -> int:
-        return int(await self._run("janitor", partition, "", cutoff_ms, limit))
+    async def janitor(self, partition: int, cutoff_ms: int, limit: int = JANITOR_BATCH) -> int:
+        """Forget up to ``limit`` finished tasks: those finished before ``cutoff_ms`` and the
+        oldest beyond the partition's share of ``task_retained_max`` (see janitor.lua)."""
+        s = self.settings
+        cap = max(1, s.task_retained_max // s.partitions)
+        return int(await self._run("janitor", partition, "", cutoff_ms, limit, cap))
 
     async def forget_consumer(self, consumer: str) -> None:
         """Remove this consumer from every group once it holds nothing."""
@@ -297,9 +302,24 @@ class Store:
                 found = await self.redis.xrange(key, start, end, count=count)
         return cast(list[Entry], found)
 
-    async def event_at(self, partition: int, event_id: str) -> Entry | None:
-        found = await self.entries(self.keys(partition).log, event_id, event_id)
-        return found[0] if found else None
+    async def event_at(
+        self, partition: int, event_id: str, *, task_id: str | None = None
+    ) -> Entry | None:
+        """The log entry ``event_id``; with ``task_id``, also once the log was archived and
+        trimmed (from the events kept beside the task)."""
+        if task_id is None:
+            found = await self.entries(self.keys(partition).log, event_id, event_id)
+        else:
+            found = await self.history(partition, task_id, id_before(event_id), 1)
+        return found[0] if found and found[0][0].decode() == event_id else None
+
+    async def history(
+        self, partition: int, task_id: str, after: str, count: int = 500
+    ) -> list[Entry]:
+        """Entries after ``after``: the task's kept events (its archived part), then the log's
+        entries of every task, in one atomic read (history.lua). Never blocks."""
+        raw = await self._run("history", partition, "", task_id, after, count)
+        return [(eid, dict(zip(flat[::2], flat[1::2], strict=True))) for eid, flat in raw]
 
     async def read_log(
         self, partition: int, after: str, count: int = 500, block_ms: int | None = None

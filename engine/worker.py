@@ -28,7 +28,7 @@ from engine.outbox import Outbox, Running, Sink, error_data, succeeded_data
 from engine.results import Results
 from engine.retry import RetryPolicy, Verdict, decide
 from engine.settings import Settings
-from engine.store import Started, Store
+from engine.store import JANITOR_BATCH, Started, Store
 from providers.errors import ProviderError
 from providers.types import ChatMessage, ProviderRequest, TaskProcessor
 
@@ -36,6 +36,7 @@ log = logging.getLogger("aiis.worker")
 
 ORDERS = ("high,normal,low", "normal,high,low", "low,normal,high")
 PROGRESS_FLUSH_S = 0.05
+JANITOR_ROUNDS = 100  # janitor calls per partition per minute at most (100,000 tasks)
 
 
 def fetch_order(n: int) -> str:
@@ -329,7 +330,9 @@ class Worker:
                     last_janitor = now
                     cutoff = int((time.time() - s.task_retention_s) * 1000)
                     for p in range(s.partitions):
-                        await self.store.janitor(p, cutoff)
+                        for _ in range(JANITOR_ROUNDS):  # catch up, boundedly, per tick
+                            if await self.store.janitor(p, cutoff) < JANITOR_BATCH:
+                                break
             except RedisUnavailable as exc:
                 self.outbox.trouble("control", exc)
 

@@ -220,7 +220,14 @@ class Hub:
         key = self.logs[partition]
         cursor = after
         while True:
-            entries = await self.store.entries(key, f"({cursor}", "+", count=self.gw.replay_chunk)
+            if sub.target.kind == "task":  # with the events kept once the log was archived
+                entries = await self.store.history(
+                    partition, sub.target.value, cursor, self.gw.replay_chunk
+                )
+            else:
+                entries = await self.store.entries(
+                    key, f"({cursor}", "+", count=self.gw.replay_chunk
+                )
             if not entries:
                 return
             for eid, fields in entries:

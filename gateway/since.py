@@ -47,8 +47,11 @@ async def _log_bounds(store: Store, partition: int) -> tuple[str | None, str, st
     )
 
 
-async def check_retained(store: Store, partition: int, since: str) -> None:
-    """``ProtocolError`` unless every event after ``since`` is still in the partition's log."""
+async def check_retained(
+    store: Store, partition: int, since: str, *, task_id: str | None = None
+) -> None:
+    """``ProtocolError`` unless every event after ``since`` is still in the partition's log, or
+    (``task_id``) the task's trimmed part was kept beside it by the archive."""
     sid = parse_id(since)
     if sid is None:
         raise ProtocolError("bad_since", f"since {since[:40]!r} is not an event id (<ms>-<seq>)")
@@ -66,6 +69,9 @@ async def check_retained(store: Store, partition: int, since: str) -> None:
         gap = deleted != "0-0" and sid < (parse_id(deleted) or (0, 0))
     else:
         gap = sid < (parse_id(id_before(first)) or (0, 0))
+    if gap and task_id is not None:
+        with translate_errors():
+            gap = not await store.redis.hexists(store.keys(partition).kept, task_id)
     if gap:
         raise ProtocolError(
             "since_too_old",
@@ -91,7 +97,7 @@ async def resolve(
             return {partition: id_before(word.requested_id)}
         if not isinstance(since, str):
             raise ProtocolError("bad_since", "a task subscription takes one event id as since")
-        await check_retained(store, partition, since)
+        await check_retained(store, partition, since, task_id=target.value)
         return {partition: since}
     if since is None:
         return None

@@ -4,7 +4,9 @@ Per partition, the entries at or below the lowest checkpoint of every projection
 ``AIIS_PROJ_ARCHIVE_MIN_AGE_S``, so recent history stays in the stream for resuming watchers)
 are written to gzip'd JSON-lines segment files ``<dir>/<ns>/p<N>/<first>_<last>_<count>.jsonl.gz``
 — temp file, fsync, rename, fsync the directory — and only then is ``archived_to`` recorded and
-the stream trimmed (``XTRIM MINID``) in one atomic step. A crash anywhere loses nothing (the
+the stream trimmed (``XTRIM MINID``) in one atomic step. Before that, the entries of tasks the
+engine still retains are kept beside each task (``lua/keep.lua``), so a finished task stays
+readable whole for its retention (``projections.keep``). A crash anywhere loses nothing (the
 stream is trimmed only below what a renamed segment holds) and duplicates nothing (the next
 run starts after the newest segment on disk, and first finishes an interrupted trim).
 """
@@ -27,9 +29,11 @@ import redis.asyncio as aioredis
 
 from engine import tolerant
 from engine.errors import EventDecodeError
+from engine.keys import PartitionKeys
 from engine.store import translate_errors
 from projections import ids
 from projections.errors import ArchiveError
+from projections.keep import Keeper
 from projections.keys import ShardKeys, archive_key, archive_lock_key, log_key
 
 LOCK_MS = 300_000
@@ -54,6 +58,9 @@ return redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
 """
 
 
+MIN_AGE = "the min-age"  # ``held_by`` when the age limit, not a checkpoint, stopped archiving
+
+
 @dataclass(frozen=True, slots=True)
 class Segment:
     path: Path
@@ -69,7 +76,8 @@ class PartitionReport:
     segments: int = 0
     trimmed: int = 0
     archived_to: str = ids.ZERO
-    held_by: str | None = None  # the projection whose checkpoint limits archiving
+    held_by: str | None = None  # what stopped archiving: a projection's checkpoint, or MIN_AGE
+    kept: int = 0  # entries kept beside their (still retained) tasks
 
 
 def partition_dir(root: Path, namespace: str, partition: int) -> Path:
@@ -300,14 +308,17 @@ async def _archive(
     with translate_errors():
         # finish a trim a crash interrupted (segment renamed, stream not yet trimmed)
         report.trimmed += int(await record(keys=keys, args=[done, 0, 0, ids.after(done)]))
-    low, report.held_by = await _lowest_checkpoint(redis, namespace, partition, names)
+    low, holder = await _lowest_checkpoint(redis, namespace, partition, names)
     age_limit = (now_ms if now_ms is not None else int(time.time() * 1000)) - min_age_ms
     limit = min(ids.parse(low), (age_limit - 1, ids.MAX_SEQ))
     folder = partition_dir(root, namespace, partition)
+    keeper = Keeper(redis, PartitionKeys(namespace, partition))
     while True:
         writer = SegmentWriter(folder)
         try:
-            await _fill(redis, keys[1], done, limit, max_events=segment_events, writer=writer)
+            await _fill(
+                redis, keys[1], done, limit, max_events=segment_events, writer=writer, keep=keeper
+            )
         except BaseException:
             writer.abort()
             raise
@@ -322,6 +333,9 @@ async def _archive(
         report.archived += seg.count
         report.segments += 1
     report.archived_to = done
+    report.kept = keeper.kept
+    if await ids.xrange(redis, keys[1], f"({done}", count=1):  # something was held back
+        report.held_by = holder if ids.parse(low) <= limit else MIN_AGE
 
 
 async def _fill(
@@ -332,8 +346,10 @@ async def _fill(
     *,
     max_events: int,
     writer: SegmentWriter,
+    keep: Keeper,
 ) -> None:
-    """Write up to ``max_events`` entries after ``after`` and at most ``limit`` to ``writer``."""
+    """Write up to ``max_events`` entries after ``after`` and at most ``limit`` to ``writer``
+    (each page kept beside its retained tasks first: the trim comes after the segment)."""
     cursor = after
     while writer.count < max_events:
         page = await ids.xrange(
@@ -341,16 +357,24 @@ async def _fill(
         )
         if not page:
             return
+        taken: list[tuple[str, dict[str, str]]] = []
+        stopped = False
         for raw_id, fields in page:
             eid = _text(raw_id)
             if ids.parse(eid) > limit:
-                return
+                stopped = True
+                break
             try:
                 text = {_text(k): _text(v) for k, v in fields.items()}
             except UnicodeDecodeError as exc:  # no reader can decode it: not worth keeping
                 tolerant.skipped("archive", eid, EventDecodeError(eid, f"not UTF-8 ({exc})"))
                 continue
-            writer.write(eid, text)
+            taken.append((eid, text))
+        await keep(taken)
+        for eid, entry in taken:
+            writer.write(eid, entry)
+        if stopped:
+            return
         cursor = _text(page[-1][0])
 
 

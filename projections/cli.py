@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import os
 import signal
 import sys
 import time
@@ -23,7 +24,7 @@ from engine.commands import cli_identity
 from engine.connection import connect_for
 from engine.settings import Settings
 from projections import render
-from projections.archive import archive_log
+from projections.archive import MIN_AGE, archive_log
 from projections.registry import PROJECTIONS, select
 from projections.replay import estimate_events, replay, verify
 from projections.runner import check_partitions, run_projections
@@ -84,7 +85,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "stats": lambda r: _stats(r, settings, proj, args),
         "archive": lambda r: _archive(r, settings, proj, args),
     }
-    return asyncio.run(_with_redis(settings, handlers[args.command]))
+    try:
+        code = asyncio.run(_with_redis(settings, handlers[args.command]))
+        sys.stdout.flush()  # here, so a closed pipe is caught below rather than at exit
+        return code
+    except BrokenPipeError:
+        return _output_closed()
+
+
+def _output_closed() -> int:
+    """Whoever read our output went away (``aiis archive | head``): that is no error, and
+    never a traceback; stdout goes to /dev/null so the exit-time flush cannot fail either."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 0
 
 
 async def _with_redis(settings: Settings, fn: Callable[[aioredis.Redis], Awaitable[int]]) -> int:
@@ -200,7 +215,12 @@ async def _archive(
         min_age_ms=int(min_age * 1000),
     )
     for r in reports:
-        note = f" (held back by {r.held_by})" if r.held_by else ""
+        if r.held_by == MIN_AGE:
+            note = f" (held back by the min-age: entries newer than {min_age:g} s stay)"
+        elif r.held_by:
+            note = f" (held back by the {r.held_by} projection's checkpoint)"
+        else:
+            note = ""
         print(
             f"partition {r.partition}: archived {r.archived:,} events in {r.segments} "
             f"segment(s), trimmed {r.trimmed:,}; archived up to {r.archived_to}{note}"

@@ -23,9 +23,11 @@ from engine.keys import meta_key
 from engine.settings import Settings
 from engine.store import translate_errors
 from projections import ids
+from projections.archive import archive_log
+from projections.errors import ArchiveError
 from projections.fold import Position, apply_batch
 from projections.registry import PROJECTIONS
-from projections.settings import ProjectionSettings
+from projections.settings import ProjectionSettings, archive_dir
 from projections.source import stream_page
 from projections.status import lag_report
 from projections.storage import ShardStore
@@ -178,12 +180,49 @@ async def run_projections(
 
     relay_task = asyncio.create_task(relay())
     report_task = asyncio.create_task(report())
+    archive_task = asyncio.create_task(archive_on_schedule(redis, settings, proj, inner))
     try:
         results = await asyncio.gather(*(one(r) for r in runners), return_exceptions=True)
     finally:
         relay_task.cancel()
         report_task.cancel()
-        await asyncio.gather(relay_task, report_task, return_exceptions=True)
+        archive_task.cancel()
+        await asyncio.gather(relay_task, report_task, archive_task, return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
     if errors:
         raise errors[0]
+
+
+async def archive_on_schedule(
+    redis: aioredis.Redis, settings: Settings, proj: ProjectionSettings, stop: asyncio.Event
+) -> None:
+    """``aiis archive`` every ``AIIS_ARCHIVE_INTERVAL_S`` until ``stop`` (0: never), so the log
+    stays bounded without an operator. A failed run is logged and retried at the next tick."""
+    if proj.archive_interval_s <= 0:
+        return
+    root = archive_dir(settings, proj)
+    while not stop.is_set():
+        await wait_or_stop(stop, proj.archive_interval_s)
+        if stop.is_set():
+            return
+        try:
+            reports = await archive_log(
+                redis,
+                settings.namespace,
+                settings.partitions,
+                root,
+                list(PROJECTIONS),
+                segment_events=proj.segment_events,
+                min_age_ms=int(proj.archive_min_age_s * 1000),
+            )
+        except (ArchiveError, RedisUnavailable) as exc:
+            log.warning("scheduled archive skipped: %s", exc)
+            continue
+        archived = sum(r.archived for r in reports)
+        if archived:
+            log.info(
+                "archived %d events (%d trimmed) to %s",
+                archived,
+                sum(r.trimmed for r in reports),
+                root,
+            )

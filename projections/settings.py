@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine.settings import Settings
@@ -32,6 +32,13 @@ class ProjectionSettings(BaseSettings):
     archive_dir: Path | None = None  # default: AIIS_DATA_DIR/archive
     segment_events: int = Field(100_000, ge=1, le=10_000_000)
     archive_min_age_s: float = Field(3600.0, ge=0)  # keep this much recent log in the stream
+    # `aiis projections` (so `aiis serve`) archives and trims this often; 0 = only `aiis archive`
+    archive_interval_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        validation_alias=AliasChoices("AIIS_ARCHIVE_INTERVAL_S", "archive_interval_s"),
+    )
 
 
 def archive_dir(settings: Settings, proj: ProjectionSettings, override: Path | None = None) -> Path:

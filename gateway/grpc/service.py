@@ -371,7 +371,8 @@ class TaskService:
         if not request.since:
             return id_before(word.requested_id)
         store = self.client.store
-        await check_retained(store, partition_of(task_id, store.settings.partitions), request.since)
+        partition = partition_of(task_id, store.settings.partitions)
+        await check_retained(store, partition, request.since, task_id=task_id)
         since, end = parse_id(request.since), parse_id(word.ref)
         if word.code in TERMINAL_CODES and since is not None and end is not None and since >= end:
             return None  # resumed after the terminal event: the stream is complete
