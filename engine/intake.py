@@ -34,8 +34,6 @@ from engine.task import TaskSpec
 from engine.templates import TemplateError, TemplateStore
 from engine.webhooks import UrlPolicy, validate_callback_url
 
-TEMPLATE_PARAMS = ("template", "template_version", "variables")
-
 
 @dataclass(frozen=True, slots=True)
 class Admitted:

@@ -98,11 +98,6 @@ class PartitionKeys:
         """Hash task id -> callback URL, until ``aiis ops`` has delivered the terminal event."""
         return f"{self.tag}:cb"
 
-    def pii(self, task_id: str) -> str:
-        """A task's PII restore mapping (JSON, with a TTL); never in an event
-        (``engine.pii_vault``; submit.lua builds the same name from the tag)."""
-        return f"{self.tag}:pii:{task_id}"
-
     @property
     def script_keys(self) -> list[str]:
         return [
