@@ -245,7 +245,6 @@ class WebhookAttempted(_Envelope):
 
 
 OPS_EVENTS = frozenset({"AlertRaised", "AlertResolved", "WebhookAttempted"})
-OpsEvent = Annotated[AlertRaised | AlertResolved | WebhookAttempted, Field(discriminator="type")]
 
 Event = Annotated[
     TaskRequested

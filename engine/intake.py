@@ -41,7 +41,6 @@ from engine.task import TaskSpec, check_sizes
 from engine.templates import TemplateStore
 from engine.webhooks import UrlPolicy, validate_callback_url
 
-TEMPLATE_PARAMS = ("template", "template_version", "variables")
 SCREENED_PARAMS = frozenset({"system", "stop"})  # free text sent to providers (+ every x_*)
 
 

@@ -105,11 +105,6 @@ class PartitionKeys:
         task (history.lua and janitor.lua build the same name from the tag)."""
         return f"{self.tag}:kept"
 
-    def pii(self, task_id: str) -> str:
-        """A task's PII restore mapping (JSON, with a TTL); never in an event
-        (``engine.pii_vault``; submit.lua builds the same name from the tag)."""
-        return f"{self.tag}:pii:{task_id}"
-
     @property
     def script_keys(self) -> list[str]:
         return [

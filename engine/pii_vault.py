@@ -8,8 +8,6 @@ write it in the same atomic step as ``TaskRequested``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import orjson
 import redis.asyncio as aioredis
 
@@ -24,26 +22,13 @@ def vault_key(hash_tag_prefix: str, task_id: str) -> str:
 
 
 class PiiVault:
-    """Stores and fetches restore mappings (placeholder -> value)."""
+    """Fetches restore mappings (placeholder -> value); submit.lua writes them with their TTL."""
 
-    def __init__(self, redis: aioredis.Redis, ttl_s: int = 86_400) -> None:
+    def __init__(self, redis: aioredis.Redis) -> None:
         self.redis = redis
-        self.ttl_s = ttl_s
-
-    async def put(self, hash_tag_prefix: str, task_id: str, mapping: Mapping[str, str]) -> None:
-        if not mapping:
-            return
-        with translate_errors():
-            await self.redis.set(
-                vault_key(hash_tag_prefix, task_id), orjson.dumps(dict(mapping)), ex=self.ttl_s
-            )
 
     async def get(self, hash_tag_prefix: str, task_id: str) -> dict[str, str]:
         """The mapping, or ``{}`` when there is none (policy off, no PII, or expired)."""
         with translate_errors():
             raw = await self.redis.get(vault_key(hash_tag_prefix, task_id))
         return dict(orjson.loads(raw)) if raw else {}
-
-    async def forget(self, hash_tag_prefix: str, task_id: str) -> None:
-        with translate_errors():
-            await self.redis.delete(vault_key(hash_tag_prefix, task_id))

@@ -187,10 +187,6 @@ class LiveConfig:
             raise ConfigError(f"AIIS_{str(exc).split(':')[0].upper()}: {exc}") from None
         return cls(redis, settings, pii, budgets, DeploymentLimits.defaults())
 
-    @property
-    def loaded(self) -> bool:
-        return self._raw is not None
-
     async def ensure_loaded(self) -> None:
         """The first read of ``<ns>:config`` (shared by concurrent callers), then cheap."""
         if self._raw is not None:

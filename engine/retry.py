@@ -39,10 +39,6 @@ class RetryPolicy:
     max_attempts: int = 5
 
 
-def backoff_of(error_class: str) -> Backoff | None:
-    return BACKOFF.get(error_class)
-
-
 def next_delay(
     policy: RetryPolicy,
     error_class: str,

@@ -125,11 +125,6 @@ class TemplateStore:
             self._parsed.popitem(last=False)
         return template
 
-    async def versions(self, name: str) -> list[int]:
-        with translate_errors():
-            fields = await self.redis.hkeys(template_key(self.namespace, name))
-        return sorted(int(f) for f in fields if f not in (b"latest", "latest"))
-
     async def render(
         self, name: str, variables: Mapping[str, object], version: int | None = None
     ) -> tuple[str, int]:

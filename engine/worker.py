@@ -35,7 +35,6 @@ from providers.types import ChatMessage, ProviderRequest, TaskProcessor
 log = logging.getLogger("aiis.worker")
 
 ORDERS = ("high,normal,low", "normal,high,low", "low,normal,high")
-PROGRESS_FLUSH_S = 0.05
 JANITOR_ROUNDS = 100  # janitor calls per partition per minute at most (100,000 tasks)
 
 

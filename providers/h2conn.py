@@ -1,7 +1,7 @@
 """One HTTP/2 connection of ``providers.h2transport.H2Transport``: an ``asyncio.Protocol`` that
 feeds h2's state machine and hands each stream's frames to the call waiting for them, plus the
 response body that reads them. The transport (pooling, ALPN, the HTTP/1.1 fallback) is in
-``h2transport``."""
+``h2transport``; the few uses of h2 beyond its public API are in ``h2shim``."""
 
 from __future__ import annotations
 
@@ -9,15 +9,16 @@ import asyncio
 import contextlib
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, cast
+from typing import Protocol, cast
 
 import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
 import httpx
+
+from providers.h2shim import H2State
 
 
 class Pool(Protocol):
@@ -39,37 +40,6 @@ FLUSH_EVERY = 32  # requests (or acknowledgements) coalesced into one write at m
 _STREAM_WINDOW = 1 << 20
 _CONNECTION_WINDOW = 1 << 28
 _MAX_STREAM_ID = 2**31 - 1 - 2 * 1000
-
-
-class _H2State(h2.connection.H2Connection):
-    """h2's state machine with an O(1) open-stream count.
-
-    h2 counts open streams by walking every stream on each new one, which at 1,000 streams per
-    connection costs more than the rest of a request. The transport already keeps the count
-    (``reserved``, this stream included) and never exceeds the server's limit, so report that,
-    and let h2 sweep its table of closed streams only when the table has doubled."""
-
-    reserved = 0
-    _sweep_at = 64
-
-    def _receive_goaway_frame(self, frame: Any) -> tuple[list[Any], list[h2.events.Event]]:
-        """h2 closes the whole connection on any GOAWAY, and drops what we had not written yet;
-        a graceful one (NO_ERROR: a front end draining, a connection's maximum age) promises to
-        finish the streams up to ``last_stream_id``, so keep receiving them and keep our pending
-        acknowledgements. New streams are refused by ``Connection.goaway``."""
-        pending = self.data_to_send()
-        frames, events = super()._receive_goaway_frame(frame)
-        if frame.error_code == 0:
-            self.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
-            self._data_to_send[:0] = pending
-        return frames, events
-
-    @property
-    def open_outbound_streams(self) -> int:
-        if len(self.streams) >= self._sweep_at:
-            self._open_streams(self.highest_outbound_stream_id % 2)  # drops closed streams
-            self._sweep_at = max(64, 2 * len(self.streams))
-        return max(0, self.reserved - 1)
 
 
 class _Stream:
@@ -110,7 +80,7 @@ class Connection(asyncio.Protocol):
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        self.h2 = _H2State(config)
+        self.h2 = H2State(config)
         self.streams: dict[int, _Stream] = {}
         self.transport: asyncio.Transport | None = None
         self.ready: asyncio.Future[None] = self.loop.create_future()
@@ -215,9 +185,7 @@ class Connection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return (
-            not (self.closed or self.goaway) and self.h2.highest_outbound_stream_id < _MAX_STREAM_ID
-        )
+        return not (self.closed or self.goaway) and self.h2.last_stream_id < _MAX_STREAM_ID
 
     def flush(self) -> None:
         self._flush_soon = False

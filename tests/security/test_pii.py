@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -262,23 +261,6 @@ def test_restore_roundtrip_on_arbitrary_text(text: str) -> None:
     """restore(redact(x)) == x for arbitrary unicode text."""
     r = redact(text)
     assert restore(r.text, r.mapping) == text
-
-
-async def test_vault_roundtrip_outside_the_event(redis: Any, namespace: str) -> None:
-    """The mapping is stored under the task's hash tag with a TTL, restored, then forgotten."""
-    from engine.keys import PartitionKeys
-    from engine.pii_vault import PiiVault, vault_key
-
-    tag = PartitionKeys(namespace, 2).tag
-    screened = screen(["mail a@example.com"], TenantPolicy())
-    vault = PiiVault(redis, ttl_s=60)
-    await vault.put(tag, "task-1", screened.mapping)
-    assert vault_key(tag, "task-1").startswith(f"{namespace}:{{p2}}:")
-    assert 0 < await redis.ttl(vault_key(tag, "task-1")) <= 60
-    mapping = await vault.get(tag, "task-1")
-    assert restore("Sent to <EMAIL_1>.", mapping) == "Sent to a@example.com."
-    await vault.forget(tag, "task-1")
-    assert await vault.get(tag, "task-1") == {}
 
 
 def _full_detect(text: str) -> list[tuple[int, int, str]]:

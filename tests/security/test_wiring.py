@@ -25,6 +25,7 @@ from engine.errors import (
 from engine.events import TERMINAL_EVENTS, TaskSucceeded
 from engine.keys import ops_key
 from engine.ops import Ops
+from engine.pii_vault import PiiVault, vault_key
 from engine.policy import set_config
 from engine.webhooks import verify_signature
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
@@ -141,7 +142,21 @@ async def test_pii_block_off_and_no_restore_policies(make: Callable[..., Client]
     nr_id = await client.submit("write to a@b.example.org", tenant="n")
     rec = orjson.loads(await client.store.redis.hget(client.store.keys(0).task, off_id))
     assert rec["input"] == "write to a@b.example.org"
-    assert await client.store.redis.get(client.store.keys(0).pii(nr_id)) is None
+    assert await client.store.redis.get(vault_key(client.store.keys(0).tag, nr_id)) is None
+
+
+async def test_the_restore_mapping_is_kept_in_the_vault_with_a_ttl(
+    make: Callable[..., Client],
+) -> None:
+    """Submit writes the restore mapping under the task's hash tag with a TTL, outside the
+    event, and the vault reads back the value the event does not carry."""
+    client = make()
+    task_id = await client.submit("write to jane.doe@example.com")
+    tag = client.store.keys(0).tag
+    assert await client.store.redis.ttl(vault_key(tag, task_id)) > 0
+    assert await PiiVault(client.store.redis).get(tag, task_id) == {
+        "<EMAIL_1>": "jane.doe@example.com"
+    }
 
 
 async def test_template_rendered_and_missing_variables_named(make: Callable[..., Client]) -> None:
