@@ -4,7 +4,9 @@ EngineError
 └── ProjectionError
     ├── ArchiveError       the archive directory is missing, corrupt or does not cover the
     │                      trimmed part of a log
-    └── UnknownProjection  ``--projection NAME`` names no projection
+    ├── UnknownProjection  ``--projection NAME`` names no projection
+    └── Unapplicable       a view could not apply an event it decoded (the skip's log line;
+                           never raised out of the fold)
 """
 
 from __future__ import annotations
@@ -24,3 +26,10 @@ class UnknownProjection(ProjectionError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown projection {name!r} (known: {', '.join(known)})")
         self.name = name
+
+
+class Unapplicable(ProjectionError):
+    """Why a view skipped an event it could decode (for the skip's log line)."""
+
+    def __init__(self, projection: str, event_type: object, exc: BaseException) -> None:
+        super().__init__(f"{projection} cannot apply {event_type}: {exc!r}")

@@ -17,6 +17,7 @@ from typing import Any
 from engine import tolerant
 from engine.errors import EventDecodeError
 from projections import decode, ids
+from projections.errors import Unapplicable
 from projections.view import Envelope, Projection, Shard
 
 # a log entry: ``[id, [k, v, …]]`` as Redis sends it (``source`` reads without redis-py's reply
@@ -144,7 +145,11 @@ def apply_batch(
                     try:
                         shards[i] = evolves[i](shards[i], event)
                     except _APPLY_ERRORS as exc:
-                        tolerant.skipped(reader, eid, _Unapplicable(positions[i], event, exc))
+                        tolerant.skipped(
+                            reader,
+                            eid,
+                            Unapplicable(positions[i].projection.name, event["type"], exc),
+                        )
                 fast_last, fast_ts = eid, event["ts"]
                 fast_done += 1
         finally:
@@ -159,17 +164,10 @@ def apply_batch(
     return hi - lo
 
 
-class _Unapplicable(Exception):
-    """Why a view skipped an event it could decode (for the skip's log line)."""
-
-    def __init__(self, pos: Position, event: Envelope, exc: BaseException) -> None:
-        super().__init__(f"{pos.projection.name} cannot apply {event['type']}: {exc!r}")
-
-
 def _evolve(
     shards: list[Any], evolves: list[Any], i: int, event: Envelope, reader: str, pos: Position
 ) -> None:
     try:
         shards[i] = evolves[i](shards[i], event)
     except _APPLY_ERRORS as exc:
-        tolerant.skipped(reader, event["id"], _Unapplicable(pos, event, exc))
+        tolerant.skipped(reader, event["id"], Unapplicable(pos.projection.name, event["type"], exc))
