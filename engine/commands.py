@@ -126,6 +126,7 @@ def serve(
         asyncio.run(_check_redis(url, settings))
         env = {**os.environ, "AIIS_REDIS_URL": url}
         children: list[Child] = []
+        sandbox: Child | None = None
         if _needs_sandbox(settings):
             port = free_port()
             sandbox = Child(
@@ -158,7 +159,8 @@ def serve(
         print('aiis serve: try  aiis submit "hello" --wait   (Ctrl-C stops everything)')
         sys.stdout.flush()
         return supervisor.run(
-            on_start=lambda: _wait_port(port, sandbox) if "AIIS_SANDBOX_URL" in env else None
+            # AIIS_SANDBOX_URL set by the caller: their sandbox, nothing of ours to wait for
+            on_start=lambda: _wait_port(port, sandbox) if sandbox is not None else None
         )
     finally:
         if embedded is not None:
