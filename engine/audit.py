@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from pydantic import BaseModel, ConfigDict, Field
 
 from engine import redaction
-from engine.connection import connect
+from engine.connection import connect_for
 from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store import translate_errors
@@ -217,7 +217,7 @@ def register_audit(sub: Any) -> list[str]:
 async def _audit(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.redis_url:
         raise EngineError("aiis audit needs AIIS_REDIS_URL")
-    redis = connect(settings.redis_url, cluster=settings.redis_cluster)
+    redis = connect_for(settings, url=settings.redis_url)
     try:
         log = AuditLog(redis, settings.namespace)
         since = parse_since(args.since) if args.since else None

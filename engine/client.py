@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 
 from engine import mapper, redaction
-from engine.connection import connect
+from engine.connection import connect_for
 from engine.errors import InvalidTask, QueueFull, TaskNotFound
 from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
 from engine.intake import Intake
@@ -90,7 +90,7 @@ class Client:
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Client:
         settings = settings or Settings()
-        return cls(connect(url, cluster=settings.redis_cluster), settings)
+        return cls(connect_for(settings, url=url), settings)
 
     async def aclose(self) -> None:
         for task in list(self._flushers.values()):

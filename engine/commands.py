@@ -21,7 +21,7 @@ from engine import dlq as dead_letters
 from engine.audit import Action, AuditLog, audit_command
 from engine.autoscale import Autoscaler, ScalePolicy, parse_range
 from engine.client import Client
-from engine.connection import connect
+from engine.connection import connect_for
 from engine.embedded import EmbeddedRedis, free_port
 from engine.errors import ConfigError, EngineError
 from engine.events import (
@@ -40,7 +40,7 @@ from engine.supervisor import Child, Pool, Supervisor
 
 
 def _client(settings: Settings) -> Client:
-    return Client(connect(redis_url(settings), cluster=settings.redis_cluster), settings)
+    return Client(connect_for(settings), settings)
 
 
 def cli_identity() -> str:
@@ -73,7 +73,7 @@ async def _audit(
 
 
 async def _check_redis(url: str, settings: Settings) -> None:
-    client = Client(connect(url, cluster=settings.redis_cluster), settings)
+    client = Client(connect_for(settings, url=url), settings)
     try:
         await client.ping()
         await Store(client.store.redis, settings).prepare()

@@ -7,13 +7,16 @@ already there, a repeated commit or fetch is fenced by the state word.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 
 def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> aioredis.Redis:
@@ -43,3 +46,21 @@ def connect(url: str, max_connections: int = 64, *, cluster: bool = False) -> ai
         retry_on_error=[ConnectionError, TimeoutError],
     )
     return aioredis.Redis.from_pool(pool)
+
+
+def connect_for(
+    settings: Settings, max_connections: int = 64, *, url: str | None = None
+) -> aioredis.Redis:
+    """The one factory every process and component uses: ``AIIS_REDIS_URL`` (or the embedded
+    Redis of a running ``aiis serve``, or ``url``), standalone or cluster per
+    ``AIIS_REDIS_CLUSTER`` — so no component can forget the flag."""
+    if url is None:
+        from engine.runtime import redis_url  # noqa: PLC0415 — runtime imports this module
+
+        url = redis_url(settings)
+    return connect(url, max_connections, cluster=settings.redis_cluster)
+
+
+def is_cluster(redis: aioredis.Redis) -> bool:
+    """Whether ``redis`` is a cluster client (it has no single connection pool then)."""
+    return isinstance(redis, RedisCluster)

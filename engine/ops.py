@@ -405,9 +405,9 @@ async def run_ops(settings: Settings, url: str) -> None:
     """``aiis ops`` until SIGTERM/SIGINT."""
     import signal  # noqa: PLC0415
 
-    from engine.connection import connect  # noqa: PLC0415
+    from engine.connection import connect_for  # noqa: PLC0415
 
-    client = Client(connect(url, cluster=settings.redis_cluster), settings)
+    client = Client(connect_for(settings, url=url), settings)
     ops = Ops(client)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from engine.audit import AuditLog
 from engine.client import Client
-from engine.connection import connect
+from engine.connection import connect_for
 from engine.embedded import discover_url
 from engine.errors import ConfigError
 from engine.settings import Settings
@@ -105,7 +105,7 @@ def _log_circuit(provider: str, transition: str, info: Mapping[str, Any]) -> Non
 async def run_worker(settings: Settings, concurrency: int | None) -> None:
     """One worker process until SIGTERM/SIGINT, then drain."""
     client = Client(
-        connect(redis_url(settings), 32 + settings.partitions, cluster=settings.redis_cluster),
+        connect_for(settings, 32 + settings.partitions),
         settings,
     )
     try:

@@ -23,9 +23,8 @@ from starlette.websockets import WebSocket
 
 from engine.audit import AuditLog
 from engine.client import Client
-from engine.connection import connect
+from engine.connection import connect_for
 from engine.errors import EngineError
-from engine.runtime import redis_url
 from engine.settings import Settings
 from gateway import dashboard, http, sse
 from gateway.auth import Authenticator, is_loopback, load_tokens, token_from
@@ -148,7 +147,7 @@ class Gateway:
                 f"gateway only binds to a loopback address then, not {self.host!r}"
             )
         pool = 16 + self.settings.partitions
-        client = Client(connect(redis_url(self.settings), pool), self.settings)
+        client = Client(connect_for(self.settings, pool), self.settings)
         try:
             await client.ping()
             hub = Hub(client.store, self.gw)

@@ -20,8 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from engine.audit import Action, AuditLog
 from engine.commands import cli_identity
-from engine.connection import connect
-from engine.runtime import redis_url
+from engine.connection import connect_for
 from engine.settings import Settings
 from projections import render
 from projections.archive import archive_log
@@ -89,7 +88,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 async def _with_redis(settings: Settings, fn: Callable[[aioredis.Redis], Awaitable[int]]) -> int:
-    redis = connect(redis_url(settings), 16 + settings.partitions, cluster=settings.redis_cluster)
+    redis = connect_for(settings, 16 + settings.partitions)
     try:
         return await fn(redis)
     finally:

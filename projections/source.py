@@ -9,12 +9,14 @@ request for the next is already on the wire, so Redis works while we decode.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 
+from engine.connection import is_cluster
 from engine.store import translate_errors
 from projections import ids
 from projections.archive import check_coverage, list_segments, segment_pages
@@ -26,15 +28,26 @@ PAGE = 5000
 
 class _Reader:
     """XRANGE pages of one stream on one connection taken from the client's pool, at most one
-    request in flight; ``close`` gives the connection back (dropping it if a reply is unread)."""
+    request in flight; ``close`` gives the connection back (dropping it if a reply is unread).
+
+    A cluster client has no single pool (each node has its own, and a slot may move): there
+    each page is an ordinary XRANGE routed by the client, still one request ahead."""
 
     def __init__(self, redis: aioredis.Redis, key: str) -> None:
-        self.pool: Any = redis.connection_pool  # its stubs leave get_connection untyped
+        self.redis = redis
+        self.cluster = is_cluster(redis)
+        self.pool: Any = None if self.cluster else redis.connection_pool  # stubs: untyped
         self.key = key
         self.conn: Any = None
         self.pending = False
+        self.inflight: asyncio.Future[Any] | None = None
 
     async def request(self, after: str, count: int) -> None:
+        if self.cluster:
+            self.inflight = asyncio.ensure_future(
+                self.redis.xrange(self.key, f"({after}", "+", count=count)
+            )
+            return
         with translate_errors():
             if self.conn is None:
                 self.conn = await self.pool.get_connection()
@@ -42,12 +55,20 @@ class _Reader:
             await self.conn.send_command("XRANGE", self.key, f"({after}", "+", "COUNT", count)
 
     async def reply(self) -> list[RawEntry]:
+        if self.inflight is not None:
+            inflight, self.inflight = self.inflight, None
+            with translate_errors():
+                return list(await inflight or [])
         with translate_errors():
             page: Any = await self.conn.read_response(disable_decoding=True)
         self.pending = False
         return list(page or [])
 
     async def close(self) -> None:
+        inflight, self.inflight = self.inflight, None
+        if inflight is not None:
+            inflight.cancel()
+            await asyncio.gather(inflight, return_exceptions=True)
         conn, self.conn = self.conn, None
         if conn is None:
             return

@@ -22,6 +22,7 @@ from engine.settings import Settings
 from engine.worker import Worker
 from providers.echo import ScriptedProvider
 from providers.types import TaskProcessor
+from tests.cluster import LocalCluster
 
 
 @pytest.fixture(scope="session")
@@ -35,6 +36,45 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 @pytest.fixture
 def redis_url(redis_server: EmbeddedRedis) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A real 3-master Redis Cluster for the whole session (started on first use)."""
+    cluster = LocalCluster(tmp_path_factory.mktemp("cluster"))
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Where a component suite runs: the session's standalone server, or the 3-master cluster
+    with 4 partitions (so partitions fall on different nodes)."""
+
+    name: str
+    url: str
+    cluster: bool
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {"redis_url": self.url, "redis_cluster": self.cluster}
+        if self.cluster:
+            values["partitions"] = 4
+        return fast_settings(**{**values, **overrides})
+
+
+@pytest.fixture
+def topology(request: pytest.FixtureRequest) -> Topology:
+    """Standalone unless a suite parametrises it (``TOPOLOGIES``, ``indirect=True``)."""
+    name = getattr(request, "param", "standalone")
+    if name == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        return Topology(name, cluster.url, True)
+    return Topology(name, request.getfixturevalue("redis_url"), False)
+
+
+# parametrise a suite over both: pytestmark = pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
+TOPOLOGIES = ("topology", ["standalone", "cluster"])
 
 
 def fast_settings(**overrides: Any) -> Settings:
@@ -161,9 +201,9 @@ class Engine:
 
 
 @pytest.fixture
-async def engine(redis_url: str, workers: Workers) -> AsyncIterator[Engine]:
-    settings = fast_settings(redis_url=redis_url)
-    client = Client.from_url(redis_url, settings)
+async def engine(topology: Topology, workers: Workers) -> AsyncIterator[Engine]:
+    settings = topology.settings()
+    client = Client.from_url(topology.url, settings)
     await client.store.prepare()
     yield Engine(settings, client, workers)
     await workers.stop_all()

@@ -18,9 +18,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine.client import Client
-from engine.connection import connect
+from engine.connection import connect_for
 from engine.errors import EngineError
-from engine.runtime import redis_url
 from engine.settings import Settings
 from gateway.auth import Authenticator, is_loopback, load_tokens
 from gateway.errors import GatewayConfigError
@@ -87,11 +86,9 @@ class GrpcServer:
                 f"gRPC server only binds to a loopback address then, not {self.host!r}"
             )
         cfg = self.config
-        url = redis_url(self.settings)
-        cluster = self.settings.redis_cluster
         if self._client is None:
-            self._client = Client(connect(url, cfg.redis_pool, cluster=cluster), self.settings)
-        self._watch_client = Client(connect(url, cfg.max_watches, cluster=cluster), self.settings)
+            self._client = Client(connect_for(self.settings, cfg.redis_pool), self.settings)
+        self._watch_client = Client(connect_for(self.settings, cfg.max_watches), self.settings)
         self.service = TaskService(
             self._client,
             self._watch_client,
