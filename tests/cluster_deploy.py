@@ -108,9 +108,10 @@ class Deployment:
                     raise AssertionError(f"gateway not ready:\n{self.log('serve')}")
                 await asyncio.sleep(0.3)
 
-    def log(self, name: str) -> str:
+    def log(self, name: str, tail: int | None = 6000) -> str:
         path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return text[-tail:] if tail else text
 
     def serve_children(self) -> dict[int, str]:
         """pid → command line of every live child of ``aiis serve``."""

@@ -11,7 +11,6 @@ import os
 import re
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,6 @@ pytestmark = pytest.mark.slow
 
 PER_DOOR = 5
 DEAD_PROMPT = "always down [[fault:unavailable]]"
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path / "cluster")
-    c.start()
-    yield c
-    c.stop()
 
 
 class TenantSubscriber:
@@ -151,10 +142,13 @@ async def _stats_agree(deployment: Deployment, events: list[dict[str, Any]]) -> 
 
 
 @pytest.mark.timeout(300)
-async def test_every_component_on_a_3_master_cluster(tmp_path: Path, cluster: LocalCluster) -> None:
+async def test_every_component_on_a_3_master_cluster(
+    tmp_path: Path, redis_cluster: LocalCluster
+) -> None:
     """aiis serve on a 3-master cluster with 4 partitions: submits over HTTP/WS/gRPC reach one
     terminal event each, a tenant subscriber gets every event in order, stats/replay/watch/dlq/
     archive work, and a SIGKILLed worker's tasks are reclaimed and finished once."""
+    cluster = redis_cluster
     dep = Deployment(tmp_path, cluster.url, f"e2e{os.getpid()}", latency_s=1.5)
     dep.start(workers=2)
     subscriber = TenantSubscriber(dep.gateway_port)
@@ -195,17 +189,6 @@ async def test_every_component_on_a_3_master_cluster(tmp_path: Path, cluster: Lo
                 client.store.keys(p).log, count=1)}  # fmt: skip
             assert len(used) > 1, "every task landed in one partition"
 
-            # the tenant subscriber: every event of every task, in order per task, no duplicate
-            log_by_task = by_task(events, mine)
-            deadline = time.monotonic() + 30
-            while by_task(subscriber.events, mine) != log_by_task:
-                assert time.monotonic() < deadline, (
-                    f"subscriber: {len(subscriber.events)} events, errors {subscriber.errors}"
-                )
-                await asyncio.sleep(0.2)
-            ids = [e["id"] for e in subscriber.events]
-            assert len(ids) == len(set(ids))
-
             await _stats_agree(dep, events)
             verify = await dep.aiis_async("replay", "--verify")
             assert verify.returncode == 0, verify.stdout + verify.stderr
@@ -220,7 +203,8 @@ async def test_every_component_on_a_3_master_cluster(tmp_path: Path, cluster: Lo
             assert retried.returncode == 0, retried.stderr
             again = retried.stdout.strip()
             await wait_terminal(client, {again}, timeout=60)
-            assert terminal_counts(await log_events(client))[again] == 1
+            final = await log_events(client)  # before archive trims the streams
+            assert terminal_counts(final)[again] == 1
 
             archived = await dep.aiis_async("archive", "--min-age", "0")
             assert archived.returncode == 0, archived.stdout + archived.stderr
@@ -231,10 +215,24 @@ async def test_every_component_on_a_3_master_cluster(tmp_path: Path, cluster: Lo
             assert shown.returncode == 0 and '"succeeded"' in shown.stdout, shown.stdout
             verify = await dep.aiis_async("replay", "--verify")
             assert verify.returncode == 0, verify.stdout + verify.stderr
+
+            # the tenant subscriber: every event of every task, in order per task, no duplicate
+            log_by_task = by_task(final, mine | {again})
+            deadline = time.monotonic() + 30
+            while by_task(subscriber.events, mine | {again}) != log_by_task:
+                assert time.monotonic() < deadline, (
+                    f"subscriber: {len(subscriber.events)} events, errors {subscriber.errors}"
+                )
+                await asyncio.sleep(0.2)
+            ids = [e["id"] for e in subscriber.events]
+            assert len(ids) == len(set(ids))
     finally:
         if sub_task is not None:
             sub_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await sub_task
         code = dep.stop()
+        print(dep.log("serve"))  # shown by pytest when the test fails
     assert code == 0, dep.log("serve")
+    crashed = sorted(set(re.findall(r"aiis: (\S+) exited with", dep.log("serve", tail=None))))
+    assert crashed == [], f"components of aiis serve that died and were restarted: {crashed}"
