@@ -14,12 +14,12 @@ SLOTS = 16384
 
 
 class LocalCluster:
-    def __init__(self, root: Path, masters: int = 3) -> None:
+    def __init__(self, root: Path, masters: int = 3, *, appendonly: bool = False) -> None:
         self.nodes = [
             EmbeddedRedis(
                 root / f"node{i}",
                 port=_cluster_port(),
-                appendonly=False,
+                appendonly=appendonly,
                 extra_args=[
                     "--cluster-enabled",
                     "yes",
@@ -55,6 +55,23 @@ class LocalCluster:
         for c in clients:
             c.close()
         return self.url
+
+    def restart_node(self, index: int, timeout: float = 30.0) -> None:
+        """SIGKILL one master and start it again on its port with its data (AOF when on) and its
+        nodes.conf; returns once the cluster says ok again."""
+        node = self.nodes[index]
+        node.kill()
+        time.sleep(0.3)
+        node.start()
+        client = redis.Redis(port=node.port or 0)
+        deadline = time.monotonic() + timeout
+        try:
+            while not _ok(client):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("cluster did not reach cluster_state:ok after a restart")
+                time.sleep(0.1)
+        finally:
+            client.close()
 
     def stop(self) -> None:
         for node in self.nodes:

@@ -40,6 +40,7 @@ class Deployment:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.sandbox: subprocess.Popen[bytes] | None = None
         self.serve: subprocess.Popen[bytes] | None = None
+        self.autoscaled: subprocess.Popen[bytes] | None = None
 
     @property
     def env(self) -> dict[str, str]:
@@ -88,6 +89,10 @@ class Deployment:
         )  # fmt: skip
         self.serve = self._spawn(
             "serve", [sys.executable, "-m", "engine", "serve", "--workers", str(workers)]
+        )
+        # the autoscaler is not part of serve: run it beside, 1 worker that may grow to 2
+        self.autoscaled = self._spawn(
+            "autoscale", [sys.executable, "-m", "engine", "worker", "--autoscale", "1-2"]
         )
 
     async def wait_ready(self, timeout: float = 90.0) -> None:
@@ -149,7 +154,7 @@ class Deployment:
     def stop(self) -> int | None:
         """SIGTERM ``aiis serve`` (it stops its children in order); returns its exit code."""
         code = None
-        for proc in (self.serve, self.sandbox):
+        for proc in (self.autoscaled, self.serve, self.sandbox):
             if proc is None or proc.poll() is not None:
                 continue
             proc.send_signal(signal.SIGTERM)

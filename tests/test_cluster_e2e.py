@@ -95,6 +95,21 @@ async def _grpc_submit(port: int, prompts: list[str]) -> tuple[list[str], list[s
     return ids, watched
 
 
+async def _dashboard(port: int) -> dict[str, Any]:
+    """The dashboard page, /metrics, and the first ``stats`` frame pushed over WebSocket."""
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        page = await http.get("/")
+        assert page.status_code == 200 and "html" in page.headers["content-type"]
+        metrics = await http.get("/metrics")
+        assert metrics.status_code == 200, metrics.text
+    async with ws_connect(f"ws://127.0.0.1:{port}/v1/ws", open_timeout=10) as ws:
+        await ws.send(orjson.dumps({"op": "subscribe", "stats": True}).decode())
+        async with asyncio.timeout(30):
+            while (msg := orjson.loads(await ws.recv())).get("op") != "stats":
+                assert msg.get("op") != "error", msg
+    return dict(msg)
+
+
 async def _kill_a_worker_mid_task(
     deployment: Deployment, client: Client, tasks: set[str]
 ) -> set[str]:
@@ -103,14 +118,21 @@ async def _kill_a_worker_mid_task(
     deadline = time.monotonic() + 30
     while True:
         events = await log_events(client)
-        started = [e for e in events if e["type"] == "TaskStarted" and e["task_id"] in tasks]
+        children = deployment.serve_children()
+        started = [
+            e["data"]["worker"]
+            for e in events
+            if e["type"] == "TaskStarted"
+            and e["task_id"] in tasks
+            and int(e["data"]["worker"].rsplit("-", 2)[1]) in children  # host-pid-random
+        ]
         if started:
             break
-        assert time.monotonic() < deadline, "no task started"
+        assert time.monotonic() < deadline, "no task started by a worker of aiis serve"
         await asyncio.sleep(0.05)
-    victim = started[0]["data"]["worker"]
-    pid = int(victim.rsplit("-", 2)[1])  # host-pid-random
-    assert "worker" in deployment.serve_children().get(pid, ""), (pid, victim)
+    victim = started[0]
+    pid = int(victim.rsplit("-", 2)[1])
+    assert "worker" in children[pid], children[pid]
     os.kill(pid, signal.SIGKILL)
     events = await log_events(client)
     done = set(terminal_counts(events))
@@ -190,6 +212,9 @@ async def test_every_component_on_a_3_master_cluster(
             assert len(used) > 1, "every task landed in one partition"
 
             await _stats_agree(dep, events)
+            await _dashboard(dep.gateway_port)
+            rebuilt = await dep.aiis_async("replay")
+            assert rebuilt.returncode == 0, rebuilt.stdout + rebuilt.stderr
             verify = await dep.aiis_async("replay", "--verify")
             assert verify.returncode == 0, verify.stdout + verify.stderr
 
@@ -236,3 +261,4 @@ async def test_every_component_on_a_3_master_cluster(
     assert code == 0, dep.log("serve")
     crashed = sorted(set(re.findall(r"aiis: (\S+) exited with", dep.log("serve", tail=None))))
     assert crashed == [], f"components of aiis serve that died and were restarted: {crashed}"
+    assert dep.autoscaled is not None and dep.autoscaled.returncode == 0, dep.log("autoscale")
