@@ -92,7 +92,7 @@ class Deployment:
         )
         # the autoscaler is not part of serve: run it beside, 1 worker that may grow to 2
         self.autoscaled = self._spawn(
-            "autoscale", [sys.executable, "-m", "engine", "worker", "--autoscale", "1-2"]
+            "autoscale", [sys.executable, "-m", "engine", "worker", "--autoscale", "1:2"]
         )
 
     async def wait_ready(self, timeout: float = 90.0) -> None:
