@@ -16,9 +16,9 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine import mapper, redaction
+from engine import mapper, redaction, tolerant
 from engine.connection import connect_for
-from engine.errors import InvalidTask, QueueFull, TaskNotFound
+from engine.errors import EventDecodeError, InvalidTask, QueueFull, TaskNotFound
 from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
 from engine.intake import Intake
 from engine.keys import new_task_id, partition_for_key, partition_of
@@ -315,7 +315,11 @@ class Client:
                 cursor = eid.decode()
                 if fields.get(b"task") != task_id.encode():
                     continue
-                event = mapper.decode(eid, fields)
+                try:
+                    event = mapper.decode(eid, fields)
+                except EventDecodeError as exc:  # anyone can XADD: skip it, never stop
+                    tolerant.skipped("watch", cursor, exc)
+                    continue
                 yield event
                 if event.type in TERMINAL_EVENTS:
                     return

@@ -92,6 +92,9 @@ def current_envelope(
     Raises one of ``FAST_PATH_ERRORS`` on a malformed field."""
     if CURRENT_VERSION.get(event_type) != version:
         return None
+    body = orjson.loads(data)
+    if type(body) is not dict:
+        raise TypeError("data is not an object")
     return {
         "id": eid,
         "type": event_type,
@@ -99,13 +102,13 @@ def current_envelope(
         "tenant": tenant if type(tenant) is str else tenant.decode(),  # type: ignore[union-attr]
         "ts": int(ts),
         "v": version,
-        "data": orjson.loads(data),
+        "data": body,
     }
 
 
 def _envelope(eid: str, fields: Fields) -> dict[str, Any]:
-    f = {_text(k): _text(v) for k, v in fields.items()}
     try:
+        f = {_text(k): _text(v) for k, v in fields.items()}  # bytes that are not UTF-8 raise
         event_type = f["type"]
         version = int(f.get("v", "1"))
         data = orjson.loads(f["data"])
@@ -116,8 +119,10 @@ def _envelope(eid: str, fields: Fields) -> dict[str, Any]:
             "tenant": f["tenant"],
             "ts": int(f["ts"]),
         }
-    except (KeyError, ValueError, orjson.JSONDecodeError) as exc:
+    except (KeyError, ValueError, AttributeError, orjson.JSONDecodeError) as exc:
         raise EventDecodeError(eid, f"malformed entry ({exc})") from exc
+    if type(data) is not dict:
+        raise EventDecodeError(eid, f"malformed entry (data is not an object: {type(data)})")
     if event_type not in CURRENT_VERSION:
         raise UnknownEventType(eid, f"unknown event type {event_type!r}")
     current = CURRENT_VERSION[event_type]

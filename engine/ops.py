@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 
-from engine import mapper
+from engine import mapper, tolerant
 from engine.alerts import (
     AlertEngine,
     AlertNotifier,
@@ -50,9 +50,10 @@ from engine.alerts import (
 )
 from engine.budget import Budgets
 from engine.client import Client
-from engine.errors import EngineError, RedisUnavailable
+from engine.errors import EventDecodeError, RedisUnavailable
 from engine.events import TERMINAL_EVENTS, TaskSucceeded
 from engine.keys import PRIORITIES, ops_checkpoint_key, ops_key
+from engine.logreader import LogReader
 from engine.settings import Settings
 from engine.store import translate_errors
 from engine.webhooks import (
@@ -153,6 +154,7 @@ class Ops:
         self._delivering: dict[str, dict[str, Any]] = {}  # task id -> terminal envelope
         self._totals: dict[tuple[str, str], float] = {}
         self.cursors: dict[int, str] = {}
+        self.reader = LogReader(self.redis, s.namespace, s.partitions)
         self.stats = {"events": 0, "alerts": 0, "deliveries": 0, "spend_events": 0}
 
     # --- lifecycle -------------------------------------------------------------------------
@@ -176,6 +178,7 @@ class Ops:
 
     async def aclose(self) -> None:
         """Wait for deliveries in flight (they are bounded by their attempts)."""
+        await self.reader.aclose()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
         if self._own_http:
@@ -191,19 +194,9 @@ class Ops:
 
     async def step(self, block_ms: int | None = None) -> int:
         """Handle the next events of every partition; returns how many."""
-        store = self.client.store
-        streams = {store.keys(p).log: c for p, c in self.cursors.items()}
-        with translate_errors():
-            reply: Any = await self.redis.xread(
-                streams,  # type: ignore[arg-type]
-                count=READ_COUNT,
-                block=block_ms,
-            )
+        batch = await self.reader.read(self.cursors, READ_COUNT, block_ms)
         n = 0
-        by_key = {store.keys(p).log: p for p in self.cursors}
-        for key, entries in reply or []:
-            name = key.decode() if isinstance(key, bytes) else key
-            partition = by_key[name]
+        for partition, entries in batch:
             await self._handle(partition, entries)
             self.cursors[partition] = entries[-1][0].decode()
             n += len(entries)
@@ -221,8 +214,9 @@ class Ops:
         for eid, fields in entries:
             try:
                 env = mapper.envelope(eid, fields)
-            except EngineError as exc:
-                log.warning("ops: skipping an event it cannot read: %s", exc)
+                _check_shape(env)
+            except (EventDecodeError, *_BAD_DATA) as exc:
+                tolerant.skipped("ops", _id(eid), exc)
                 continue
             self.stats["events"] += 1
             etype, data, ts = env["type"], env["data"], env["ts"]
@@ -391,6 +385,30 @@ class Ops:
                 await self._deliver_later(partition, mapper.envelope(*entry), raw_url.decode())
                 found += 1
         return found
+
+
+def _id(eid: bytes | str) -> str:
+    return eid.decode() if isinstance(eid, bytes) else eid
+
+
+# what reading a field of an event's data of the wrong shape raises
+_BAD_DATA = (KeyError, TypeError, ValueError, AttributeError)
+
+
+def _check_shape(env: Mapping[str, Any]) -> None:
+    """Raise one of ``_BAD_DATA`` unless the fields ``_handle`` reads have their types' shapes
+    (a decoded entry may still carry data its type does not allow: anyone can XADD)."""
+    etype, data = env["type"], env["data"]
+    if etype == "TaskProgress":
+        detail = data.get("detail") or {}
+        detail.get("provider")
+        str(detail.get("from") or "")
+    elif etype == "TaskSucceeded":
+        if not data.get("cached"):
+            str(data["provider"])
+        float(data.get("cost_usd") or 0)
+    elif etype in ("TaskFailed", "TaskRetryScheduled", "TaskDeadLettered"):
+        (data.get("error") or {}).get("provider")
 
 
 def _after(a: str, b: str) -> bool:

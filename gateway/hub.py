@@ -1,4 +1,5 @@
-"""The fan-out: ONE XREAD loop over every partition's event log per gateway process, feeding
+"""The fan-out: ONE read loop over every partition's event log per gateway process (one XREAD
+on a standalone Redis, one per partition on a cluster: ``engine.logreader``), feeding
 the outboxes of local subscribers (WebSocket and SSE). A subscriber never owns a Redis
 connection and never slows the loop down: delivery is a non-blocking put into its outbox.
 
@@ -7,6 +8,9 @@ Resume without gap or duplicate (``subscribe``): the subscription is registered 
 from ``since`` to its end, then the parked events are released. Every event is accepted at
 most once per partition by comparing stream ids with the last one delivered, so the overlap
 between replay and live delivery is dropped and nothing between them is missed.
+
+An entry the hub cannot decode (or of an unknown type) is counted, logged once and skipped
+(``engine.tolerant``); the loop never stops on one, and its cursor moves past it.
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import Any
 
+from engine import tolerant
 from engine.errors import EngineError, EventDecodeError
 from engine.keys import PartitionKeys
-from engine.store import Store, translate_errors
+from engine.logreader import LogReader
+from engine.store import Store
 from gateway.outbox import Item, Outbox
 from gateway.protocol import StreamId, Target
 from gateway.settings import GatewaySettings
@@ -74,11 +79,11 @@ class Hub:
         self.gw = gw
         namespace = store.settings.namespace
         self.logs = [PartitionKeys(namespace, p).log for p in range(len(store.partitions))]
-        self._partition_of = {key: p for p, key in enumerate(self.logs)}
+        self.reader = LogReader(store.redis, namespace, len(self.logs))
         self.by_task: dict[str, set[Subscription]] = {}
         self.by_tenant: dict[str, set[Subscription]] = {}
         self.listeners: list[Listener] = []
-        self.cursors: dict[str, str] = {}
+        self.cursors: dict[int, str] = {}
         self.events_read = 0
         self.deliveries = 0
         self.decode_errors = 0
@@ -90,9 +95,9 @@ class Hub:
 
     async def start(self) -> None:
         """Start reading after each log's current last entry."""
-        for key in self.logs:
+        for p, key in enumerate(self.logs):
             newest = await self.store.entries(key, count=1, reverse=True)
-            self.cursors[key] = newest[0][0].decode() if newest else "0-0"
+            self.cursors[p] = newest[0][0].decode() if newest else "0-0"
         self.connected = True
         self._task = asyncio.create_task(self._run(), name="gateway-hub")
 
@@ -104,6 +109,7 @@ class Hub:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
+        await self.reader.aclose()
 
     @property
     def running(self) -> bool:
@@ -113,12 +119,9 @@ class Hub:
         backoff = 0.1
         while not self._stopping:
             try:
-                with translate_errors():
-                    reply: Any = await self.store.redis.xread(
-                        self.cursors,  # type: ignore[arg-type]
-                        count=self.gw.read_count,
-                        block=self.gw.read_block_ms,
-                    )
+                batch = await self.reader.read(
+                    self.cursors, self.gw.read_count, self.gw.read_block_ms
+                )
             except EngineError as exc:
                 if self.connected:
                     log.warning("event log unreadable, retrying: %s", exc)
@@ -127,13 +130,10 @@ class Hub:
                 backoff = min(backoff * 2, 5.0)
                 continue
             self.connected, backoff = True, 0.1
-            for key, entries in reply or []:
-                name = key.decode() if isinstance(key, bytes) else key
-                partition = self._partition_of[name]
+            for partition, entries in batch:
                 for eid, fields in entries:
                     self.dispatch(Item(partition, eid, fields))
-                if entries:
-                    self.cursors[name] = entries[-1][0].decode()
+                self.cursors[partition] = entries[-1][0].decode()
             await asyncio.sleep(0)  # let writers run between batches
 
     # --- fan-out ---------------------------------------------------------------------------
@@ -141,7 +141,7 @@ class Hub:
     def _matching(self, item: Item) -> list[Subscription]:
         found: list[Subscription] = []
         for index, key in ((self.by_task, item.task_id), (self.by_tenant, item.tenant)):
-            subs = index.get(key.decode())
+            subs = index.get(key.decode(errors="replace"))  # not UTF-8: matches no one
             if subs:
                 found.extend(subs)
         found.extend(self.by_tenant.get("*", ()))
@@ -155,10 +155,10 @@ class Hub:
         if not subs:
             return
         try:
-            item.envelope  # noqa: B018 — decode once, before any outbox sees it
+            item.check()  # decode once, before any outbox sees it
         except EventDecodeError as exc:
             self.decode_errors += 1
-            log.error("skipping an event the gateway cannot read: %s", exc)
+            tolerant.skipped("hub", item.id, exc)
             return
         sent_to: set[int] = set()
         for sub in subs:
@@ -227,11 +227,13 @@ class Hub:
                 if sub.matches(fields):
                     item = Item(partition, eid, fields)
                     try:
-                        if sub.deliver(item):
-                            self.deliveries += 1
+                        item.check()  # before ``deliver`` marks a terminal one as delivered
                     except EventDecodeError as exc:
                         self.decode_errors += 1
-                        log.error("skipping an event the gateway cannot read: %s", exc)
+                        tolerant.skipped("hub", item.id, exc)
+                        continue
+                    if sub.deliver(item):
+                        self.deliveries += 1
                     if sub.finished or sub.outbox.overflowed:
                         return
             cursor = entries[-1][0].decode()

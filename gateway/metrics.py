@@ -20,6 +20,7 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.exceptions import ResponseError
 
+from engine import tolerant
 from engine.keys import GROUP, PRIORITIES, autoscale_pattern
 from engine.store import translate_errors
 
@@ -314,6 +315,14 @@ async def render_metrics(ctx: Context) -> CollectorRegistry:
     fam.extend(await _pool_metrics(ctx))
     fam.extend(ctx.stats.tasks.families())
     fam.extend(_report_families(await ctx.stats.projections_report()))
+    skipped = CounterMetricFamily(
+        "aiis_undecodable_events",
+        "Log entries this process's readers skipped (engine.tolerant), by reader and reason",
+        labels=["reader", "reason"],
+    )
+    for (reader, reason), n in sorted(tolerant.SKIPPED.items()):
+        skipped.add_metric([reader, reason], n)
+    fam.append(skipped)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(fam))
     return registry

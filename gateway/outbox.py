@@ -56,6 +56,13 @@ class Item:
         """The DESIGN.md §4 envelope (raises ``EventDecodeError`` on a malformed entry)."""
         return mapper.envelope(self.id, self.fields)
 
+    def check(self) -> None:
+        """Raise ``EventDecodeError`` unless the entry decodes; a terminal event, which ends
+        its task's subscriptions, is validated in full (anyone can XADD a bogus one)."""
+        self.envelope  # noqa: B018 — decoded once, shared by every outbox
+        if self.terminal:
+            mapper.decode(self.id, self.fields)
+
     @property
     def envelope(self) -> bytes:
         if self._envelope is None:

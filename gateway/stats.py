@@ -18,6 +18,9 @@ from typing import Any
 
 import orjson
 
+from engine import tolerant
+from engine.errors import EventDecodeError, UnknownEventType
+from engine.events import EVENT_TYPES
 from engine.keys import PRIORITIES
 from engine.store import Store, translate_errors
 from gateway.auth import Principal
@@ -43,6 +46,16 @@ STATUS_OF = {
     "TaskCancelled": "cancelled",
 }
 WINDOW_S = 10
+# what a malformed entry's fields raise here (ts not a number, bytes not UTF-8, data not JSON)
+_BAD_FIELDS = (ValueError, TypeError, AttributeError, KeyError, orjson.JSONDecodeError)
+
+
+def _ts(item: Item) -> int:
+    """The entry's event time; ``EventDecodeError`` when it is not a number."""
+    try:
+        return int(item.fields.get(b"ts", b"0") or 0)
+    except ValueError as exc:
+        raise EventDecodeError(item.id, "malformed entry (ts is not a number)") from exc
 
 
 class Stats:
@@ -65,7 +78,13 @@ class Stats:
     # --- what the hub shows us ---------------------------------------------------------------
 
     def observe(self, item: Item) -> None:
-        """Hub listener: count the event and track its task's status."""
+        """Hub listener: count the event and track its task's status (an entry it cannot read
+        is counted as skipped by ``stats`` and changes nothing)."""
+        try:
+            self._check(item)
+        except EventDecodeError as exc:
+            tolerant.skipped("stats", item.id, exc)
+            return
         now = int(time.time())
         if not self.seconds or self.seconds[-1][0] != now:
             self.seconds.append([now, 0, 0])
@@ -74,6 +93,19 @@ class Stats:
         if item.terminal:
             bucket[2] += 1
         self._track(item)
+
+    @staticmethod
+    def _check(item: Item) -> None:
+        """Raise ``EventDecodeError`` unless the fields ``_track`` reads are well-formed."""
+        _ts(item)
+        try:
+            item.task_id.decode()
+            item.tenant.decode()
+            event_type = item.type
+        except UnicodeDecodeError as exc:
+            raise EventDecodeError(item.id, "malformed entry (not UTF-8)") from exc
+        if event_type not in EVENT_TYPES:  # a tolerant reader ignores what it does not know
+            raise UnknownEventType(item.id, f"unknown event type {event_type!r}")
 
     def _track(self, item: Item) -> None:
         event_type = item.type
@@ -88,13 +120,13 @@ class Stats:
             self.recent.move_to_end(task_id)
         row["status"] = STATUS_OF.get(event_type, row["status"])
         row["event"] = event_type
-        row["updated_ms"] = int(item.fields.get(b"ts", b"0") or 0)
+        row["updated_ms"] = _ts(item)
         if item.terminal:
-            with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError, ValueError):
+            with contextlib.suppress(*_BAD_FIELDS):
                 data = orjson.loads(item.fields.get(b"data", b"{}"))
                 self.tasks.finished(str(row.get("kind") or "unknown"), event_type, data)
         if event_type in ("TaskRequested", "TaskSucceeded", "TaskFailed"):
-            with contextlib.suppress(orjson.JSONDecodeError, TypeError, AttributeError):
+            with contextlib.suppress(*_BAD_FIELDS):
                 data = orjson.loads(item.fields.get(b"data", b"{}"))
                 if event_type == "TaskRequested":
                     prompt = data.get("input")
@@ -110,13 +142,21 @@ class Stats:
                     row["error"] = str((data.get("error") or {}).get("message", ""))[:120]
 
     async def seed(self) -> None:
-        """Fill the recent-task list from the newest entries of each log."""
-        entries: list[Item] = []
+        """Fill the recent-task list from the newest entries of each log (skipping, and
+        counting, what it cannot read: a bad entry must not keep the gateway from starting)."""
+        entries: list[tuple[int, Item]] = []
         per_log = max(1, self.gw.recent_tracked * 4 // len(self.store.partitions))
         for p, keys in enumerate(self.store.partitions):
             found = await self.store.entries(keys.log, count=per_log, reverse=True)
-            entries.extend(Item(p, eid, fields) for eid, fields in found)
-        for item in sorted(entries, key=lambda i: int(i.fields.get(b"ts", b"0") or 0)):
+            for eid, fields in found:
+                item = Item(p, eid, fields)
+                try:
+                    self._check(item)
+                except EventDecodeError as exc:
+                    tolerant.skipped("stats", item.id, exc)
+                    continue
+                entries.append((_ts(item), item))
+        for _, item in sorted(entries, key=lambda pair: pair[0]):
             self._track(item)
 
     # --- the snapshot ------------------------------------------------------------------------

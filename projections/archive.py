@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from engine import tolerant
+from engine.errors import EventDecodeError
 from engine.store import translate_errors
 from projections import ids
 from projections.errors import ArchiveError
@@ -343,7 +345,12 @@ async def _fill(
             eid = _text(raw_id)
             if ids.parse(eid) > limit:
                 return
-            writer.write(eid, {_text(k): _text(v) for k, v in fields.items()})
+            try:
+                text = {_text(k): _text(v) for k, v in fields.items()}
+            except UnicodeDecodeError as exc:  # no reader can decode it: not worth keeping
+                tolerant.skipped("archive", eid, EventDecodeError(eid, f"not UTF-8 ({exc})"))
+                continue
+            writer.write(eid, text)
         cursor = _text(page[-1][0])
 
 

@@ -14,9 +14,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from engine import tolerant
 from engine.errors import EventDecodeError
 from projections import decode, ids
-from projections.errors import ProjectionHalted
 from projections.view import Envelope, Projection, Shard
 
 # a log entry: ``[id, [k, v, …]]`` as Redis sends it (``source`` reads without redis-py's reply
@@ -83,12 +83,18 @@ def apply_batch(
     positions: Sequence[Position],
     entries: Sequence[RawEntry],
     until: str | None = None,
+    reader: str = "projections",
 ) -> int:
     """Fold ``entries`` (in log order) into every position that has not seen them yet.
 
     Returns how many entries were new to at least one position. Stops after ``until`` when
-    given. On an event that cannot be decoded or applied, ``ProjectionHalted`` names it; the
-    shards and positions may then hold part of the batch, so the caller reloads before saving.
+    given. Tolerant (DESIGN.md invariant 8): an entry that cannot be decoded, or of a type the
+    code does not know, is skipped by every position; an event a view cannot apply (its data
+    has not the shape its type promises) is skipped by that view, keeping whatever the view's
+    fold did before it failed. Either way it is counted as skipped by ``reader``
+    (``engine.tolerant``) and the positions move past it, so the runner never stops on one —
+    and since the rule depends only on the entry, a replay skips exactly what the runner
+    skipped (``aiis replay --verify`` holds).
     """
     k = len(positions)
     sids = [ids.parse(p.applied) for p in positions]
@@ -104,49 +110,66 @@ def apply_batch(
     applied = [p.applied for p in positions]
     counts = [0] * k
     last_ts = [p.last_ts for p in positions]
-    j, i, eid, partial = lo, 0, "", 0
-    event: Envelope | None = None
-    last: Envelope | None = None  # the newest event every position applied (fast part)
+    fast_last: str | None = None  # the newest entry every position moved past (fast part)
+    fast_ts: int | None = None
+    fast_done = 0  # events of the fast part every position applied
     with paused_gc():
         try:
-            while j < mid:  # re-delivered to some positions: apply only where not yet applied
+            for j in range(lo, mid):  # re-delivered to some positions: only where not yet
                 raw_id, fields = entries[j]
                 eid = _text(raw_id)
                 sid = ids.parse(eid)
-                event = decode.envelope(eid, fields)
+                try:
+                    event: Envelope | None = decode.envelope(eid, fields)
+                except EventDecodeError as exc:
+                    tolerant.skipped(reader, eid, exc)
+                    event = None
                 for i in range(k):
                     if sid > sids[i]:
-                        shards[i] = evolves[i](shards[i], event)
-                        sids[i], applied[i], last_ts[i] = sid, eid, event["ts"]
-                        counts[i] += 1
-                j += 1
+                        if event is not None:
+                            _evolve(shards, evolves, i, event, reader, positions[i])
+                            last_ts[i] = event["ts"]
+                            counts[i] += 1
+                        sids[i], applied[i] = sid, eid
             rng = range(k)
             for raw_id, fields in entries[mid:hi]:  # the usual case: new to every position
                 eid = raw_id.decode() if type(raw_id) is bytes else raw_id
-                event = decode.envelope(eid, fields)
+                try:
+                    event = decode.envelope(eid, fields)
+                except EventDecodeError as exc:
+                    tolerant.skipped(reader, eid, exc)
+                    fast_last = eid
+                    continue
                 for i in rng:
-                    shards[i] = evolves[i](shards[i], event)
-                last = event
-                j += 1
-        except EventDecodeError as exc:
-            raise ProjectionHalted(
-                ",".join(p.projection.name for p in positions), partition, eid, str(exc)
-            ) from exc
-        except _APPLY_ERRORS as exc:
-            partial = i if j >= mid else 0  # positions before ``i`` applied the failing event
-            etype = event["type"] if event is not None else "?"
-            raise ProjectionHalted(
-                positions[i].projection.name, partition, eid, f"cannot apply {etype}: {exc!r}"
-            ) from exc
+                    try:
+                        shards[i] = evolves[i](shards[i], event)
+                    except _APPLY_ERRORS as exc:
+                        tolerant.skipped(reader, eid, _Unapplicable(positions[i], event, exc))
+                fast_last, fast_ts = eid, event["ts"]
+                fast_done += 1
         finally:
-            done = max(0, j - mid)  # entries of the fast part every position applied
             for x, pos in enumerate(positions):
                 pos.shard = shards[x]
-                pos.pending += counts[x] + done
-                if last is not None:
-                    applied[x], last_ts[x] = last["id"], last["ts"]
-                if x < partial and event is not None:
-                    applied[x], last_ts[x] = event["id"], event["ts"]
-                    pos.pending += 1
+                pos.pending += counts[x] + fast_done
+                if fast_last is not None:
+                    applied[x] = fast_last
+                    if fast_ts is not None:
+                        last_ts[x] = fast_ts
                 pos.applied, pos.last_ts = applied[x], last_ts[x]
     return hi - lo
+
+
+class _Unapplicable(Exception):
+    """Why a view skipped an event it could decode (for the skip's log line)."""
+
+    def __init__(self, pos: Position, event: Envelope, exc: BaseException) -> None:
+        super().__init__(f"{pos.projection.name} cannot apply {event['type']}: {exc!r}")
+
+
+def _evolve(
+    shards: list[Any], evolves: list[Any], i: int, event: Envelope, reader: str, pos: Position
+) -> None:
+    try:
+        shards[i] = evolves[i](shards[i], event)
+    except _APPLY_ERRORS as exc:
+        tolerant.skipped(reader, event["id"], _Unapplicable(pos, event, exc))

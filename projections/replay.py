@@ -76,7 +76,7 @@ async def rebuild_partition(
     async with aclosing(pages):  # a rebuild pauses cyclic GC throughout (see paused_gc)
         with paused_gc():
             async for page in pages:
-                apply_batch(partition, positions, page, until=until)
+                apply_batch(partition, positions, page, until=until, reader="replay")
                 for pos in positions:  # written whole: which keys changed need not be kept
                     pos.shard.changed.clear()
                 progress(len(page))

@@ -5,8 +5,9 @@ with an exclusive start; non-blocking, with an idle back-off, so connections sta
 whatever the partition count), folds each event into every projection that has not applied it,
 and saves all changed entries with the new checkpoints in one compare-and-set script on the
 partition's hash tag. A crash before the save loses only memory; one after it leaves nothing to
-redo. An event the code cannot read halts the runner: what came before it is saved, the error
-names the event and is recorded in the shards' meta (``aiis stats`` shows it).
+redo. An entry the code cannot read, of an unknown type, or that a view cannot apply is skipped
+and counted (``projections.fold.apply_batch``, ``engine.tolerant``): the runner never stops on
+one, and its checkpoint moves past it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ import redis.asyncio as aioredis
 from engine.errors import ConfigError, RedisUnavailable
 from engine.keys import meta_key
 from engine.settings import Settings
-from engine.store import id_before, translate_errors
+from engine.store import translate_errors
 from projections import ids
-from projections.errors import ProjectionHalted
-from projections.fold import Position, RawEntry, apply_batch
+from projections.fold import Position, apply_batch
 from projections.registry import PROJECTIONS
 from projections.settings import ProjectionSettings
 from projections.source import stream_page
@@ -75,11 +75,7 @@ class PartitionRunner:
         page = await stream_page(self.store.redis, ns, self.partition, start, self.batch)
         if not page:
             return 0
-        try:
-            apply_batch(self.partition, self.positions, page)
-        except ProjectionHalted as halt:
-            await self._halt(halt, page, start)
-            raise
+        apply_batch(self.partition, self.positions, page)
         await self.save()
         return len(page)
 
@@ -93,14 +89,6 @@ class PartitionRunner:
             )
             i = self.positions.index(pos)
             self.positions[i] = await self.store.load(self.partition, pos.projection)
-
-    async def _halt(self, halt: ProjectionHalted, page: list[RawEntry], start: str) -> None:
-        # a shard may hold part of the bad event: reload, redo what precedes it, save, record
-        await self.load()
-        if self.cursor == start:
-            apply_batch(self.partition, self.positions, page, until=id_before(halt.event_id))
-            await self.save()
-        await self.store.mark_halted(self.partition, [p.name for p in self.projections], str(halt))
 
     async def run(self, stop: asyncio.Event, idle_min_s: float, idle_max_s: float) -> None:
         idle = idle_min_s
@@ -142,8 +130,8 @@ async def run_projections(
 ) -> None:
     """Keep every projection up to date until ``stop_event`` is set (then save and return).
 
-    Raises ``ProjectionHalted`` when an event cannot be applied (after saving what preceded
-    it); the other partitions stop and save first.
+    Raises what stops one partition (e.g. ``ConfigError``); the other partitions stop and
+    save first.
     """
     proj = proj or ProjectionSettings()
     chosen = list(projections) if projections is not None else list(PROJECTIONS.values())
@@ -189,8 +177,5 @@ async def run_projections(
         report_task.cancel()
         await asyncio.gather(relay_task, report_task, return_exceptions=True)
     errors = [r for r in results if isinstance(r, BaseException)]
-    halts = [e for e in errors if isinstance(e, ProjectionHalted)]
-    if halts:
-        raise halts[0]
     if errors:
         raise errors[0]

@@ -63,7 +63,7 @@ for p = 1, n do
   end
   redis.call('HSET', KEYS[2 * p], 'ckpt', ARGV[b + 1], 'ts', ARGV[b + 3])
   redis.call('HINCRBY', KEYS[2 * p], 'events', ARGV[b + 2])
-  redis.call('HDEL', KEYS[2 * p], 'halted')
+  redis.call('HDEL', KEYS[2 * p], 'halted')  -- left by versions that halted on a bad entry
 end
 return stale
 """
@@ -162,13 +162,6 @@ class ShardStore:
                 pos.saved = pos.applied
                 pos.pending = 0
         return [todo[i] for i in sorted(stale_idx)]
-
-    async def mark_halted(self, partition: int, names: Sequence[str], message: str) -> None:
-        with translate_errors():
-            for name in names:
-                await self.redis.hset(
-                    ShardKeys(self.namespace, partition, name).meta, "halted", message
-                )
 
     async def write_rebuild(self, partition: int, pos: Position) -> None:
         """Store a rebuilt shard under the rebuild keys (not yet visible to readers)."""

@@ -1,34 +1,49 @@
-"""The hub's catch-up merge: replay and live delivery overlap, and each event goes out once."""
+"""The hub's catch-up merge: replay and live delivery overlap, and each event goes out once;
+its read loop follows every partition, on a standalone Redis and on a 3-master cluster."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+from websockets.asyncio.client import connect
+
+from engine.connection import is_cluster
+from engine.keys import partition_of
+from engine.logreader import LogReader
 from gateway.hub import Hub, Subscription
 from gateway.outbox import Item, Outbox
 from gateway.protocol import Target
 from gateway.settings import GatewaySettings
-from tests.conftest import Engine
+from tests.conftest import TOPOLOGIES, Engine, Topology
+from tests.gateway.conftest import MakeGateway, events_until_terminal, request
+
+pytestmark = pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 
 
 async def test_events_arriving_live_during_replay_are_delivered_once_in_order(
     engine: Engine,
 ) -> None:
     """Live copies of replayed events are dropped; events after the replay are kept."""
-    for i in range(6):
-        await engine.client.submit(f"p{i}")
     store = engine.client.store
+    log = store.keys(0).log
+
+    async def submit_to_partition_0() -> None:
+        while partition_of(await engine.client.submit("p"), engine.settings.partitions) != 0:
+            pass
+
+    for _ in range(6):
+        await submit_to_partition_0()
     hub = Hub(store, GatewaySettings(replay_chunk=1))
     outbox = Outbox(1000, 2**24, lambda: None)
     sub = Subscription(Target("tenant", "default"), outbox, 1000)
-    log = store.keys(0).log
 
     async def live_feed() -> None:
-        # what the XREAD loop would do meanwhile: deliver entries, some already replayed
+        # what the read loop would do meanwhile: deliver entries, some already replayed
         for eid, fields in await store.entries(log):
             hub.dispatch(Item(0, eid, fields))
             await asyncio.sleep(0)
-        await engine.client.submit("after")
+        await submit_to_partition_0()
         for eid, fields in await store.entries(log, count=1, reverse=True):
             hub.dispatch(Item(0, eid, fields))
 
@@ -40,5 +55,51 @@ async def test_events_arriving_live_during_replay_are_delivered_once_in_order(
         msg = await outbox.get()
         assert isinstance(msg, Item)
         sent.append(msg.id)
-    assert sent == await engine.log()
+    assert sent == [eid.decode() for eid, _ in await store.entries(log)]
     assert len(sent) == 7
+
+
+async def test_a_tenant_subscriber_gets_every_partitions_events_in_order(
+    engine: Engine, topology: Topology, make_gateway: MakeGateway
+) -> None:
+    """A gateway started on the topology (its own client from the one connection factory)
+    delivers a tenant's events of every partition, each partition's in log order, to the end."""
+    engine.start_worker()
+    gateway = await make_gateway(engine.settings)
+    assert gateway.ctx is not None
+    assert is_cluster(gateway.ctx.hub.store.redis) is topology.cluster
+    async with connect(gateway.ws_url) as ws:
+        assert (await request(ws, op="subscribe", tenant="default"))["op"] == "subscribed"
+        ids = {await engine.client.submit(f"t{i}") for i in range(16)}
+        got = await events_until_terminal(ws, ids)
+    partitions = {partition_of(t, engine.settings.partitions) for t in ids}
+    assert len(partitions) == engine.settings.partitions  # the tasks spread over all of them
+    for p in partitions:
+        mine = [e["id"] for e in got if partition_of(e["task_id"], engine.settings.partitions) == p]
+        store = engine.client.store
+        assert mine == [eid.decode() for eid, _ in await store.entries(store.keys(p).log)]
+
+
+async def test_the_log_reader_returns_each_partition_once_and_in_order(
+    engine: Engine, topology: Topology
+) -> None:
+    """LogReader over every partition: each entry once, in log order per partition, whether
+    one XREAD (standalone) or one per partition (cluster) answers; blocked reads close."""
+    store = engine.client.store
+    reader = LogReader(store.redis, engine.settings.namespace, engine.settings.partitions)
+    assert reader.per_partition is topology.cluster
+    for i in range(20):
+        await engine.client.submit(f"r{i}")
+    cursors = dict.fromkeys(range(engine.settings.partitions), "0-0")
+    seen: dict[int, list[str]] = {p: [] for p in cursors}
+    try:
+        while batch := await reader.read(cursors, 3, block_ms=50):
+            for p, entries in batch:
+                seen[p] += [eid.decode() for eid, _ in entries]
+                cursors[p] = entries[-1][0].decode()
+        for p in cursors:
+            want = [eid.decode() for eid, _ in await store.entries(store.keys(p).log)]
+            assert seen[p] == want
+        assert sum(map(len, seen.values())) == 20
+    finally:
+        await reader.aclose()

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
+from engine.connection import connect
 from engine.embedded import EmbeddedRedis
 from engine.mapper import entry_fields
 from engine.settings import Settings
@@ -19,6 +20,7 @@ from projections.keys import log_key
 from projections.settings import ProjectionSettings
 from projections.storage import ShardStore
 from projections.view import ViewConfig
+from tests.conftest import Topology
 
 
 @pytest.fixture(scope="session")
@@ -30,12 +32,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def settings(redis_url: str, tmp_path: Path) -> Settings:
+def settings(topology: Topology, tmp_path: Path) -> Settings:
+    """Standalone with 2 partitions; on the cluster (a suite parametrised over ``TOPOLOGIES``)
+    4, so partitions fall on different masters."""
     return Settings(
         namespace=f"t{secrets.token_hex(4)}",
-        redis_url=redis_url,
+        redis_url=topology.url,
+        redis_cluster=topology.cluster,
         data_dir=tmp_path,
-        partitions=2,
+        partitions=4 if topology.cluster else 2,
         retry_base_s=0.01,
         retry_jitter=0,
         control_interval_s=0.05,
@@ -49,8 +54,8 @@ def proj() -> ProjectionSettings:
 
 
 @pytest.fixture
-async def redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
+async def redis(topology: Topology) -> AsyncIterator[aioredis.Redis]:
+    client = connect(topology.url, cluster=topology.cluster)
     yield client
     await client.aclose()
 

@@ -11,14 +11,13 @@ import orjson
 import pytest
 from hypothesis import given, settings
 
-from engine import mapper
+from engine import mapper, tolerant
 from engine.errors import EventDecodeError
 from engine.mapper import entry_fields
 from projections.decode import envelope
-from projections.errors import ProjectionHalted
 from projections.fold import Position, apply_batch
 from projections.registry import PROJECTIONS
-from projections.view import ViewConfig
+from projections.view import Projection, ViewConfig
 
 from .conftest import requested, succeeded
 from .events import entries, raw_entries
@@ -104,18 +103,23 @@ def test_an_old_version_is_upcast_by_the_mapper(monkeypatch: pytest.MonkeyPatch)
         assert env["v"] == 2 and env["data"]["worker"] == "W"
 
 
-def test_an_undecodable_entry_halts_naming_that_entry() -> None:
-    """A bad entry after good ones halts at its own id (not the previous event's); the events
-    before it are applied."""
+def test_an_undecodable_entry_is_skipped_and_counted() -> None:
+    """A bad entry after good ones is skipped (counted as malformed) and the position moves
+    past it; the events around it are applied."""
     good = raw_entries([("TaskRequested", "a", requested(), 1_700_000_000_000)])
+    later = raw_entries([("TaskRequested", "b", requested(), 1_700_000_000_100)])
+    later[0][0] = b"3-0"
     flat = [x for kv in _forms(dict(GOOD))[1].items() for x in kv]
     flat[5] = b"\xff\xfe"  # tenant: not UTF-8
     bad = [b"2-0", flat]
     pos = Position(PROJECTIONS["task_state"], PROJECTIONS["task_state"].new(ViewConfig()))
-    with pytest.raises(ProjectionHalted) as info:
-        apply_batch(0, [pos], [*good, bad])
-    assert info.value.event_id == "2-0"
-    assert pos.applied == "1-0" and set(pos.shard.entries) == {"a"}
+    before = tolerant.count("projections", "malformed")
+    apply_batch(0, [pos], [*good, bad, *later])
+    assert tolerant.count("projections", "malformed") == before + 1
+    assert pos.applied == "3-0" and set(pos.shard.entries) == {"a", "b"}
+    pos2 = Position(PROJECTIONS["task_state"], PROJECTIONS["task_state"].new(ViewConfig()))
+    apply_batch(0, [pos2], [*good, bad])  # the bad one last: the position still moves past it
+    assert pos2.applied == "2-0"
 
 
 def test_raw_and_dict_entries_fold_to_the_same_views() -> None:
@@ -137,16 +141,20 @@ def test_raw_and_dict_entries_fold_to_the_same_views() -> None:
 @pytest.mark.parametrize("enabled", [True, False])
 def test_a_batch_leaves_the_garbage_collector_as_it_found_it(enabled: bool) -> None:
     """The fold pauses cyclic GC for a batch and restores the caller's setting, also when an
-    event halts it."""
+    exception escapes it (a bug in a view, not a bad entry: those are skipped)."""
     log = [("TaskRequested", "a", requested(), 1_700_000_000_000)]
-    bad = [(b"2-0", {b"type": b"TaskExploded"})]
+
+    def boom(view: Any, event: Any) -> Any:
+        raise RuntimeError("a bug in the view")
+
+    exploding = Projection("boom", "raises", PROJECTIONS["task_state"].load, boom)
     was = gc.isenabled()
     try:
         gc.enable() if enabled else gc.disable()
         apply_batch(0, [Position(p, p.new(ViewConfig())) for p in ALL], raw_entries(log))
         assert gc.isenabled() is enabled
-        with pytest.raises(ProjectionHalted):
-            apply_batch(0, [Position(p, p.new(ViewConfig())) for p in ALL], bad)
+        with pytest.raises(RuntimeError):
+            apply_batch(0, [Position(exploding, exploding.new(ViewConfig()))], raw_entries(log))
         assert gc.isenabled() is enabled
     finally:
         gc.enable() if was else gc.disable()

@@ -24,7 +24,7 @@ from engine.redaction import PiiBlocked
 from engine.templates import MissingVariables
 from engine.webhooks import BadCallbackUrl, verify_signature
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
-from tests.conftest import Workers, fast_settings
+from tests.conftest import TOPOLOGIES, Topology, Workers
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,11 +59,13 @@ class Counting:
 
 
 @pytest.fixture
-async def make(redis_url: str, workers: Workers) -> AsyncIterator[Callable[..., Client]]:
+async def make(topology: Topology, workers: Workers) -> AsyncIterator[Callable[..., Client]]:
+    """Clients on the standalone server (or on the cluster where a test parametrises
+    ``topology``)."""
     made: list[Client] = []
 
     def build(**overrides: Any) -> Client:
-        client = Client.from_url(redis_url, fast_settings(redis_url=redis_url, **overrides))
+        client = Client.from_url(topology.url, topology.settings(**overrides))
         made.append(client)
         return client
 
@@ -234,6 +236,7 @@ async def ops_events(client: Client) -> list[dict[str, Any]]:
     return [mapper.envelope(eid, f) for eid, f in rows]
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 async def test_ops_counts_spend_once_and_budget_then_rejects(
     make: Callable[..., Client], workers: Workers
 ) -> None:
@@ -255,6 +258,7 @@ async def test_ops_counts_spend_once_and_budget_then_rejects(
         await client.submit("y", tenant="acme")
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 async def test_every_alert_fires_and_resolves(make: Callable[..., Client]) -> None:
     """Backlog, provider error rate, cost over budget and breaker alerts are raised and
     resolved as events in the ops stream."""
@@ -269,7 +273,8 @@ async def test_every_alert_fires_and_resolves(make: Callable[..., Client]) -> No
     await client.store.prepare()
     ops = Ops(client)
     await ops.load()
-    ids = [await client.submit(f"q{i}") for i in range(3)]
+    # at least 3 in one partition's queue, however the ids spread over partitions
+    ids = [await client.submit(f"q{i}") for i in range(3 * client.settings.partitions)]
     await ops.tick()
     for i in ids:
         await client.cancel(i)
@@ -294,6 +299,7 @@ async def test_every_alert_fires_and_resolves(make: Callable[..., Client]) -> No
         assert ("AlertRaised", rule) in got and ("AlertResolved", rule) in got, rule
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 async def test_webhook_signed_retried_after_500_and_recorded(
     make: Callable[..., Client], workers: Workers
 ) -> None:
@@ -331,7 +337,8 @@ async def test_webhook_signed_retried_after_500_and_recorded(
     attempts = [e for e in await ops_events(client) if e["type"] == "WebhookAttempted"]
     assert [a["data"]["outcome"] for a in attempts] == ["retrying", "delivered"]
     assert all(a["data"]["url"] == "https://hooks.example/t" for a in attempts)
-    assert await client.store.redis.hlen(client.store.keys(0).callbacks) == 0
+    callbacks = client.store.keys(client._partition(task_id)).callbacks
+    assert await client.store.redis.hlen(callbacks) == 0
 
 
 async def test_cli_style_audit_never_holds_secrets_or_pii(make: Callable[..., Client]) -> None:
