@@ -392,7 +392,7 @@ async def _check(
     deadline = time.monotonic() + 30
     while True:
         received = subscriber.events
-        ids = [e["id"] for e in received]
+        ids = subscriber.keys
         by_task_sub: dict[str, list[str]] = {}
         for e in received:
             if e["task_id"] in mine:
@@ -404,8 +404,8 @@ async def _check(
     if len(ids) != len(set(ids)):
         report.problems.append(f"subscriber received {len(ids) - len(set(ids))} duplicate events")
     per_partition: dict[int, list[str]] = {}
-    for i in ids:
-        per_partition.setdefault(subscriber.partition_of[i], []).append(i)
+    for partition, i in ids:
+        per_partition.setdefault(partition, []).append(i)
     if any(p != sorted(p, key=lambda i: tuple(int(x) for x in i.split("-")))
            for p in per_partition.values()):  # fmt: skip
         report.problems.append("subscriber received events out of order (within a partition)")

@@ -17,7 +17,7 @@ class Subscriber:
         self.url = f"ws://127.0.0.1:{port}/v1/ws"
         self.partitions = partitions
         self.events: list[dict[str, Any]] = []
-        self.partition_of: dict[str, int] = {}  # event id → partition (ids are per partition)
+        self.partitions_of: list[int] = []  # each event's partition (ids are per partition)
         self.cursor = ["0-0"] * partitions
         self.resumes = 0
         self.errors: list[str] = []
@@ -42,7 +42,7 @@ class Subscriber:
                         if msg.get("op") == "event":
                             event, partition = msg["event"], int(msg.get("partition", 0))
                             self.events.append(event)
-                            self.partition_of[event["id"]] = partition
+                            self.partitions_of.append(partition)
                             self.cursor[partition] = event["id"]
                         elif msg.get("op") == "error":
                             self.errors.append(str(msg))
@@ -50,6 +50,11 @@ class Subscriber:
                             return
             except (OSError, WebSocketException, TimeoutError):
                 await asyncio.sleep(0.2)
+
+    @property
+    def keys(self) -> list[tuple[int, str]]:
+        """(partition, event id) of every event received: unique per event."""
+        return [(p, e["id"]) for p, e in zip(self.partitions_of, self.events, strict=True)]
 
     def stop(self) -> None:
         self._stop.set()
