@@ -13,7 +13,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import ClusterDownError, RedisError, ResponseError, TryAgainError
 
 from engine.errors import ConfigError, RedisUnavailable
 from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, meta_key
@@ -35,9 +35,16 @@ def _s(value: Any) -> str:
 
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
-    """Turn redis-py connection failures into ``RedisUnavailable`` (chained)."""
+    """Turn redis-py connection failures into ``RedisUnavailable`` (chained).
+
+    On a cluster, CLUSTERDOWN / MASTERDOWN / TRYAGAIN (a master restarting, a slot migrating)
+    are error replies to redis-py but outages to us: every caller that survives a dropped
+    connection survives them the same way.
+    """
     try:
         yield
+    except (ClusterDownError, TryAgainError) as exc:
+        raise RedisUnavailable(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
     except ResponseError:
         raise
     except (RedisError, OSError) as exc:
