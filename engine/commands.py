@@ -12,16 +12,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import cast
 
 import orjson
-import redis
 
 from engine import dlq as dead_letters
 from engine.audit import Action, AuditLog, audit_command
 from engine.autoscale import Autoscaler, ScalePolicy, parse_range
 from engine.client import Client
-from engine.connection import connect_for
+from engine.connection import connect_for, connect_sync_for
 from engine.embedded import EmbeddedRedis, free_port
 from engine.errors import ConfigError, EngineError
 from engine.events import (
@@ -188,11 +186,7 @@ def autoscaled_workers(settings: Settings, spec: str, concurrency: int | None) -
     argv = [sys.executable, "-m", "engine", "worker", "--processes", "1"]
     if concurrency:
         argv += ["--concurrency", str(concurrency)]
-    # RedisCluster offers the same commands the signal reader uses
-    client = cast(
-        redis.Redis,
-        redis.RedisCluster.from_url(url) if settings.redis_cluster else redis.Redis.from_url(url),
-    )
+    client = connect_sync_for(settings, url)
     policy = ScalePolicy(
         minimum,
         maximum,

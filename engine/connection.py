@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, cast
 
+import redis
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.retry import Retry
@@ -64,3 +65,12 @@ def connect_for(
 def is_cluster(redis: aioredis.Redis) -> bool:
     """Whether ``redis`` is a cluster client (it has no single connection pool then)."""
     return isinstance(redis, RedisCluster)
+
+
+def connect_sync_for(settings: Settings, url: str) -> redis.Redis:
+    """A blocking client for the few places that run outside an event loop (the autoscaler's
+    signal reader in the pool supervisor), standalone or cluster per ``AIIS_REDIS_CLUSTER``;
+    ``RedisCluster`` offers the commands they use with the same signatures."""
+    if settings.redis_cluster:
+        return cast(redis.Redis, redis.RedisCluster.from_url(url, socket_connect_timeout=5))
+    return redis.Redis.from_url(url, socket_connect_timeout=5)

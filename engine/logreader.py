@@ -4,8 +4,8 @@ the ops reader and the dashboard share.
 On a standalone Redis one XREAD covers every partition (what keeps the fan-out cheap). On a
 Redis Cluster each partition's log lives in its own slot and one command may not touch two, so
 each partition gets its own XREAD, all in flight at the same time; ``read`` returns as soon as
-any of them answers and leaves the others in flight for the next call (their cursors cannot
-have moved: only the entries a read returns advance them). ``aclose`` cancels what is left;
+any of them answers and leaves the others in flight for the next call (a read whose cursor the
+caller has moved since is sent again with the new one). ``aclose`` cancels what is left;
 redis-py can swallow the cancellation of a blocked XREAD (redis-py#2028), so a caller keeps a
 stop flag of its own as well, and an XREAD ends within its ``block`` anyway.
 """
@@ -38,6 +38,7 @@ class LogReader:
         self._partition_of = {key: p for p, key in self.keys.items()}
         self.per_partition = is_cluster(redis)
         self._inflight: dict[int, asyncio.Task[Any]] = {}
+        self._issued: dict[int, str] = {}  # the cursor each read in flight was sent with
 
     async def read(
         self, cursors: Mapping[int, str], count: int, block_ms: int | None = None
@@ -47,9 +48,14 @@ class LogReader:
         if not self.per_partition:
             return await self._one_xread(cursors, count, block_ms)
         for p, cursor in cursors.items():
+            if p in self._inflight and self._issued[p] != cursor:  # the caller moved it
+                stale = self._inflight.pop(p)
+                stale.cancel()
+                stale.add_done_callback(_retrieve)
             if p not in self._inflight:
                 coro = self.redis.xread({self.keys[p]: cursor}, count=count, block=block_ms)
                 self._inflight[p] = asyncio.ensure_future(coro)
+                self._issued[p] = cursor
         if block_ms is None:
             await asyncio.wait(self._inflight.values())
         else:
@@ -99,3 +105,9 @@ class LogReader:
         for task in inflight.values():
             task.cancel()
         await asyncio.gather(*inflight.values(), return_exceptions=True)
+
+
+def _retrieve(task: asyncio.Task[Any]) -> None:
+    """Consume the outcome of an abandoned read (so asyncio never reports it as unretrieved)."""
+    if not task.cancelled():
+        task.exception()

@@ -397,18 +397,30 @@ _BAD_DATA = (KeyError, TypeError, ValueError, AttributeError)
 
 def _check_shape(env: Mapping[str, Any]) -> None:
     """Raise one of ``_BAD_DATA`` unless the fields ``_handle`` reads have their types' shapes
-    (a decoded entry may still carry data its type does not allow: anyone can XADD)."""
+    (a decoded entry may still carry data its type does not allow: anyone can XADD). Provider
+    names must be strings: they become keys of the alert rules' state."""
     etype, data = env["type"], env["data"]
     if etype == "TaskProgress":
-        detail = data.get("detail") or {}
-        detail.get("provider")
-        str(detail.get("from") or "")
+        detail = _object(data.get("detail") or {})
+        _name(detail.get("provider"))
+        _name(detail.get("from"))
     elif etype == "TaskSucceeded":
         if not data.get("cached"):
-            str(data["provider"])
+            _name(data["provider"], required=True)
         float(data.get("cost_usd") or 0)
     elif etype in ("TaskFailed", "TaskRetryScheduled", "TaskDeadLettered"):
-        (data.get("error") or {}).get("provider")
+        _name(_object(data.get("error") or {}).get("provider"))
+
+
+def _object(value: Any) -> Mapping[str, Any]:
+    if not isinstance(value, dict):
+        raise TypeError(f"expected an object, not {type(value).__name__}")
+    return value
+
+
+def _name(value: Any, *, required: bool = False) -> None:
+    if not isinstance(value, str) and (required or value is not None):
+        raise TypeError(f"expected a provider name, not {type(value).__name__}")
 
 
 def _after(a: str, b: str) -> bool:

@@ -6,11 +6,12 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+import redis
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
 from engine.client import Client
-from engine.connection import connect, connect_for, is_cluster
+from engine.connection import connect, connect_for, connect_sync_for, is_cluster
 from engine.keys import PartitionKeys
 from projections.source import history
 from tests.cluster import LocalCluster
@@ -36,15 +37,20 @@ async def test_cluster_client_refuses_a_cross_slot_xread(redis_cluster: LocalClu
 
 
 async def test_the_factory_follows_the_cluster_flag(redis_cluster: LocalCluster) -> None:
-    """connect_for builds a cluster client exactly when AIIS_REDIS_CLUSTER says so."""
+    """connect_for (and its blocking twin for the autoscaler) builds a cluster client exactly
+    when AIIS_REDIS_CLUSTER says so."""
     on = connect_for(fast_settings(redis_url=redis_cluster.url, redis_cluster=True))
     off = connect_for(fast_settings(redis_url="redis://127.0.0.1:1"))
+    sync_on = connect_sync_for(fast_settings(redis_cluster=True), redis_cluster.url)
     try:
         assert is_cluster(on) and not is_cluster(off)
         assert await on.ping()
+        assert isinstance(sync_on, redis.RedisCluster) and sync_on.ping()
+        assert not isinstance(connect_sync_for(fast_settings(), "redis://x"), redis.RedisCluster)
     finally:
         await on.aclose()
         await off.aclose()
+        sync_on.close()
 
 
 async def test_history_reads_every_partition_on_a_cluster(redis_cluster: LocalCluster) -> None:

@@ -101,5 +101,11 @@ async def test_the_log_reader_returns_each_partition_once_and_in_order(
             want = [eid.decode() for eid, _ in await store.entries(store.keys(p).log)]
             assert seen[p] == want
         assert sum(map(len, seen.values())) == 20
+        # a blocked read is in flight (cluster); moving a cursor back reads from there again
+        assert await reader.read(cursors, 100, block_ms=50) == []
+        cursors[0] = "0-0"
+        again = await reader.read(cursors, 100, block_ms=50)
+        assert [p for p, _ in again] == [0]
+        assert [eid.decode() for eid, _ in again[0][1]] == seen[0]
     finally:
         await reader.aclose()

@@ -13,16 +13,24 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import httpx
 import orjson
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
 from engine import tolerant
+from engine.autoscale import SignalReader
 from engine.client import Client
+from engine.connection import connect_sync_for
 from engine.events import TERMINAL_EVENTS
+from engine.keys import PartitionKeys
 from engine.ops import Ops
 from engine.settings import Settings
+from gateway.grpc.gen import tasks_pb2 as pb
+from gateway.grpc.gen import tasks_pb2_grpc
+from gateway.grpc.server import GrpcServer
+from gateway.grpc.settings import GrpcSettings
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
 from projections.lookup import task_record
@@ -31,6 +39,7 @@ from projections.settings import ProjectionSettings
 from tests.conftest import TOPOLOGIES, Engine, Topology
 from tests.engine.helpers import wait_for
 from tests.gateway.conftest import MakeGateway, recv, request
+from tests.grpc.conftest import ACME, AUTH
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -47,6 +56,8 @@ def poison(form: str, task: str = "d") -> dict[str, Any]:
         fields |= {"type": "TaskSucceeded", "data": "[]"}
     elif form == "succeeded_empty":  # decodes, but no view can apply it
         fields |= {"type": "TaskSucceeded", "data": "{}"}
+    elif form == "provider_object":  # decodes; a provider that is not a name
+        fields |= {"type": "TaskSucceeded", "data": '{"provider": {}, "cost_usd": 1}'}
     elif form == "unknown_type":
         fields["type"] = "TaskTeleported"
     else:
@@ -156,11 +167,65 @@ async def test_sse_and_watch_skip_a_poison_entry_of_their_own_task(
     assert events.count("TaskSucceeded") == 1  # the empty-data one is no terminal for SSE
 
 
+async def test_grpc_watch_skips_a_poison_entry_of_its_task(engine: Engine) -> None:
+    """gRPC WatchTask (Client.watch underneath) skips malformed entries naming its task and
+    streams the task's real events to its real terminal one."""
+    engine.start_worker()
+    config = GrpcSettings(shutdown_grace_s=0.5)
+    server = GrpcServer(engine.settings, None, AUTH, config, host="127.0.0.1", port=0)
+    await server.start()
+    channel = grpc.aio.insecure_channel(server.target)
+    try:
+        stub = tasks_pb2_grpc.TaskServiceStub(channel)
+        client = engine.client
+        task_id = await client.submit("slow", tenant="acme", params={"script": ["sleep:0.6"]})
+        watch = stub.WatchTask(pb.WatchTaskRequest(task_id=task_id), metadata=ACME)
+        first = await asyncio.wait_for(watch.read(), 10)
+        for form in ("bad_ts", "succeeded_list", "succeeded_empty"):
+            await xadd_poison(client, form, client._partition(task_id), task_id)
+        types = [first.type]
+        async with asyncio.timeout(30):
+            while (event := await watch.read()) is not grpc.aio.EOF:
+                types.append(event.type)
+        assert types[0] == "TaskRequested" and types[-1] == "TaskSucceeded"
+        assert types.count("TaskSucceeded") == 1
+    finally:
+        await channel.close()
+        await server.stop()
+
+
+# --- the autoscaler --------------------------------------------------------------------------
+
+
+async def test_autoscaler_signals_count_real_outcomes_past_poison_entries(engine: Engine) -> None:
+    """The autoscaler's signal reader (blocking client from the same factory) reads past
+    poison entries and counts only the real outcomes after them."""
+    settings = engine.settings
+    reader = SignalReader(
+        connect_sync_for(settings, settings.redis_url or ""),
+        [PartitionKeys(settings.namespace, p) for p in range(settings.partitions)],
+    )
+    reader.read()  # starts from now
+    for form in ("bad_ts", "not_utf8", "succeeded_list", "unknown_type"):
+        await xadd_poison(engine.client, form)
+    engine.start_worker()
+    ids = [await engine.client.submit(f"t{i}") for i in range(3)]
+    for task_id in ids:  # (Client.watch ends at the terminal event, skipping the poison)
+        async with asyncio.timeout(30):
+            _ = [event async for event in engine.client.watch(task_id)]
+    finished = 0
+    for _ in range(3):  # the log may still grow by the time it reads
+        finished += (await asyncio.to_thread(reader.read)).finished
+    assert finished == 3 + 1  # the 3 tasks, and the poison typed TaskSucceeded
+
+
 # --- ops -----------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
-@pytest.mark.parametrize("form", ["succeeded_list", "succeeded_empty", "not_utf8"])
+@pytest.mark.parametrize(
+    "form", ["succeeded_list", "succeeded_empty", "provider_object", "not_utf8"]
+)
 async def test_ops_keeps_handling_after_a_poison_entry(
     engine: Engine, topology: Topology, form: str
 ) -> None:
@@ -194,7 +259,8 @@ async def test_ops_keeps_handling_after_a_poison_entry(
 
 
 @pytest.mark.parametrize(
-    "form", ["unknown_type", "succeeded_list", "succeeded_empty", "not_utf8", "bad_ts"]
+    "form",
+    ["unknown_type", "succeeded_list", "succeeded_empty", "provider_object", "not_utf8", "bad_ts"],
 )
 async def test_projections_fold_past_a_poison_entry_and_replay_verifies(
     engine: Engine, tmp_path: Path, form: str
