@@ -3,6 +3,8 @@
 gateway once, with a WebSocket subscriber resuming after each cut.
 
     python bench/chaos.py [--tasks 5000] [--workers 4] [--fault-rate 0.2] [--kill-every 3]
+    python bench/chaos.py --cluster [--partitions 4]   # on a 3-master Redis Cluster (AOF on):
+                                                      # the Redis restart is one master's
 
 Exits 1 when any guarantee failed; prints the counts of what happened.
 """
@@ -30,6 +32,10 @@ def main() -> int:
     parser.add_argument("--kill-every", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--cluster", action="store_true", help="a 3-master Redis Cluster")
+    parser.add_argument(
+        "--partitions", type=int, default=None, help="AIIS_PARTITIONS (default 4 with --cluster)"
+    )
     args = parser.parse_args()
     cfg = ChaosConfig(
         tasks=args.tasks,
@@ -39,6 +45,8 @@ def main() -> int:
         kill_every_s=args.kill_every,
         seed=args.seed,
         timeout_s=args.timeout,
+        cluster=args.cluster,
+        partitions=args.partitions or (4 if args.cluster else 1),
     )
     with tempfile.TemporaryDirectory() as tmp:
         report = asyncio.run(run_chaos(Path(tmp), cfg))

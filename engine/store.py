@@ -62,7 +62,12 @@ _PIPELINE = re.compile(r"^Command # \d+ \(.*\) of pipeline caused error: ", re.D
 @contextlib.contextmanager
 def translate_errors() -> Iterator[None]:
     """Turn every redis-py exception into an ``EngineError`` chained to it: ``RedisUnavailable``
-    for lost connections and passing refusals, ``RedisCommandError`` for the rest."""
+    for lost connections and passing refusals, ``RedisCommandError`` for the rest.
+
+    On a cluster, CLUSTERDOWN / MASTERDOWN / TRYAGAIN (a master restarting, a slot migrating)
+    are error replies to redis-py but outages to us: every caller that survives a dropped
+    connection survives them the same way.
+    """
     try:
         yield
     except _PASSING as exc:

@@ -19,10 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import WebSocketException
-
 from engine import mapper
 from engine.client import Client
 from engine.embedded import EmbeddedRedis, free_port
@@ -33,6 +29,8 @@ from projections.settings import ProjectionSettings
 from projections.storage import ShardStore
 from projections.view import ViewConfig
 from projections.views.cost import to_nanos
+from tests.chaos_subscriber import Subscriber
+from tests.cluster import LocalCluster
 
 NAMESPACE = "chaos"
 
@@ -46,6 +44,8 @@ class ChaosConfig:
     kill_every_s: float = 2.0
     seed: int = 7
     timeout_s: float = 240.0
+    cluster: bool = False  # a 3-master Redis Cluster (AOF on) instead of one redis-server
+    partitions: int = 1  # AIIS_PARTITIONS (use several with ``cluster``)
 
 
 @dataclass
@@ -91,6 +91,10 @@ class Cluster:
     def __init__(self, root: Path, cfg: ChaosConfig) -> None:
         self.cfg = cfg
         self.redis = EmbeddedRedis(root / "redis", port=free_port())
+        self.redis_cluster = (
+            LocalCluster(root / "cluster", appendonly=True) if cfg.cluster else None
+        )
+        self.rng = random.Random(cfg.seed + 1)
         self.sandbox_port = free_port()
         self.gateway_port = free_port()
         self.grpc_port = free_port()
@@ -100,10 +104,25 @@ class Cluster:
         self.logs.mkdir(parents=True, exist_ok=True)
 
     @property
+    def redis_url(self) -> str:
+        return self.redis_cluster.url if self.redis_cluster is not None else self.redis.url
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(
+            redis_url=self.redis_url,
+            namespace=NAMESPACE,
+            redis_cluster=self.redis_cluster is not None,
+            partitions=self.cfg.partitions,
+        )
+
+    @property
     def env(self) -> dict[str, str]:
         return {
             **os.environ,
-            "AIIS_REDIS_URL": self.redis.url,
+            "AIIS_REDIS_URL": self.redis_url,
+            "AIIS_REDIS_CLUSTER": "1" if self.redis_cluster is not None else "0",
+            "AIIS_PARTITIONS": str(self.cfg.partitions),
             "AIIS_NAMESPACE": NAMESPACE,
             "AIIS_SANDBOX_URL": f"http://127.0.0.1:{self.sandbox_port}",
             "AIIS_VISIBILITY_TIMEOUT_S": "2",
@@ -126,7 +145,10 @@ class Cluster:
             return subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT)
 
     def start(self) -> None:
-        self.redis.start()
+        if self.redis_cluster is not None:
+            self.redis_cluster.start()
+        else:
+            self.redis.start()
         self.others["sandbox"] = self._spawn(
             "sandbox",
             [
@@ -179,6 +201,10 @@ class Cluster:
         self.start_gateway()
 
     def restart_redis(self) -> None:
+        """SIGKILL Redis and start it again with its AOF; on a cluster, one master at random."""
+        if self.redis_cluster is not None:
+            self.redis_cluster.restart_node(self.rng.randrange(len(self.redis_cluster.nodes)))
+            return
         self.redis.kill()
         time.sleep(0.3)
         self.redis.start()
@@ -193,46 +219,10 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        self.redis.stop()
-
-
-class Subscriber:
-    """Follows the whole tenant over the gateway, resuming after every cut from its last id."""
-
-    def __init__(self, port: int) -> None:
-        self.url = f"ws://127.0.0.1:{port}/v1/ws"
-        self.events: list[dict[str, Any]] = []
-        self.resumes = 0
-        self.errors: list[str] = []
-        self._stop = asyncio.Event()
-
-    @property
-    def last_id(self) -> str:
-        return self.events[-1]["id"] if self.events else "0-0"
-
-    async def run(self) -> None:
-        first = True
-        while not self._stop.is_set():
-            try:
-                async with ws_connect(self.url, open_timeout=3, max_size=2**24) as ws:
-                    if not first:
-                        self.resumes += 1
-                    first = False
-                    sub = {"op": "subscribe", "tenant": "default", "since": self.last_id}
-                    await ws.send(orjson.dumps(sub).decode())
-                    async for raw in ws:
-                        msg = orjson.loads(raw)
-                        if msg.get("op") == "event":
-                            self.events.append(msg["event"])
-                        elif msg.get("op") == "error":
-                            self.errors.append(str(msg))
-                        if self._stop.is_set():
-                            return
-            except (OSError, WebSocketException, TimeoutError):
-                await asyncio.sleep(0.2)
-
-    def stop(self) -> None:
-        self._stop.set()
+        if self.redis_cluster is not None:
+            self.redis_cluster.stop()
+        else:
+            self.redis.stop()
 
 
 async def _submit_all(client: Client, n: int, accepted: list[str]) -> None:
@@ -282,9 +272,9 @@ async def run_chaos(root: Path, cfg: ChaosConfig | None = None) -> ChaosReport:
     report = ChaosReport()
     cluster = Cluster(root, cfg)
     cluster.start()
-    settings = Settings(redis_url=cluster.redis.url, namespace=NAMESPACE)
-    client = Client.from_url(cluster.redis.url, settings)
-    subscriber = Subscriber(cluster.gateway_port)
+    settings = cluster.settings
+    client = Client.from_url(cluster.redis_url, settings)
+    subscriber = Subscriber(cluster.gateway_port, cfg.partitions)
     sub_task = asyncio.create_task(subscriber.run())
     accepted: list[str] = []
     started = time.monotonic()
@@ -412,7 +402,7 @@ async def _check(
     deadline = time.monotonic() + 30
     while True:
         received = subscriber.events
-        ids = [e["id"] for e in received]
+        ids = subscriber.keys
         by_task_sub: dict[str, list[str]] = {}
         for e in received:
             if e["task_id"] in mine:
@@ -423,8 +413,12 @@ async def _check(
     report.subscriber_resumes = subscriber.resumes
     if len(ids) != len(set(ids)):
         report.problems.append(f"subscriber received {len(ids) - len(set(ids))} duplicate events")
-    if ids != sorted(ids, key=lambda i: tuple(int(x) for x in i.split("-"))):
-        report.problems.append("subscriber received events out of order")
+    per_partition: dict[int, list[str]] = {}
+    for partition, i in ids:
+        per_partition.setdefault(partition, []).append(i)
+    if any(p != sorted(p, key=lambda i: tuple(int(x) for x in i.split("-")))
+           for p in per_partition.values()):  # fmt: skip
+        report.problems.append("subscriber received events out of order (within a partition)")
     missing = [t for t in mine if by_task_sub.get(t) != by_task_log.get(t)]
     if missing:
         report.problems.append(

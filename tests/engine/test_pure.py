@@ -5,12 +5,21 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 from redis.crc import key_slot
+from redis.exceptions import ClusterDownError, MasterDownError, ResponseError, TryAgainError
 
 from engine import mapper
-from engine.errors import EventDecodeError, InvalidTask, UnknownEventType, UnsupportedEventVersion
+from engine.errors import (
+    EventDecodeError,
+    InvalidTask,
+    RedisCommandError,
+    RedisUnavailable,
+    UnknownEventType,
+    UnsupportedEventVersion,
+)
 from engine.events import TaskStarted, TaskStartedData
 from engine.keys import PartitionKeys, new_task_id, partition_for_key, partition_of
 from engine.retry import RetryPolicy, Verdict, decide, next_delay
+from engine.store import translate_errors
 from engine.task import validate_task
 from engine.worker import fetch_order
 from tests.conftest import fast_settings
@@ -169,3 +178,20 @@ def test_fetch_order_never_starves_low() -> None:
     assert sum(o.startswith("low") for o in orders) == 10
     assert sum(o.startswith("normal") for o in orders) == 10
     assert sum(o.startswith("high") for o in orders) == 80
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [ClusterDownError("The cluster is down"), TryAgainError("TRYAGAIN"), MasterDownError("x")],
+)
+def test_a_cluster_that_is_down_or_resharding_is_redis_unavailable(exc: Exception) -> None:
+    """A master restarting on a cluster is transient like a dropped connection, not a bad reply."""
+    with pytest.raises(RedisUnavailable), translate_errors():
+        raise exc
+
+
+def test_a_bad_reply_is_a_command_error_not_an_outage() -> None:
+    """An ordinary error reply (a script's refusal) is not mistaken for an outage."""
+    with pytest.raises(RedisCommandError) as caught, translate_errors():
+        raise ResponseError("ERR something")
+    assert isinstance(caught.value.__cause__, ResponseError)
