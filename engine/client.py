@@ -191,6 +191,13 @@ class Client:
             self._flushers[partition] = asyncio.create_task(self._flush(partition))
         return await future
 
+    async def adopt_deployment(self) -> Settings:
+        """The deployment's partition count, adopted (see ``_deployment``); the settings this
+        client then runs with. Long-lived readers (gateway, ops) call it before they size
+        themselves, so one without ``AIIS_PARTITIONS`` reads every partition there is."""
+        await self._deployment()
+        return self.settings
+
     async def _deployment(self) -> None:
         """Once per client: the deployment's partition count (the first writer seeds it). A
         client whose environment does not set AIIS_PARTITIONS adopts it; one that sets another

@@ -498,6 +498,7 @@ async def run_ops(settings: Settings, url: str) -> None:
     from engine.connection import connect_for  # noqa: PLC0415
 
     client = Client(connect_for(settings, url=url), settings)
+    await client.adopt_deployment()
     ops = Ops(client)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -156,6 +156,8 @@ class Gateway:
         client = Client(connect_for(self.settings, pool), self.settings)
         try:
             await client.ping()
+            # a gateway without AIIS_PARTITIONS reads every partition the deployment has
+            self.settings = await client.adopt_deployment()
             hub = Hub(client.store, self.gw)
             stats = Stats(client.store, self.gw)
             hub.listeners.append(stats.observe)

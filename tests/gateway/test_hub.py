@@ -8,15 +8,17 @@ import asyncio
 import pytest
 from websockets.asyncio.client import connect
 
+from engine.client import Client
 from engine.connection import is_cluster
 from engine.keys import partition_of
 from engine.logreader import LogReader
+from engine.settings import Settings
 from gateway.hub import Hub, Subscription
 from gateway.outbox import Item, Outbox
 from gateway.protocol import Target
 from gateway.settings import GatewaySettings
 from tests.conftest import TOPOLOGIES, Engine, Topology
-from tests.gateway.conftest import MakeGateway, events_until_terminal, request
+from tests.gateway.conftest import MakeGateway, events_until_terminal, recv, request
 
 pytestmark = pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 
@@ -109,3 +111,30 @@ async def test_the_log_reader_returns_each_partition_once_and_in_order(
         assert [eid.decode() for eid, _ in again[0][1]] == seen[0]
     finally:
         await reader.aclose()
+
+
+async def test_a_gateway_without_aiis_partitions_reads_every_partition_there_is(
+    topology: Topology, make_gateway: MakeGateway
+) -> None:
+    """A gateway whose environment does not set AIIS_PARTITIONS adopts the deployment's count
+    (recorded by the first writer), so a tenant subscriber gets the events of every partition —
+    not only those of partition 0."""
+    deployment = topology.settings(partitions=3)
+    producer = Client.from_url(topology.url, deployment)
+    try:
+        await producer.adopt_deployment()  # the first writer records 3 partitions
+        unset = Settings(**deployment.model_dump(exclude={"partitions"}))
+        assert "partitions" not in unset.model_fields_set and unset.partitions == 1
+        gateway = await make_gateway(unset)
+        async with connect(gateway.ws_url) as ws:
+            assert (await request(ws, op="subscribe", tenant="default"))["op"] == "subscribed"
+            ids = {await producer.submit(f"p{i}") for i in range(12)}
+            assert len({partition_of(t, 3) for t in ids}) == 3
+            got: set[str] = set()
+            async with asyncio.timeout(15):
+                while got != ids:
+                    msg = await recv(ws)
+                    if msg["op"] == "event" and msg["event"]["type"] == "TaskRequested":
+                        got.add(msg["event"]["task_id"])
+    finally:
+        await producer.aclose()
