@@ -17,6 +17,9 @@ MAX_WIDTH = 400  # columns a table may take past the console's width
 
 
 def _usd(value: float) -> str:
+    """``$1,234.5000``; under a cent an amount keeps its digits (``$0.0000346``)."""
+    if 0 < abs(value) < 0.01:
+        return "$" + f"{value:.10f}".rstrip("0")
     return f"${value:,.4f}"
 
 

@@ -55,3 +55,10 @@ async def test_stats_json_merges_partitions(
     out = orjson.loads(capsys.readouterr().out)
     assert out["queues"]["by_priority"]["normal"]["done"] == 2
     assert out["tasks_tracked"] == 4
+
+
+def test_a_cost_under_a_cent_is_not_shown_as_zero() -> None:
+    """`aiis stats` shows one sandbox call's cost ($3.46e-05) with its digits, not $0.0000."""
+    assert render._usd(3.46e-05) == "$0.0000346"
+    assert render._usd(0.0) == "$0.0000"
+    assert render._usd(1234.5) == "$1,234.5000"
