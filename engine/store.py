@@ -12,7 +12,6 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -30,17 +29,13 @@ from redis.exceptions import (
 
 from engine.errors import ConfigError, RedisCommandError, RedisUnavailable
 from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, config_key, meta_key
+from engine.scripts import lua_source
 from engine.settings import DEPLOYMENT_LIMITS, Settings
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry as redis-py returns it
 
 SCRIPTS = ("submit", "fetch", "commit", "renew", "cancel", "janitor", "history")
 JANITOR_BATCH = 1000  # tasks forgotten per janitor call
-
-
-def _load_script(name: str) -> str:
-    lua = resources.files("engine") / "lua"
-    return (lua / "_prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
 def _s(value: Any) -> str:
@@ -116,7 +111,7 @@ class Store:
         self.settings = settings
         self.partitions = all_partitions(settings.namespace, settings.partitions)
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(_load_script(name)) for name in SCRIPTS
+            name: redis.register_script(lua_source(name, prelude=True)) for name in SCRIPTS
         }
 
     @staticmethod
