@@ -20,7 +20,15 @@ import redis.asyncio as aioredis
 from engine import mapper, redaction, tolerant
 from engine.connection import connect_for
 from engine.errors import EngineError, EventDecodeError, InvalidTask, QueueFull, TaskNotFound
-from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
+from engine.events import (
+    TERMINAL_CODES,
+    TERMINAL_EVENTS,
+    Event,
+    StateCode,
+    Status,
+    TaskRequestedData,
+    TaskSucceeded,
+)
 from engine.intake import Intake
 from engine.keys import new_task_id, partition_for_key, partition_of
 from engine.pii_vault import PiiVault
@@ -32,16 +40,6 @@ from engine.task import TaskSpec, input_json, validate_task
 MAX_BATCH = 256
 
 log = logging.getLogger("aiis.client")
-
-STATUS_OF_CODE = {
-    "Q": Status.QUEUED,
-    "R": Status.RUNNING,
-    "D": Status.RETRY_SCHEDULED,
-    "S": Status.SUCCEEDED,
-    "F": Status.FAILED,
-    "X": Status.DEAD_LETTERED,
-    "C": Status.CANCELLED,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,7 +268,7 @@ class Client:
         word, raw_record = found
         record = orjson.loads(raw_record) if raw_record else {}
         terminal = None
-        if word.code in "SFXC":
+        if word.code in TERMINAL_CODES:
             entry = await self.store.event_at(partition, word.ref, task_id=task_id)
             if entry is not None:
                 terminal = mapper.decode(*entry)
@@ -278,7 +276,7 @@ class Client:
                     terminal = await self.for_caller(terminal)
         return TaskView(
             task_id=task_id,
-            status=STATUS_OF_CODE[word.code],
+            status=word.code.status,
             attempts=word.attempt,
             tenant=word.tenant,
             priority=word.priority,
@@ -313,7 +311,7 @@ class Client:
         if reply[0] == "missing":
             raise TaskNotFound(task_id)
         if reply[0] == "terminal":
-            return STATUS_OF_CODE[reply[1]]
+            return StateCode(reply[1]).status
         return Status.CANCELLED
 
     async def state_word(self, task_id: str) -> StateWord | None:

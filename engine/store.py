@@ -28,6 +28,7 @@ from redis.exceptions import (
 )
 
 from engine.errors import ConfigError, RedisCommandError, RedisUnavailable
+from engine.events import StateCode
 from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, config_key, meta_key
 from engine.scripts import lua_source
 from engine.settings import DEPLOYMENT_LIMITS, Settings
@@ -90,7 +91,7 @@ class FetchResult:
 
 @dataclass(frozen=True, slots=True)
 class StateWord:
-    code: str
+    code: StateCode
     attempt: int
     tenant: str
     priority: str
@@ -100,7 +101,7 @@ class StateWord:
     @classmethod
     def parse(cls, raw: bytes | str) -> StateWord:
         code, attempt, tenant, priority, ref, rid = _s(raw).split("|")
-        return cls(code, int(attempt), tenant, priority, ref, rid)
+        return cls(StateCode(code), int(attempt), tenant, priority, ref, rid)
 
 
 class Store:

@@ -110,3 +110,20 @@ def test_every_lua_script_lives_in_a_lua_folder() -> None:
     }
     assert stray_files == []
     assert inline == {}
+
+
+def test_state_letters_are_spelled_only_in_the_state_code_enum() -> None:
+    """The terminal state letters live in engine/events.py StateCode/TERMINAL_CODES alone: no
+    other module spells them as a string (issue 16 item 2)."""
+    letters = set("SFXC")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and len(node.value) == 4
+        and set(node.value) == letters
+    ]
+    assert offenders == []

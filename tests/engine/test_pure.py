@@ -169,3 +169,12 @@ def test_fetch_order_never_starves_low() -> None:
     assert sum(o.startswith("low") for o in orders) == 10
     assert sum(o.startswith("normal") for o in orders) == 10
     assert sum(o.startswith("high") for o in orders) == 80
+
+
+def test_state_codes_name_every_status_and_the_terminal_set() -> None:
+    """Each state-word code maps to the status of its name, and TERMINAL_CODES to TERMINAL."""
+    from engine.events import TERMINAL, TERMINAL_CODES, StateCode, Status
+
+    assert {code.status for code in StateCode} == set(Status)
+    assert {code.status for code in TERMINAL_CODES} == TERMINAL
+    assert {str(code) for code in TERMINAL_CODES} == set("SFXC")
