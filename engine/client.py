@@ -33,6 +33,7 @@ from engine.intake import Intake
 from engine.keys import new_task_id, partition_for_key, partition_of
 from engine.pii_vault import PiiVault
 from engine.sanitize import Offloader, ResultRef
+from engine.script_args import SubmitItem
 from engine.settings import Settings
 from engine.store import StateWord, Store, id_before, translate_errors
 from engine.task import TaskSpec, input_json, validate_task
@@ -72,7 +73,7 @@ class TaskView:
 
 @dataclass(slots=True)
 class _Pending:
-    item: tuple[str, ...]
+    item: SubmitItem
     future: asyncio.Future[str]
     priority: str
     tenant: str = ""
@@ -171,7 +172,7 @@ class Client:
             "deadline": deadline_ms,
             "idem": spec.idempotency_key,
         }
-        item = (
+        item = SubmitItem(
             task_id,
             spec.tenant,
             spec.priority,

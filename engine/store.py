@@ -11,7 +11,7 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -30,7 +30,20 @@ from redis.exceptions import (
 from engine.errors import ConfigError, RedisCommandError, RedisUnavailable
 from engine.events import StateCode
 from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, config_key, meta_key
+from engine.script_args import (
+    CommitOp,
+    FetchResult,
+    Started,
+    SubmitItem,
+    build_commit_args,
+    build_submit_args,
+    parse_commit_reply,
+    parse_fetch_reply,
+    parse_submit_reply,
+)
 from engine.scripts import lua_source
+
+__all__ = ["FetchResult", "Started", "StateWord", "Store", "translate_errors"]
 from engine.settings import DEPLOYMENT_LIMITS, Settings
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry as redis-py returns it
@@ -68,25 +81,6 @@ def translate_errors() -> Iterator[None]:
         raise RedisCommandError(f"Redis refused a command: {said}") from exc
     except (RedisError, OSError) as exc:
         raise RedisUnavailable(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
-
-
-@dataclass(slots=True)
-class Started:
-    """A task a worker now holds: it must commit an outcome fenced by ``attempt``."""
-
-    priority: str
-    entry_id: str
-    task_id: str
-    attempt: int
-    record: bytes
-
-
-@dataclass(slots=True)
-class FetchResult:
-    started: list[Started] = field(default_factory=list)
-    dropped: int = 0
-    dead: int = 0
-    cursor: str = "0-0"
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,33 +164,24 @@ class Store:
     async def submit(
         self,
         partition: int,
-        items: Sequence[Sequence[str | bytes]],
+        items: Sequence[SubmitItem],
         *,
         max_depth: int | None = None,
     ) -> list[Any]:
         """Accept tasks; see submit.lua. Returns ``[(status, value), …]`` per item.
         ``max_depth``: the deployment's queue depth limit (``engine.policy``)."""
-        flat: list[str | bytes] = [x for item in items for x in item]
         depth = self.settings.queue_max_depth if max_depth is None else max_depth
-        raw = await self._run("submit", partition, "", depth, len(items), *flat)
-        return [(_s(raw[i]), _s(raw[i + 1])) for i in range(0, len(raw), 2)]
+        raw = await self._run("submit", partition, "", *build_submit_args(depth, items))
+        return parse_submit_reply(raw)
 
     async def cancel(self, partition: int, task_id: str, tenant: str = "") -> list[str]:
         return [_s(x) for x in await self._run("cancel", partition, "", task_id, tenant)]
 
     # --- worker side -----------------------------------------------------------------------
 
-    def _fetch_result(self, raw: list[Any]) -> FetchResult:
-        n = int(raw[1])
-        started = [
-            Started(_s(raw[i]), _s(raw[i + 1]), _s(raw[i + 2]), int(raw[i + 3]), raw[i + 4])
-            for i in range(2, 2 + 5 * n, 5)
-        ]
-        return FetchResult(started, int(raw[-2]), int(raw[-1]), _s(raw[0]))
-
     async def fetch(self, partition: int, consumer: str, free: int, order: str) -> FetchResult:
         raw = await self._run("fetch", partition, consumer, "read", free, order, 100)
-        return self._fetch_result(raw)
+        return parse_fetch_reply(raw)
 
     async def claim(
         self, partition: int, consumer: str, priority: str, cursor: str, count: int
@@ -205,14 +190,14 @@ class Store:
         raw = await self._run(
             "fetch", partition, consumer, "claim", priority, cursor, idle_ms, count
         )
-        return self._fetch_result(raw)
+        return parse_fetch_reply(raw)
 
     async def adopt(
         self, partition: int, consumer: str, entries: Sequence[tuple[str, str, str]]
     ) -> FetchResult:
         flat = [x for e in entries for x in e]
         raw = await self._run("fetch", partition, consumer, "adopt", len(entries), *flat)
-        return self._fetch_result(raw)
+        return parse_fetch_reply(raw)
 
     async def promote(self, partition: int, limit: int = 1000) -> None:
         await self._run("fetch", partition, "", "promote", limit)
@@ -238,11 +223,9 @@ class Store:
                 out.append((by_key[_s(stream)], _s(eid), _s(fields.get(b"t", b""))))
         return out
 
-    async def commit(
-        self, partition: int, consumer: str, ops: Sequence[Sequence[str | int | bytes]]
-    ) -> list[int]:
-        flat = [x for op in ops for x in op]
-        return [int(x) for x in await self._run("commit", partition, consumer, len(ops), *flat)]
+    async def commit(self, partition: int, consumer: str, ops: Sequence[CommitOp]) -> list[int]:
+        raw = await self._run("commit", partition, consumer, *build_commit_args(ops))
+        return parse_commit_reply(raw)
 
     async def renew(
         self, partition: int, consumer: str, held: Sequence[tuple[str, int, str, str]]
