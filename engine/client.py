@@ -24,7 +24,6 @@ from engine.events import (
     TERMINAL_CODES,
     TERMINAL_EVENTS,
     Event,
-    StateCode,
     Status,
     TaskRequestedData,
     TaskSucceeded,
@@ -309,10 +308,10 @@ class Client:
         """Cancel the task unless it already ended; returns its status afterwards."""
         await self._deployment()
         reply = await self.store.cancel(self._partition(task_id), task_id, tenant)
-        if reply[0] == "missing":
+        if reply.outcome == "missing":
             raise TaskNotFound(task_id)
-        if reply[0] == "terminal":
-            return StateCode(reply[1]).status
+        if reply.code is not None:
+            return reply.code.status
         return Status.CANCELLED
 
     async def state_word(self, task_id: str) -> StateWord | None:

@@ -7,6 +7,9 @@ place per script (a test checks the strides against the scripts' ``ARGV[7 + i * 
 - submit.lua: ``max_depth, n`` then n × ``SubmitItem`` (stride 9) → n × (status, value)
 - commit.lua: ``n`` then n × ``CommitOp`` (stride 7) → one applied flag (0/1) per op
 - fetch.lua: → ``cursor, n``, n × (priority, entry_id, task_id, attempt, record), ``dropped, dead``
+- renew.lua: ``n`` then n × ``RenewHeld`` (stride 4) → the 1-based indices lost
+- cancel.lua: ``task_id, tenant`` → ``CancelReply``; janitor.lua: ``cutoff_ms, limit, cap`` →
+  tasks forgotten; history.lua: ``task_id, after, count`` → entries as XRANGE returns them
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, NamedTuple
+
+from engine.events import StateCode
 
 
 def _s(value: Any) -> str:
@@ -94,3 +99,62 @@ def parse_fetch_reply(raw: Sequence[Any]) -> FetchResult:
         for i in range(2, 2 + FETCH_STRIDE * n, FETCH_STRIDE)
     ]
     return FetchResult(started, int(raw[-2]), int(raw[-1]), _s(raw[0]))
+
+
+class RenewHeld(NamedTuple):
+    """One entry renew.lua re-claims for its consumer, in the order the script reads it."""
+
+    task_id: str
+    attempt: int
+    priority: str
+    entry_id: str
+
+
+def build_renew_args(held: Sequence[RenewHeld]) -> list[Any]:
+    return [len(held), *chain.from_iterable(held)]
+
+
+def parse_renew_reply(raw: Sequence[Any]) -> list[int]:
+    """The 0-based indices (into ``held``) of the entries the consumer lost."""
+    return [int(x) - 1 for x in raw]
+
+
+class CancelReply(NamedTuple):
+    """cancel.lua's answer: ``cancelled`` (``stage``, ``event_id``), ``terminal`` (``code``, the
+    state the task had already ended in) or ``missing``."""
+
+    outcome: str
+    code: StateCode | None = None
+    stage: str = ""
+    event_id: str = ""
+
+
+def build_cancel_args(task_id: str, tenant: str) -> list[Any]:
+    return [task_id, tenant]  # tenant '' = any
+
+
+def parse_cancel_reply(raw: Sequence[Any]) -> CancelReply:
+    words = [_s(x) for x in raw]
+    if words[0] == "cancelled":
+        return CancelReply("cancelled", stage=words[1], event_id=words[2])
+    if words[0] == "terminal":
+        return CancelReply("terminal", code=StateCode(words[1]))
+    return CancelReply(words[0])
+
+
+def build_janitor_args(cutoff_ms: int, limit: int, retained_cap: int) -> list[Any]:
+    return [cutoff_ms, limit, retained_cap]
+
+
+def parse_janitor_reply(raw: Any) -> int:
+    """Tasks forgotten (== limit: call again)."""
+    return int(raw)
+
+
+def build_history_args(task_id: str, after: str, count: int) -> list[Any]:
+    return [task_id, after, count]
+
+
+def parse_history_reply(raw: Sequence[Any]) -> list[tuple[bytes, dict[bytes, bytes]]]:
+    """Entries as XRANGE returns them: the task's kept ones, then the log's after them."""
+    return [(eid, dict(zip(flat[::2], flat[1::2], strict=True))) for eid, flat in raw]

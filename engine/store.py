@@ -31,14 +31,24 @@ from engine.errors import ConfigError, RedisCommandError, RedisUnavailable
 from engine.events import StateCode
 from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, config_key, meta_key
 from engine.script_args import (
+    CancelReply,
     CommitOp,
     FetchResult,
+    RenewHeld,
     Started,
     SubmitItem,
+    build_cancel_args,
     build_commit_args,
+    build_history_args,
+    build_janitor_args,
+    build_renew_args,
     build_submit_args,
+    parse_cancel_reply,
     parse_commit_reply,
     parse_fetch_reply,
+    parse_history_reply,
+    parse_janitor_reply,
+    parse_renew_reply,
     parse_submit_reply,
 )
 from engine.scripts import lua_source
@@ -174,8 +184,9 @@ class Store:
         raw = await self._run("submit", partition, "", *build_submit_args(depth, items))
         return parse_submit_reply(raw)
 
-    async def cancel(self, partition: int, task_id: str, tenant: str = "") -> list[str]:
-        return [_s(x) for x in await self._run("cancel", partition, "", task_id, tenant)]
+    async def cancel(self, partition: int, task_id: str, tenant: str = "") -> CancelReply:
+        raw = await self._run("cancel", partition, "", *build_cancel_args(task_id, tenant))
+        return parse_cancel_reply(raw)
 
     # --- worker side -----------------------------------------------------------------------
 
@@ -227,18 +238,17 @@ class Store:
         raw = await self._run("commit", partition, consumer, *build_commit_args(ops))
         return parse_commit_reply(raw)
 
-    async def renew(
-        self, partition: int, consumer: str, held: Sequence[tuple[str, int, str, str]]
-    ) -> list[int]:
-        flat = [x for h in held for x in h]
-        return [int(x) - 1 for x in await self._run("renew", partition, consumer, len(held), *flat)]
+    async def renew(self, partition: int, consumer: str, held: Sequence[RenewHeld]) -> list[int]:
+        raw = await self._run("renew", partition, consumer, *build_renew_args(held))
+        return parse_renew_reply(raw)
 
     async def janitor(self, partition: int, cutoff_ms: int, limit: int = JANITOR_BATCH) -> int:
         """Forget up to ``limit`` finished tasks: those finished before ``cutoff_ms`` and the
         oldest beyond the partition's share of ``task_retained_max`` (see janitor.lua)."""
         s = self.settings
         cap = max(1, s.task_retained_max // s.partitions)
-        return int(await self._run("janitor", partition, "", cutoff_ms, limit, cap))
+        raw = await self._run("janitor", partition, "", *build_janitor_args(cutoff_ms, limit, cap))
+        return parse_janitor_reply(raw)
 
     async def forget_consumer(self, consumer: str) -> None:
         """Remove this consumer from every group once it holds nothing."""
@@ -297,8 +307,8 @@ class Store:
     ) -> list[Entry]:
         """Entries after ``after``: the task's kept events (its archived part), then the log's
         entries of every task, in one atomic read (history.lua). Never blocks."""
-        raw = await self._run("history", partition, "", task_id, after, count)
-        return [(eid, dict(zip(flat[::2], flat[1::2], strict=True))) for eid, flat in raw]
+        raw = await self._run("history", partition, "", *build_history_args(task_id, after, count))
+        return parse_history_reply(raw)
 
     async def read_log(
         self, partition: int, after: str, count: int = 500, block_ms: int | None = None

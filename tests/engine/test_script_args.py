@@ -58,3 +58,26 @@ def test_builders_flatten_in_the_scripts_order_and_parsers_type_the_replies() ->
     assert [(s.priority, s.entry_id, s.task_id, s.attempt, s.record) for s in got.started] == [
         ("high", "1-0", "t1", 3, b"{}")
     ]
+
+
+def test_the_small_scripts_replies_are_typed() -> None:
+    """cancel's reply names its outcome and the terminal StateCode; renew's lost indices are
+    0-based; history's flat field lists become dicts."""
+    from engine.events import StateCode
+    from engine.script_args import (
+        RenewHeld,
+        build_renew_args,
+        parse_cancel_reply,
+        parse_history_reply,
+        parse_renew_reply,
+    )
+
+    assert parse_cancel_reply([b"terminal", b"X"]).code is StateCode.DEAD_LETTERED
+    assert parse_cancel_reply([b"cancelled", b"queued", b"1-0"]).event_id == "1-0"
+    assert parse_cancel_reply([b"missing"]).outcome == "missing"
+    held = RenewHeld("t1", 2, "low", "3-0")
+    assert build_renew_args([held]) == [1, "t1", 2, "low", "3-0"]
+    assert parse_renew_reply([1, 3]) == [0, 2]
+    assert parse_history_reply([(b"1-0", [b"type", b"T"])]) == [(b"1-0", {b"type": b"T"})]
+    renew = re.search(r"ARGV\[6 \+ i \* (\d+)\]", _lua("renew"))
+    assert renew is not None and int(renew.group(1)) == len(RenewHeld._fields)
