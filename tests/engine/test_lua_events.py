@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -83,3 +84,26 @@ async def test_lua_written_events_decode_like_python_written_ones(
             assert lua == python
             seen.add(lua.type)
     assert seen >= LUA_WRITTEN
+
+
+async def test_fetch_written_dead_letter_decodes_like_python_written_one(
+    make_client: MakeClient,
+) -> None:
+    """fetch.lua's own TaskDeadLettered (max_deliveries, on reclaiming a crashed consumer's
+    entry) and its TaskStarted on a reclaim decode like the Python mapper's entries of them."""
+    client = make_client(max_deliveries=2)
+    store = client.store
+    await store.prepare()
+    task_id = await client.submit("x")
+    assert len((await store.fetch(0, "crash-1", 10, "high,normal,low")).started) == 1
+    await asyncio.sleep(1.1)
+    assert (await store.claim(0, "crash-2", "normal", "0-0", 10)).started[0].attempt == 2
+    await asyncio.sleep(1.1)
+    assert (await store.claim(0, "crash-3", "normal", "0-0", 10)).dead == 1
+    seen = []
+    for eid, fields in await store.redis.xrange(store.keys(0).log):
+        lua, python = python_twin(eid, fields)
+        assert lua == python and lua.task_id == task_id
+        seen.append((lua.type, getattr(lua.data, "reason", None)))
+    assert seen[-1] == ("TaskDeadLettered", "max_deliveries")
+    assert [t for t, _ in seen].count("TaskStarted") == 2
