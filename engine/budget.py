@@ -23,12 +23,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cache
-from importlib import resources
 
 import redis.asyncio as aioredis
 
 from engine.errors import BudgetConfigError, BudgetExceeded
 from engine.keys import budget_keys
+from engine.scripts import lua_source
 from engine.store import translate_errors
 from providers.pricing import PER_MILLION, PriceTable
 
@@ -36,10 +36,6 @@ MICRO = 1_000_000
 KEY_TTL_S = 2 * 86_400 + 3600
 CHARS_PER_TOKEN = 3  # a generous input-token estimate (English runs ~4, Japanese ~1-2)
 TOKENS_PER_MESSAGE = 8
-
-
-def _script(name: str) -> str:
-    return (resources.files("engine") / "lua" / f"{name}.lua").read_text()
 
 
 @cache
@@ -121,8 +117,8 @@ class Budgets:
         self.redis = redis
         self.namespace = namespace
         self.config = config or BudgetConfig()
-        self._reserve = redis.register_script(_script("budget_reserve"))
-        self._settle = redis.register_script(_script("budget_settle"))
+        self._reserve = redis.register_script(lua_source("budget_reserve"))
+        self._settle = redis.register_script(lua_source("budget_settle"))
 
     def update(self, raw: Mapping[str, object]) -> BudgetConfig:
         """Swap in a new configuration; on error the last good one stays and the error is

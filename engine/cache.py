@@ -27,36 +27,16 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from engine.scripts import lua_source
 from engine.store import translate_errors
 
 ENGINE_PARAMS = frozenset({"cache", "callback_url", "template", "template_version"})
 _WS = re.compile(r"\s+")
 
 # KEYS: entry, index. ARGV: member, value, ttl_ms, now_ms, max_entries
-_PUT = """
-redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-local now = tonumber(ARGV[4])
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - tonumber(ARGV[3]))
-redis.call('ZADD', KEYS[2], now, ARGV[1])
-local excess = redis.call('ZCARD', KEYS[2]) - tonumber(ARGV[5])
-if excess > 0 then
-  local old = redis.call('ZPOPMIN', KEYS[2], excess)
-  -- evicted entries share KEYS[1]'s hash tag (same slot), so they may be named here
-  local prefix = string.sub(KEYS[1], 1, string.len(KEYS[1]) - string.len(ARGV[1]))
-  for i = 1, #old, 2 do redis.call('DEL', prefix .. old[i]) end
-end
-return excess
-"""
+_PUT = lua_source("cache_put")
 # KEYS: entry, index. ARGV: member, now_ms
-_GET = """
-local v = redis.call('GET', KEYS[1])
-if v then
-  redis.call('ZADD', KEYS[2], 'XX', ARGV[2], ARGV[1])
-else
-  redis.call('ZREM', KEYS[2], ARGV[1])
-end
-return v
-"""
+_GET = lua_source("cache_get")
 
 
 def normalise_text(text: str) -> str:

@@ -20,11 +20,19 @@ import redis.asyncio as aioredis
 from engine import mapper, redaction, tolerant
 from engine.connection import connect_for
 from engine.errors import EngineError, EventDecodeError, InvalidTask, QueueFull, TaskNotFound
-from engine.events import TERMINAL_EVENTS, Event, Status, TaskRequestedData, TaskSucceeded
+from engine.events import (
+    TERMINAL_CODES,
+    TERMINAL_EVENTS,
+    Event,
+    Status,
+    TaskRequestedData,
+    TaskSucceeded,
+)
 from engine.intake import Intake
 from engine.keys import new_task_id, partition_for_key, partition_of
 from engine.pii_vault import PiiVault
 from engine.sanitize import Offloader, ResultRef
+from engine.script_args import SubmitItem
 from engine.settings import Settings
 from engine.store import StateWord, Store, id_before, translate_errors
 from engine.task import TaskSpec, input_json, validate_task
@@ -32,16 +40,6 @@ from engine.task import TaskSpec, input_json, validate_task
 MAX_BATCH = 256
 
 log = logging.getLogger("aiis.client")
-
-STATUS_OF_CODE = {
-    "Q": Status.QUEUED,
-    "R": Status.RUNNING,
-    "D": Status.RETRY_SCHEDULED,
-    "S": Status.SUCCEEDED,
-    "F": Status.FAILED,
-    "X": Status.DEAD_LETTERED,
-    "C": Status.CANCELLED,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +72,7 @@ class TaskView:
 
 @dataclass(slots=True)
 class _Pending:
-    item: tuple[str, ...]
+    item: SubmitItem
     future: asyncio.Future[str]
     priority: str
     tenant: str = ""
@@ -173,7 +171,7 @@ class Client:
             "deadline": deadline_ms,
             "idem": spec.idempotency_key,
         }
-        item = (
+        item = SubmitItem(
             task_id,
             spec.tenant,
             spec.priority,
@@ -277,7 +275,7 @@ class Client:
         word, raw_record = found
         record = orjson.loads(raw_record) if raw_record else {}
         terminal = None
-        if word.code in "SFXC":
+        if word.code in TERMINAL_CODES:
             entry = await self.store.event_at(partition, word.ref, task_id=task_id)
             if entry is not None:
                 terminal = mapper.decode(*entry)
@@ -285,7 +283,7 @@ class Client:
                     terminal = await self.for_caller(terminal)
         return TaskView(
             task_id=task_id,
-            status=STATUS_OF_CODE[word.code],
+            status=word.code.status,
             attempts=word.attempt,
             tenant=word.tenant,
             priority=word.priority,
@@ -317,10 +315,10 @@ class Client:
         """Cancel the task unless it already ended; returns its status afterwards."""
         await self._deployment()
         reply = await self.store.cancel(self._partition(task_id), task_id, tenant)
-        if reply[0] == "missing":
+        if reply.outcome == "missing":
             raise TaskNotFound(task_id)
-        if reply[0] == "terminal":
-            return STATUS_OF_CODE[reply[1]]
+        if reply.code is not None:
+            return reply.code.status
         return Status.CANCELLED
 
     async def state_word(self, task_id: str) -> StateWord | None:

@@ -11,6 +11,7 @@ import orjson
 
 from engine.client import Client
 from engine.errors import InvalidTask, TaskNotFound
+from engine.events import StateCode
 from engine.keys import partition_of
 from engine.store import translate_errors
 from engine.task import TaskSpec
@@ -66,7 +67,7 @@ async def retry(client: Client, task_id: str) -> str:
     if found is None:
         raise TaskNotFound(task_id)
     word, raw_record = found
-    if raw_record is None or word.code != "X":
+    if raw_record is None or word.code != StateCode.DEAD_LETTERED:
         raise InvalidTask("task_id", f"task {task_id} is not dead-lettered")
     keys = client.store.keys(partition)
     entries = await _dlq_entries(client, keys.dlq, task_id)

@@ -2,7 +2,9 @@
 ``{"id", "type", "task_id", "tenant", "ts", "v", "data"}``; ``data`` is typed per event.
 
 Most events are written by Lua scripts on the hot path (see ``engine/lua``); a contract test
-decodes every script-written event through these models, so the two cannot drift.
+decodes every script-written event through these models, so the two cannot drift
+(tests/engine/test_lua_events.py: a script's entry and the Python mapper's entry of the same model
+decode to equal models). ``StateCode`` is the one spelling of the state-word letters.
 """
 
 from __future__ import annotations
@@ -25,6 +27,28 @@ class Status(StrEnum):
 
 TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.DEAD_LETTERED, Status.CANCELLED})
 TERMINAL_EVENTS = frozenset({"TaskSucceeded", "TaskFailed", "TaskDeadLettered", "TaskCancelled"})
+
+
+class StateCode(StrEnum):
+    """The one-letter status of a task's state word (``keys.state``), as the Lua scripts write it
+    (``code|attempt|tenant|priority|ref|requested_id``); named after its ``Status``."""
+
+    QUEUED = "Q"
+    RUNNING = "R"
+    RETRY_SCHEDULED = "D"
+    SUCCEEDED = "S"
+    FAILED = "F"
+    DEAD_LETTERED = "X"
+    CANCELLED = "C"
+
+    @property
+    def status(self) -> Status:
+        return Status[self.name]
+
+
+TERMINAL_CODES = frozenset(
+    {StateCode.SUCCEEDED, StateCode.FAILED, StateCode.DEAD_LETTERED, StateCode.CANCELLED}
+)
 
 
 class _Strict(BaseModel):

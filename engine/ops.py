@@ -55,7 +55,7 @@ from engine.alerts import (
 from engine.budget import Budgets
 from engine.client import Client
 from engine.errors import EventDecodeError, RedisUnavailable
-from engine.events import TERMINAL_EVENTS, TaskSucceeded
+from engine.events import TERMINAL_CODES, TERMINAL_EVENTS, TaskSucceeded
 from engine.keys import PRIORITIES, ops_checkpoint_key, ops_key
 from engine.logreader import LogReader
 from engine.settings import Settings
@@ -437,7 +437,7 @@ class Ops:
             for raw_id, raw_url in list(pending.items())[:limit]:
                 task_id = raw_id.decode()
                 word = await self.client.state_word(task_id)
-                if word is None or word.code not in "SFXC" or _after(word.ref, cursor):
+                if word is None or word.code not in TERMINAL_CODES or _after(word.ref, cursor):
                     continue
                 entry = await store.event_at(partition, word.ref, task_id=task_id)
                 if entry is None:

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 
 from engine.errors import RedisUnavailable
+from engine.script_args import CommitOp
 from engine.store import Started, Store
 from providers.types import ProviderResult
 
@@ -41,7 +42,7 @@ class Running:
     finished: bool = False  # its terminal op is queued
 
 
-Row = tuple[Any, ...]
+Row = CommitOp
 
 
 class Outbox:
@@ -73,7 +74,7 @@ class Outbox:
             data = {"attempt": h.attempt, **data}
         else:
             run.finished = True
-        row = (op, h.task_id, h.attempt, h.priority, h.entry_id, orjson.dumps(data), extra)
+        row = CommitOp(op, h.task_id, h.attempt, h.priority, h.entry_id, orjson.dumps(data), extra)
         self._rows.append((run.partition, run, row))
         self._kick.set()
 

@@ -11,8 +11,7 @@ import contextlib
 import re
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
@@ -29,18 +28,38 @@ from redis.exceptions import (
 )
 
 from engine.errors import ConfigError, RedisCommandError, RedisUnavailable
+from engine.events import StateCode
 from engine.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, config_key, meta_key
+from engine.script_args import (
+    CancelReply,
+    CommitOp,
+    FetchResult,
+    RenewHeld,
+    Started,
+    SubmitItem,
+    build_cancel_args,
+    build_commit_args,
+    build_history_args,
+    build_janitor_args,
+    build_renew_args,
+    build_submit_args,
+    parse_cancel_reply,
+    parse_commit_reply,
+    parse_fetch_reply,
+    parse_history_reply,
+    parse_janitor_reply,
+    parse_renew_reply,
+    parse_submit_reply,
+)
+from engine.scripts import lua_source
+
+__all__ = ["FetchResult", "Started", "StateWord", "Store", "translate_errors"]
 from engine.settings import DEPLOYMENT_LIMITS, Settings
 
 Entry = tuple[bytes, dict[bytes, bytes]]  # a stream entry as redis-py returns it
 
 SCRIPTS = ("submit", "fetch", "commit", "renew", "cancel", "janitor", "history")
 JANITOR_BATCH = 1000  # tasks forgotten per janitor call
-
-
-def _load_script(name: str) -> str:
-    lua = resources.files("engine") / "lua"
-    return (lua / "_prelude.lua").read_text() + "\n" + (lua / f"{name}.lua").read_text()
 
 
 def _s(value: Any) -> str:
@@ -79,28 +98,9 @@ def translate_errors() -> Iterator[None]:
         raise RedisUnavailable(f"Redis unavailable: {type(exc).__name__}: {exc}") from exc
 
 
-@dataclass(slots=True)
-class Started:
-    """A task a worker now holds: it must commit an outcome fenced by ``attempt``."""
-
-    priority: str
-    entry_id: str
-    task_id: str
-    attempt: int
-    record: bytes
-
-
-@dataclass(slots=True)
-class FetchResult:
-    started: list[Started] = field(default_factory=list)
-    dropped: int = 0
-    dead: int = 0
-    cursor: str = "0-0"
-
-
 @dataclass(frozen=True, slots=True)
 class StateWord:
-    code: str
+    code: StateCode
     attempt: int
     tenant: str
     priority: str
@@ -110,7 +110,7 @@ class StateWord:
     @classmethod
     def parse(cls, raw: bytes | str) -> StateWord:
         code, attempt, tenant, priority, ref, rid = _s(raw).split("|")
-        return cls(code, int(attempt), tenant, priority, ref, rid)
+        return cls(StateCode(code), int(attempt), tenant, priority, ref, rid)
 
 
 class Store:
@@ -121,7 +121,7 @@ class Store:
         self.settings = settings
         self.partitions = all_partitions(settings.namespace, settings.partitions)
         self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(_load_script(name)) for name in SCRIPTS
+            name: redis.register_script(lua_source(name, prelude=True)) for name in SCRIPTS
         }
 
     @staticmethod
@@ -179,33 +179,25 @@ class Store:
     async def submit(
         self,
         partition: int,
-        items: Sequence[Sequence[str | bytes]],
+        items: Sequence[SubmitItem],
         *,
         max_depth: int | None = None,
     ) -> list[Any]:
         """Accept tasks; see submit.lua. Returns ``[(status, value), …]`` per item.
         ``max_depth``: the deployment's queue depth limit (``engine.policy``)."""
-        flat: list[str | bytes] = [x for item in items for x in item]
         depth = self.settings.queue_max_depth if max_depth is None else max_depth
-        raw = await self._run("submit", partition, "", depth, len(items), *flat)
-        return [(_s(raw[i]), _s(raw[i + 1])) for i in range(0, len(raw), 2)]
+        raw = await self._run("submit", partition, "", *build_submit_args(depth, items))
+        return parse_submit_reply(raw)
 
-    async def cancel(self, partition: int, task_id: str, tenant: str = "") -> list[str]:
-        return [_s(x) for x in await self._run("cancel", partition, "", task_id, tenant)]
+    async def cancel(self, partition: int, task_id: str, tenant: str = "") -> CancelReply:
+        raw = await self._run("cancel", partition, "", *build_cancel_args(task_id, tenant))
+        return parse_cancel_reply(raw)
 
     # --- worker side -----------------------------------------------------------------------
 
-    def _fetch_result(self, raw: list[Any]) -> FetchResult:
-        n = int(raw[1])
-        started = [
-            Started(_s(raw[i]), _s(raw[i + 1]), _s(raw[i + 2]), int(raw[i + 3]), raw[i + 4])
-            for i in range(2, 2 + 5 * n, 5)
-        ]
-        return FetchResult(started, int(raw[-2]), int(raw[-1]), _s(raw[0]))
-
     async def fetch(self, partition: int, consumer: str, free: int, order: str) -> FetchResult:
         raw = await self._run("fetch", partition, consumer, "read", free, order, 100)
-        return self._fetch_result(raw)
+        return parse_fetch_reply(raw)
 
     async def claim(
         self, partition: int, consumer: str, priority: str, cursor: str, count: int
@@ -214,14 +206,14 @@ class Store:
         raw = await self._run(
             "fetch", partition, consumer, "claim", priority, cursor, idle_ms, count
         )
-        return self._fetch_result(raw)
+        return parse_fetch_reply(raw)
 
     async def adopt(
         self, partition: int, consumer: str, entries: Sequence[tuple[str, str, str]]
     ) -> FetchResult:
         flat = [x for e in entries for x in e]
         raw = await self._run("fetch", partition, consumer, "adopt", len(entries), *flat)
-        return self._fetch_result(raw)
+        return parse_fetch_reply(raw)
 
     async def promote(self, partition: int, limit: int = 1000) -> None:
         await self._run("fetch", partition, "", "promote", limit)
@@ -247,24 +239,21 @@ class Store:
                 out.append((by_key[_s(stream)], _s(eid), _s(fields.get(b"t", b""))))
         return out
 
-    async def commit(
-        self, partition: int, consumer: str, ops: Sequence[Sequence[str | int | bytes]]
-    ) -> list[int]:
-        flat = [x for op in ops for x in op]
-        return [int(x) for x in await self._run("commit", partition, consumer, len(ops), *flat)]
+    async def commit(self, partition: int, consumer: str, ops: Sequence[CommitOp]) -> list[int]:
+        raw = await self._run("commit", partition, consumer, *build_commit_args(ops))
+        return parse_commit_reply(raw)
 
-    async def renew(
-        self, partition: int, consumer: str, held: Sequence[tuple[str, int, str, str]]
-    ) -> list[int]:
-        flat = [x for h in held for x in h]
-        return [int(x) - 1 for x in await self._run("renew", partition, consumer, len(held), *flat)]
+    async def renew(self, partition: int, consumer: str, held: Sequence[RenewHeld]) -> list[int]:
+        raw = await self._run("renew", partition, consumer, *build_renew_args(held))
+        return parse_renew_reply(raw)
 
     async def janitor(self, partition: int, cutoff_ms: int, limit: int = JANITOR_BATCH) -> int:
         """Forget up to ``limit`` finished tasks: those finished before ``cutoff_ms`` and the
         oldest beyond the partition's share of ``task_retained_max`` (see janitor.lua)."""
         s = self.settings
         cap = max(1, s.task_retained_max // s.partitions)
-        return int(await self._run("janitor", partition, "", cutoff_ms, limit, cap))
+        raw = await self._run("janitor", partition, "", *build_janitor_args(cutoff_ms, limit, cap))
+        return parse_janitor_reply(raw)
 
     async def forget_consumer(self, consumer: str) -> None:
         """Remove this consumer from every group once it holds nothing."""
@@ -323,8 +312,8 @@ class Store:
     ) -> list[Entry]:
         """Entries after ``after``: the task's kept events (its archived part), then the log's
         entries of every task, in one atomic read (history.lua). Never blocks."""
-        raw = await self._run("history", partition, "", task_id, after, count)
-        return [(eid, dict(zip(flat[::2], flat[1::2], strict=True))) for eid, flat in raw]
+        raw = await self._run("history", partition, "", *build_history_args(task_id, after, count))
+        return parse_history_reply(raw)
 
     async def read_log(
         self, partition: int, after: str, count: int = 500, block_ms: int | None = None

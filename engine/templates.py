@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from engine.errors import ExtraVariables, MissingVariables, TemplateError, TemplateNotFound
+from engine.scripts import lua_source
 from engine.store import translate_errors
 
 NAME = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -30,11 +31,7 @@ MAX_VARIABLES = 64
 PARSED_CACHE = 1024
 
 # KEYS: hash. ARGV: body. Returns the new version.
-_REGISTER = """
-local v = redis.call('HINCRBY', KEYS[1], 'latest', 1)
-redis.call('HSET', KEYS[1], tostring(v), ARGV[1])
-return v
-"""
+_REGISTER = lua_source("template_register")
 
 
 @dataclass(frozen=True, slots=True)

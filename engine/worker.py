@@ -27,6 +27,7 @@ from engine.keys import PRIORITIES
 from engine.outbox import Outbox, Running, Sink, error_data, succeeded_data
 from engine.results import Results
 from engine.retry import RetryPolicy, Verdict, decide
+from engine.script_args import RenewHeld
 from engine.settings import Settings
 from engine.store import JANITOR_BATCH, Started, Store
 from providers.errors import ProviderError
@@ -342,7 +343,8 @@ class Worker:
                 by_partition.setdefault(run.partition, []).append(run)
         for partition, runs in by_partition.items():
             held = [
-                (r.held.task_id, r.held.attempt, r.held.priority, r.held.entry_id) for r in runs
+                RenewHeld(r.held.task_id, r.held.attempt, r.held.priority, r.held.entry_id)
+                for r in runs
             ]
             for i in await self.store.renew(partition, self.consumer, held):
                 run = runs[i]

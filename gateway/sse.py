@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
+from engine.events import TERMINAL_CODES
 from gateway import since
 from gateway.context import Context
 from gateway.errors import ProtocolError
@@ -71,7 +72,7 @@ async def task_events(request: Request) -> Response:
     target = Target("task", task_id)
     if last is not None and not last.strip():
         last = None
-    if last is not None and word.code in "SFXC":
+    if last is not None and word.code in TERMINAL_CODES:
         done, seen = parse_id(word.ref), parse_id(last.strip())
         if done is not None and seen is not None and seen >= done:
             return Response(status_code=204)  # the client has the terminal event: stop

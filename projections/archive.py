@@ -30,6 +30,7 @@ import redis.asyncio as aioredis
 from engine import tolerant
 from engine.errors import EventDecodeError
 from engine.keys import PartitionKeys
+from engine.scripts import lua_source
 from engine.store import translate_errors
 from projections import ids
 from projections.errors import ArchiveError
@@ -42,20 +43,7 @@ READ_CHUNK = 64 * 1024  # compressed bytes per read
 PAGE_BYTES = 1 << 20  # decompressed bytes per page of lines
 
 # KEYS: archive hash, log. ARGV: archived_to, events added, segments added.
-_RECORD_AND_TRIM = """
-local cur = redis.call('HGET', KEYS[1], 'archived_to')
-if cur then
-  local cm, cs = string.match(cur, '^(%d+)-(%d+)$')
-  local nm, ns = string.match(ARGV[1], '^(%d+)-(%d+)$')
-  if tonumber(cm) > tonumber(nm) or (cm == nm and tonumber(cs) >= tonumber(ns)) then
-    ARGV[1] = cur
-  end
-end
-redis.call('HSET', KEYS[1], 'archived_to', ARGV[1])
-redis.call('HINCRBY', KEYS[1], 'events', ARGV[2])
-redis.call('HINCRBY', KEYS[1], 'segments', ARGV[3])
-return redis.call('XTRIM', KEYS[2], 'MINID', ARGV[4])
-"""
+_RECORD_AND_TRIM = lua_source("archive_record", package="projections")
 
 
 MIN_AGE = "the min-age"  # ``held_by`` when the age limit, not a checkpoint, stopped archiving

@@ -11,14 +11,14 @@ holds; the engine's readers
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib import resources
 
 import redis.asyncio as aioredis
 
 from engine.keys import PartitionKeys
+from engine.scripts import lua_source
 from engine.store import translate_errors
 
-_KEEP = (resources.files("projections") / "lua" / "keep.lua").read_text()
+_KEEP = lua_source("keep", package="projections")
 
 
 class Keeper:

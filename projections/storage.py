@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from engine.scripts import lua_source
 from engine.store import translate_errors
 from projections import ids
 from projections.fold import Position
@@ -27,61 +28,10 @@ CHUNK = 500  # fields per HSET/HDEL (Lua unpack and reply sizes stay small)
 # KEYS: view, meta per position. ARGV: n, then per position: expected "gen ckpt", new ckpt,
 # events applied, last ts, nset, ndel, nset × (key, json), ndel × key.
 # Returns the 1-based indices whose stored shard moved on (nothing is written then).
-_SAVE = """
-local n = tonumber(ARGV[1])
-local plan, i = {}, 2
-for p = 1, n do
-  local nset, ndel = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-  plan[p] = {i, nset, ndel}
-  i = i + 6 + nset * 2 + ndel
-end
-local stale = {}
-for p = 1, n do
-  local m = redis.call('HMGET', KEYS[2 * p], 'gen', 'ckpt')
-  if ((m[1] or '') .. ' ' .. (m[2] or '0-0')) ~= ARGV[plan[p][1]] then
-    stale[#stale + 1] = p
-  end
-end
-if #stale > 0 then return stale end
-for p = 1, n do
-  local b, nset, ndel = plan[p][1], plan[p][2], plan[p][3]
-  local view = KEYS[2 * p - 1]
-  local j = b + 6
-  while nset > 0 do
-    local k = math.min(nset, 500)
-    local args = {}
-    for x = 0, 2 * k - 1 do args[#args + 1] = ARGV[j + x] end
-    redis.call('HSET', view, unpack(args))
-    j, nset = j + 2 * k, nset - k
-  end
-  while ndel > 0 do
-    local k = math.min(ndel, 500)
-    local args = {}
-    for x = 0, k - 1 do args[#args + 1] = ARGV[j + x] end
-    redis.call('HDEL', view, unpack(args))
-    j, ndel = j + k, ndel - k
-  end
-  redis.call('HSET', KEYS[2 * p], 'ckpt', ARGV[b + 1], 'ts', ARGV[b + 3])
-  redis.call('HINCRBY', KEYS[2 * p], 'events', ARGV[b + 2])
-  redis.call('HDEL', KEYS[2 * p], 'halted')  -- left by versions that halted on a bad entry
-end
-return stale
-"""
+_SAVE = lua_source("view_save", package="projections")
 
 # KEYS: view, meta, rebuild view, rebuild meta per projection. Swap each rebuilt shard in.
-_SWAP = """
-for p = 0, #KEYS / 4 - 1 do
-  local view, meta = KEYS[4 * p + 1], KEYS[4 * p + 2]
-  local rview, rmeta = KEYS[4 * p + 3], KEYS[4 * p + 4]
-  if redis.call('EXISTS', rmeta) == 0 then
-    return redis.error_reply('no rebuilt shard ' .. rmeta)
-  end
-  redis.call('DEL', view, meta)
-  if redis.call('EXISTS', rview) == 1 then redis.call('RENAME', rview, view) end
-  redis.call('RENAME', rmeta, meta)
-end
-return 1
-"""
+_SWAP = lua_source("view_swap", package="projections")
 
 
 def _s(value: Any) -> str:

@@ -35,6 +35,7 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from providers import keys
 from providers.errors import PROVIDER_FAILURES, CircuitOpen, InvalidRequest
+from providers.scripts import lua_source
 
 log = logging.getLogger(__name__)
 
@@ -42,53 +43,12 @@ T = TypeVar("T")
 # (provider, "opened" | "closed", info) — called once per real transition, cluster-wide
 TransitionHook = Callable[[str, str, dict[str, Any]], None]
 
-_ACQUIRE = """
-local h = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'failures')
-local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
-local state = h[1] or 'closed'
-if state == 'closed' then return {'closed', '0', h[3] or '0'} end
-local opened_at = tonumber(h[2]) or 0
--- 0.25 s of margin so the caller's own clock check cannot see the period end a moment later
-if state == 'opened' and now < opened_at + ttl then
-  return {'opened', tostring(math.max(opened_at, now - ttl + 0.25)), '0'}
-end
-if redis.call('SET', KEYS[2], ARGV[4], 'NX', 'PX', ARGV[3]) then
-  redis.call('HSET', KEYS[1], 'state', 'half-opened')
-  return {'half-opened', '0', '0'}
-end
-local left = math.max(redis.call('PTTL', KEYS[2]), 0) / 1000
-return {'opened', tostring(now - ttl + math.max(0.25, math.min(left, ttl))), '0'}
-"""
-_FAIL = """
-if (redis.call('HGET', KEYS[1], 'state') or 'closed') ~= 'closed' then return 0 end
-local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
-if n >= tonumber(ARGV[2]) then
-  redis.call('HSET', KEYS[1], 'state', 'opened', 'opened_at', ARGV[1], 'failures', 0)
-  return n
-end
-return 0
-"""
+_ACQUIRE = lua_source("breaker_acquire")
+_FAIL = lua_source("breaker_fail")
 # only the probe's outcome moves a half-opened breaker; stale contexts cannot
-_SETTLE = """
-if redis.call('HGET', KEYS[1], 'state') ~= 'half-opened' then return 0 end
-if ARGV[1] == 'opened' then
-  redis.call('HSET', KEYS[1], 'state', 'opened', 'opened_at', ARGV[2], 'failures', 0)
-else
-  redis.call('HSET', KEYS[1], 'state', 'closed', 'failures', 0)
-end
-redis.call('DEL', KEYS[2])
-return 1
-"""
-_RESET = """
-if (redis.call('HGET', KEYS[1], 'state') or 'closed') == 'closed' then
-  redis.call('HSET', KEYS[1], 'failures', 0)
-end
-return 1
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
-return 1
-"""
+_SETTLE = lua_source("breaker_settle")
+_RESET = lua_source("breaker_reset")
+_RELEASE = lua_source("breaker_release")
 
 _transitions: contextvars.ContextVar[list[tuple[str, dict[str, Any]]] | None] = (
     contextvars.ContextVar("aiis_breaker_transitions", default=None)

@@ -19,65 +19,16 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from providers import keys
 from providers.errors import RateLimited
+from providers.scripts import lua_source
 
 # KEYS: req_tat, tok_tat, blocked. ARGV: now_ms, req_T_ms, req_tau_ms, tok_T_ms (per token),
 # tok_tau_ms, debt (tokens used by earlier calls beyond their estimate, charged whatever the
 # outcome), then one (tokens, max_wait_ms) pair per call of the batch, decided in order exactly
 # as if each ran alone. Returns one number per call: the wait in ms (reserved) or -wait-1
 # (refused, nothing reserved).
-_ACQUIRE = """
-local now = tonumber(ARGV[1])
-local rT, rtau = tonumber(ARGV[2]), tonumber(ARGV[3])
-local tT, ttau = tonumber(ARGV[4]), tonumber(ARGV[5])
-local debt = tonumber(ARGV[6])
-local blocked = math.max(now, tonumber(redis.call('GET', KEYS[3]) or '0'))
-local rtat = math.max(tonumber(redis.call('GET', KEYS[1]) or '0'), now)
-local ttat = math.max(tonumber(redis.call('GET', KEYS[2]) or '0'), now)
-local rset, tset = false, false
-if tT > 0 and debt > 0 then
-  ttat = ttat + tT * debt
-  tset = true
-end
-local out = {}
-for i = 7, #ARGV, 2 do
-  local tokens, max_wait = tonumber(ARGV[i]), tonumber(ARGV[i + 1])
-  -- a call of weight w conforms at s when max(tat, s) + w*T - s <= tau + T; a call heavier
-  -- than the whole burst goes when the bucket is empty (s = tat)
-  local start = blocked
-  if rT > 0 then start = math.max(start, rtat - rtau) end
-  if tT > 0 and tokens > 0 then
-    start = math.max(start, ttat + math.min(0, tT * tokens - ttau - tT))
-  end
-  local wait = start - now
-  if wait > max_wait then
-    out[#out + 1] = -math.floor(wait) - 1
-  else
-    if rT > 0 then
-      rtat = math.max(rtat, start) + rT
-      rset = true
-    end
-    if tT > 0 and tokens > 0 then
-      ttat = math.max(ttat, start) + tT * tokens
-      tset = true
-    end
-    out[#out + 1] = math.floor(wait)
-  end
-end
-if rset then
-  redis.call('SET', KEYS[1], tostring(rtat), 'PX', math.floor(rtat - now + rtau) + 1000)
-end
-if tset then
-  redis.call('SET', KEYS[2], tostring(ttat), 'PX', math.floor(ttat - now + ttau) + 1000)
-end
-return out
-"""
+_ACQUIRE = lua_source("ratelimit_acquire")
 # KEYS: blocked. ARGV: until_ms, now_ms. Only ever moves the instant later.
-_BLOCK = """
-local untilms = tonumber(ARGV[1])
-if untilms <= tonumber(redis.call('GET', KEYS[1]) or '0') then return 0 end
-redis.call('SET', KEYS[1], tostring(untilms), 'PX', math.floor(untilms - tonumber(ARGV[2])) + 1)
-return 1
-"""
+_BLOCK = lua_source("ratelimit_block")
 
 
 @dataclass(frozen=True, slots=True)

@@ -79,3 +79,51 @@ def test_default_ports_are_taken_while_the_suite_runs(default_ports_taken: list[
     for port in DEFAULT_PORTS:
         with socket.socket() as sock, pytest.raises(OSError):
             sock.bind(("127.0.0.1", port))
+
+
+def _inline_lua(path: Path) -> list[int]:
+    """Lines of ``path`` where a string constant holds Lua (a ``redis.call``)."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and ("redis.call(" in node.value or "redis.pcall(" in node.value)
+    ]
+
+
+def test_every_lua_script_lives_in_a_lua_folder() -> None:
+    """No .lua file sits outside a package's lua/ folder and no Python module holds inline Lua,
+    so every script is loaded the same way (issue 16 item 2)."""
+    stray_files = [
+        str(path.relative_to(ROOT))
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.lua")
+        if path.parent.name != "lua"
+    ]
+    inline = {
+        str(path.relative_to(ROOT)): lines
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        if (lines := _inline_lua(path))
+    }
+    assert stray_files == []
+    assert inline == {}
+
+
+def test_state_letters_are_spelled_only_in_the_state_code_enum() -> None:
+    """The terminal state letters live in engine/events.py StateCode/TERMINAL_CODES alone: no
+    other module spells them as a string (issue 16 item 2)."""
+    letters = set("SFXC")
+    offenders = [
+        f"{path.relative_to(ROOT)}:{node.lineno}"
+        for package in PACKAGES
+        for path in (ROOT / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and len(node.value) == 4
+        and set(node.value) == letters
+    ]
+    assert offenders == []

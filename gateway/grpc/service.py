@@ -34,7 +34,7 @@ from engine.errors import (
     RedisUnavailable,
     TaskNotFound,
 )
-from engine.events import Event
+from engine.events import TERMINAL_CODES, Event
 from engine.keys import partition_of
 from engine.store import id_before
 from gateway.auth import Authenticator, Principal, token_from
@@ -49,7 +49,6 @@ from projections.lookup import TERMINAL, task_record
 log = logging.getLogger("aiis.grpc")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TaskService"].full_name
-TERMINAL_CODES = "SFXC"  # state-word codes of the terminal statuses
 
 if TYPE_CHECKING:
     Context = grpc.aio.ServicerContext[Any, Any]

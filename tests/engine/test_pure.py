@@ -195,3 +195,12 @@ def test_a_bad_reply_is_a_command_error_not_an_outage() -> None:
     with pytest.raises(RedisCommandError) as caught, translate_errors():
         raise ResponseError("ERR something")
     assert isinstance(caught.value.__cause__, ResponseError)
+
+
+def test_state_codes_name_every_status_and_the_terminal_set() -> None:
+    """Each state-word code maps to the status of its name, and TERMINAL_CODES to TERMINAL."""
+    from engine.events import TERMINAL, TERMINAL_CODES, StateCode, Status
+
+    assert {code.status for code in StateCode} == set(Status)
+    assert {code.status for code in TERMINAL_CODES} == TERMINAL
+    assert {str(code) for code in TERMINAL_CODES} == set("SFXC")
