@@ -140,6 +140,11 @@ def autoscale_pattern(namespace: str) -> str:
     return f"{namespace}:autoscale:*"
 
 
+def autoscale_pool_of(namespace: str, key: bytes) -> str:
+    """The pool an ``autoscale_key`` (as SCAN returns it) names."""
+    return key.decode().removeprefix(autoscale_key(namespace, ""))
+
+
 def config_key(namespace: str) -> str:
     """Hash of live configuration documents (``aiis config set``): pii_policy, budgets."""
     return f"{namespace}:config"
