@@ -196,3 +196,50 @@ def test_the_gate_catches_a_key_literal(source: str) -> None:
 def test_the_gate_leaves_messages_and_docstrings_alone(source: str) -> None:
     """Error messages and docstrings that merely mention a key are not key literals."""
     assert key_literals(source) == []
+
+
+# a Lua script deriving a key from another: appending ":segment" to a name, or cutting a key
+LUA_DERIVED_KEY = re.compile(r"""\.\.\s*['"]:|string\.sub\(\s*(KEYS\[|K_)""")
+
+
+def lua_derived_keys(source: str) -> list[int]:
+    """Line numbers of ``source`` (Lua) where a key is derived from another by string handling."""
+    return [
+        n
+        for n, line in enumerate(source.splitlines(), 1)
+        if LUA_DERIVED_KEY.search(line.split("--", 1)[0])
+    ]
+
+
+def _lua_offenders() -> list[str]:
+    found: list[str] = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.lua")):
+            rel = path.relative_to(ROOT).as_posix()
+            found += [f"{rel}:{line}" for line in lua_derived_keys(path.read_text())]
+    return found
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 16 item 2 (branch lua) makes every script take its keys from Python; "
+    "drop this marker when it lands (strict: an XPASS fails)",
+)
+def test_no_lua_script_derives_a_key() -> None:
+    """No Lua script builds a key name from another; keys come from the Python key builders."""
+    assert _lua_offenders() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "lines"),
+    [
+        ("local K_TAG = string.sub(K_LOG, 1, -5)", [1]),
+        ("redis.call('HGET', K_TAG .. ':kept', id)", [1]),
+        ("local p = string.sub(KEYS[1], 1, -7)", [1]),
+        ("-- K_TAG .. ':kept' is built in Python\nredis.call('HGET', KEYS[12], id)", []),
+        ("local s = 'a' .. ARGV[2] .. '|' .. b", []),
+    ],
+)
+def test_the_lua_gate_catches_a_derived_key(source: str, lines: list[int]) -> None:
+    """The Lua detector flags key derivation by concatenation or cutting, not comments or data."""
+    assert lua_derived_keys(source) == lines
