@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from engine import redaction
 from engine.connection import connect_for
 from engine.errors import EngineError
+from engine.keys import audit_key
 from engine.settings import Settings
 from engine.store import translate_errors
 
@@ -71,10 +72,6 @@ class AuditEntry(BaseModel):
     target: str | None = None  # a task id, a config name …
     outcome: Literal["ok", "denied", "error"] = "ok"
     detail: dict[str, Scalar] = Field(default_factory=dict)
-
-
-def audit_key(namespace: str) -> str:
-    return f"{namespace}:audit"
 
 
 class Scrubber:

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from engine.keys import cache_keys
 from engine.scripts import lua_source
 from engine.store import translate_errors
 
@@ -123,8 +124,7 @@ class ResultCache:
         self._get = redis.register_script(_GET)
 
     def _keys(self, key: str) -> tuple[str, str]:
-        tag = f"{self.namespace}:{{cache:{int(key[:8], 16) % self.shards}}}"
-        return f"{tag}:e:{key}", f"{tag}:lru"
+        return cache_keys(self.namespace, int(key[:8], 16) % self.shards, key)
 
     async def get(self, key: str) -> CachedResult | None:
         entry, index = self._keys(key)

@@ -140,6 +140,11 @@ def autoscale_pattern(namespace: str) -> str:
     return f"{namespace}:autoscale:*"
 
 
+def autoscale_pool_of(namespace: str, key: bytes) -> str:
+    """The pool an ``autoscale_key`` (as SCAN returns it) names."""
+    return key.decode().removeprefix(autoscale_key(namespace, ""))
+
+
 def config_key(namespace: str) -> str:
     """Hash of live configuration documents (``aiis config set``): pii_policy, budgets."""
     return f"{namespace}:config"
@@ -161,3 +166,44 @@ def budget_keys(namespace: str, tenant: str, day: str) -> tuple[str, str, str, s
     tenant, so a reservation made one day settles atomically on the next (Cluster too)."""
     tag = f"{namespace}:{{budget:{tenant}}}"
     return f"{tag}:holds", f"{tag}:{day}:spent", f"{tag}:{day}:seen", f"{tag}:{day}:held"
+
+
+def _tag_prefix(hash_tag_prefix: str) -> str:
+    """``hash_tag_prefix`` itself, once checked to carry a hash tag (``aiis:{p3}``)."""
+    if "{" not in hash_tag_prefix or "}" not in hash_tag_prefix:
+        raise ValueError("the prefix must carry a hash tag, e.g. 'aiis:{p3}'")
+    return hash_tag_prefix
+
+
+def vault_key(hash_tag_prefix: str, task_id: str) -> str:
+    """String with a TTL: one task's PII restore mapping, ``<tag>:pii:<task>``, in the task's
+    slot (``hash_tag_prefix`` is ``PartitionKeys.tag``)."""
+    return f"{_tag_prefix(hash_tag_prefix)}:pii:{task_id}"
+
+
+def blob_key(hash_tag_prefix: str, task_id: str, attempt: int) -> str:
+    """String with a TTL: an offloaded result, ``<tag>:result:<task>:<attempt>``, in the task's
+    slot (``hash_tag_prefix`` is ``PartitionKeys.tag``)."""
+    return f"{_tag_prefix(hash_tag_prefix)}:result:{task_id}:{attempt}"
+
+
+def audit_key(namespace: str) -> str:
+    """Stream of audit entries (who did what, scrubbed)."""
+    return f"{namespace}:audit"
+
+
+def template_key(namespace: str, name: str) -> str:
+    """Hash of one prompt template's versions."""
+    return f"{namespace}:tpl:{name}"
+
+
+def cache_keys(namespace: str, shard: int, digest: str) -> tuple[str, str]:
+    """(entry, lru) of a result-cache entry: the entry string and its shard's LRU zset. One hash
+    tag per shard (``{cache:<shard>}``), so an entry and its index share a slot."""
+    tag = f"{namespace}:{{cache:{shard}}}"
+    return f"{tag}:e:{digest}", f"{tag}:lru"
+
+
+def log_key_template(namespace: str) -> str:
+    """How a partition's log is named, for documentation: ``<ns>:{p<N>}:log``."""
+    return f"{namespace}:{{p<N>}}:log"

@@ -11,14 +11,8 @@ from __future__ import annotations
 import orjson
 import redis.asyncio as aioredis
 
+from engine.keys import vault_key
 from engine.store import translate_errors
-
-
-def vault_key(hash_tag_prefix: str, task_id: str) -> str:
-    """``<prefix>:pii:<task>``; ``prefix`` carries the partition hash tag (``aiis:{p3}``)."""
-    if "{" not in hash_tag_prefix or "}" not in hash_tag_prefix:
-        raise ValueError("the prefix must carry a hash tag, e.g. 'aiis:{p3}'")
-    return f"{hash_tag_prefix}:pii:{task_id}"
 
 
 class PiiVault:

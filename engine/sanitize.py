@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from engine.errors import InvalidTask, ResultGone
+from engine.keys import blob_key
 from engine.store import translate_errors
 
 _KEEP = frozenset("\n\t")
@@ -97,13 +98,6 @@ class ResultRef:
 
     def as_dict(self) -> dict[str, object]:
         return {"key": self.key, "size": self.size, "sha256": self.sha256}
-
-
-def blob_key(hash_tag_prefix: str, task_id: str, attempt: int) -> str:
-    """``<prefix>:result:<task>:<attempt>``; ``prefix`` carries the hash tag (``aiis:{p3}``)."""
-    if "{" not in hash_tag_prefix or "}" not in hash_tag_prefix:
-        raise ValueError("the prefix must carry a hash tag, e.g. 'aiis:{p3}'")
-    return f"{hash_tag_prefix}:result:{task_id}:{attempt}"
 
 
 class Offloader:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from engine.errors import ExtraVariables, MissingVariables, TemplateError, TemplateNotFound
+from engine.keys import template_key
 from engine.scripts import lua_source
 from engine.store import translate_errors
 
@@ -71,10 +72,6 @@ def render(template: Template, variables: Mapping[str, object]) -> str:
         if not isinstance(v, str | int | float) or isinstance(v, bool):
             raise TemplateError(f"variable {k!r} must be a string or a number", "params.variables")
     return _VAR.sub(lambda m: str(variables[m.group(1)]), template.body)
-
-
-def template_key(namespace: str, name: str) -> str:
-    return f"{namespace}:tpl:{name}"
 
 
 class TemplateStore:

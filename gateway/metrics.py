@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 from redis.exceptions import ResponseError
 
 from engine import tolerant
-from engine.keys import GROUP, PRIORITIES, autoscale_pattern
+from engine.keys import GROUP, PRIORITIES, autoscale_pattern, autoscale_pool_of
 from engine.store import translate_errors
 
 if TYPE_CHECKING:
@@ -231,7 +231,7 @@ async def _pool_metrics(ctx: Context) -> list[GaugeMetricFamily]:
         keys = [k async for k in redis.scan_iter(match=pattern, count=100)]
         for key in keys[:1000]:
             fields = await redis.hgetall(key)
-            pool = key.decode().rsplit(":", 1)[-1]
+            pool = autoscale_pool_of(ctx.client.settings.namespace, key)
             for field, family in families.items():
                 value = fields.get(field.encode())
                 if value is not None:

@@ -17,12 +17,16 @@ from faststream.redis import RedisBroker
 from faststream.specification import AsyncAPI
 
 from engine.events import EVENT_TYPES, OPS_EVENTS
+from engine.keys import PartitionKeys, log_key_template, ops_key
 from engine.mapper import CURRENT_VERSION
+from engine.settings import Settings
 
 TITLE = "ai-integration-service events"
 VERSION = "1"
-LOG = "aiis:{p0}:log"
-OPS = "aiis:ops"
+# the channels are named as engine.keys names them, in the default namespace
+NAMESPACE = str(Settings.model_fields["namespace"].default)
+LOG = PartitionKeys(NAMESPACE, 0).log
+OPS = ops_key(NAMESPACE)
 
 _DOCS = {
     "TaskRequested": "A producer submitted a task; it is queued at its priority.",
@@ -54,7 +58,8 @@ def build() -> dict[str, Any]:
     broker = RedisBroker(
         "redis://localhost:6379",
         description="The Redis of the deployment (AIIS_REDIS_URL). One event log stream per "
-        "partition: <namespace>:{p<N>}:log, e.g. aiis:{p0}:log … aiis:{p15}:log.",
+        f"partition: {log_key_template('<namespace>')}, e.g. {LOG} … "
+        f"{PartitionKeys(NAMESPACE, 15).log}.",
     )
     for name, model in EVENT_TYPES.items():
         broker.publisher(

@@ -7,6 +7,7 @@ from pydantic import ValidationError
 from redis.crc import key_slot
 from redis.exceptions import ClusterDownError, MasterDownError, ResponseError, TryAgainError
 
+from engine import keys as k
 from engine import mapper
 from engine.errors import (
     EventDecodeError,
@@ -132,6 +133,23 @@ def test_all_keys_of_a_partition_share_one_cluster_slot() -> None:
         keys = PartitionKeys("aiis", p).script_keys
         assert len({key_slot(k.encode()) for k in keys}) == 1
     assert key_slot(b"aiis:{p0}:log") != key_slot(b"aiis:{p1}:log")
+
+
+def test_key_names_are_the_stored_format() -> None:
+    """The builders spell every key exactly as stored data names it (a rename loses data)."""
+    tag = PartitionKeys("aiis", 3).tag
+    assert tag == "aiis:{p3}"
+    assert k.vault_key(tag, "t1") == "aiis:{p3}:pii:t1"
+    assert k.blob_key(tag, "t1", 2) == "aiis:{p3}:result:t1:2"
+    assert k.audit_key("aiis") == "aiis:audit"
+    assert k.template_key("aiis", "greet") == "aiis:tpl:greet"
+    assert k.cache_keys("aiis", 5, "ab12") == ("aiis:{cache:5}:e:ab12", "aiis:{cache:5}:lru")
+    assert k.ops_key("aiis") == "aiis:ops"
+    assert k.autoscale_key("aiis", "h-1") == "aiis:autoscale:h-1"
+    assert k.autoscale_pool_of("aiis", k.autoscale_key("aiis", "h-1").encode()) == "h-1"
+    assert len({key_slot(x.encode()) for x in k.cache_keys("aiis", 5, "ab12")}) == 1
+    with pytest.raises(ValueError, match="hash tag"):
+        k.vault_key("aiis:p3", "t1")
 
 
 @pytest.mark.parametrize(

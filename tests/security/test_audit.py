@@ -12,11 +12,11 @@ from engine.audit import (
     Action,
     AuditLog,
     audit_command,
-    audit_key,
     parse_since,
     register_audit,
 )
 from engine.errors import EngineError
+from engine.keys import audit_key
 from engine.settings import Settings
 
 FAKE_KEY = "sk-proj-FAKEFAKEFAKEFAKE0123456789abcdef"

@@ -8,12 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from engine.errors import InvalidTask, ResultGone
-from engine.keys import PartitionKeys
+from engine.keys import PartitionKeys, blob_key
 from engine.sanitize import (
     Limits,
     Offloader,
     ResultRef,
-    blob_key,
     clean_request,
     clean_result,
     clean_text,

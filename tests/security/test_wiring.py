@@ -23,9 +23,9 @@ from engine.errors import (
     PiiBlocked,
 )
 from engine.events import TERMINAL_EVENTS, TaskSucceeded
-from engine.keys import ops_key
+from engine.keys import ops_key, vault_key
 from engine.ops import Ops
-from engine.pii_vault import PiiVault, vault_key
+from engine.pii_vault import PiiVault
 from engine.policy import set_config
 from engine.webhooks import verify_signature
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
