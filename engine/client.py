@@ -82,8 +82,8 @@ class _Pending:
 class Client:
     """Submit and follow tasks. One per process is plenty; it is safe for concurrent use."""
 
-    def __init__(self, redis: aioredis.Redis, settings: Settings | None = None) -> None:
-        self.settings = settings or Settings()
+    def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
+        self.settings = settings
         self.store = Store(redis, self.settings)
         self.intake = Intake(redis, self.settings)
         self._pending: dict[int, list[_Pending]] = {}

@@ -9,7 +9,7 @@ import importlib
 import logging
 import signal
 from collections.abc import Callable, Coroutine, Mapping
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -22,6 +22,9 @@ from engine.settings import Settings
 from engine.worker import Worker
 from providers.echo import EchoProvider, ScriptedProvider
 from providers.types import TaskProcessor
+
+if TYPE_CHECKING:
+    from providers.config import ProviderSettings
 
 log = logging.getLogger("aiis")
 T = TypeVar("T")
@@ -62,23 +65,37 @@ def redis_url(settings: Settings) -> str:
     return url
 
 
+def parse_provider_settings(settings: Settings) -> ProviderSettings | None:
+    """The process's ``ProviderSettings``, parsed once (None when ``AIIS_PROVIDER`` is echo or
+    scripted: no provider is called, httpx is not imported)."""
+    if settings.provider in ("echo", "scripted"):
+        return None
+    from providers.config import ProviderSettings  # noqa: PLC0415 - httpx only when used
+
+    try:
+        parsed = ProviderSettings()
+    except ValueError as exc:
+        raise ConfigError(f"bad provider setting: {str(exc).splitlines()[0:3]}") from None
+    return parsed.model_copy(update={"redis_prefix": settings.namespace})
+
+
 def make_processor(
-    settings: Settings, redis: aioredis.Redis, on_key_alert: Callable[[Any], None] | None = None
+    settings: Settings,
+    redis: aioredis.Redis,
+    provider_settings: ProviderSettings | None,
+    on_key_alert: Callable[[Any], None] | None = None,
 ) -> TaskProcessor:
-    """The provider processor the worker calls, as ``AIIS_PROVIDER`` says."""
+    """The provider processor the worker calls, as ``AIIS_PROVIDER`` says
+    (``provider_settings`` from ``parse_provider_settings``)."""
     if settings.provider == "echo":
         return EchoProvider()
     if settings.provider == "scripted":
         return ScriptedProvider()
-    from providers.config import ProviderSettings  # noqa: PLC0415 - httpx only when used
     from providers.errors import SecretsError  # noqa: PLC0415
     from providers.factory import build_processor  # noqa: PLC0415
 
-    try:
-        provider_settings = ProviderSettings()
-    except ValueError as exc:
-        raise ConfigError(f"bad provider setting: {str(exc).splitlines()[0:3]}") from None
-    provider_settings = provider_settings.model_copy(update={"redis_prefix": settings.namespace})
+    if provider_settings is None:
+        raise ConfigError(f"provider {settings.provider!r}: no provider settings were parsed")
     sandbox_url = settings.sandbox_url or None  # compose passes an empty value for "none"
     if sandbox_url is None and not provider_settings.has_any_key():
         raise ConfigError(
@@ -112,7 +129,8 @@ async def run_worker(settings: Settings, concurrency: int | None) -> None:
         await client.ping()
         await client.store.prepare()  # the deployment's partition count, consumer groups
         keys = _KeyEvents(client, settings)
-        processor = make_processor(settings, client.store.redis, keys.alert)
+        provider_settings = parse_provider_settings(settings)  # once for the whole process
+        processor = make_processor(settings, client.store.redis, provider_settings, keys.alert)
     except BaseException:
         await client.aclose()
         raise
@@ -128,7 +146,7 @@ async def run_worker(settings: Settings, concurrency: int | None) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop_all)
-    background = keys.start(getattr(processor, "keyring", None), stop)
+    background = keys.start(getattr(processor, "keyring", None), provider_settings, stop)
     try:
         await worker.run()
     finally:
@@ -193,15 +211,14 @@ class _KeyEvents:
             redis = self.client.store.redis
             self._spawn(append_ops(redis, self.settings, "AlertResolved", data))
 
-    def start(self, keyring: Any, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    def start(
+        self, keyring: Any, provider_settings: ProviderSettings | None, stop: asyncio.Event
+    ) -> list[asyncio.Task[None]]:
         """Reload on SIGHUP and on secrets file changes; rotate on a schedule."""
-        if keyring is None:
+        if keyring is None or provider_settings is None:
             return []
-        from providers.config import ProviderSettings  # noqa: PLC0415
-
         keyring.on_reload = self.reloaded
         keyring.install_sighup()
-        provider_settings = ProviderSettings()
         tasks = []
         if provider_settings.secrets_dir is not None:
             tasks.append(

@@ -11,9 +11,11 @@ from typing import Any
 from engine.settings import Settings
 from gateway.auth import hash_token
 from gateway.errors import GatewayConfigError, WatchError
+from gateway.grpc import GrpcSettings
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings
 from gateway.watch import Watcher
+from projections.settings import ProjectionSettings
 
 COMMANDS = ("gateway", "watch", "token")
 
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if overrides:
             settings = settings.model_copy(update=overrides)
         try:
-            asyncio.run(run_gateway(settings, None, gw))
+            proj, grpc_settings = ProjectionSettings(), GrpcSettings()
+            asyncio.run(run_gateway(settings, None, gw, proj, grpc_settings))
         except GatewayConfigError as exc:
             print(f"aiis gateway: error: {exc}", file=sys.stderr)
             return 2

@@ -38,6 +38,7 @@ from gateway.session import websocket_endpoint
 from gateway.settings import GatewaySettings
 from gateway.stats import Stats
 from gateway.transport import AbortableWebSocketProtocol, SocketLimits, guarded_http
+from projections.settings import ProjectionSettings
 
 log = logging.getLogger("aiis.gateway")
 
@@ -122,13 +123,15 @@ class Gateway:
     def __init__(
         self,
         settings: Settings,
-        gw: GatewaySettings | None = None,
+        gw: GatewaySettings,
         *,
+        proj: ProjectionSettings,
         host: str | None = None,
         port: int | None = None,
     ) -> None:
         self.settings = settings
-        self.gw = gw or GatewaySettings()
+        self.gw = gw
+        self.proj = proj
         self.host = host if host is not None else settings.gateway_host
         self.port = port if port is not None else settings.gateway_port
         self.ctx: Context | None = None
@@ -159,7 +162,7 @@ class Gateway:
             # a gateway without AIIS_PARTITIONS reads every partition the deployment has
             self.settings = await client.adopt_deployment()
             hub = Hub(client.store, self.gw)
-            stats = Stats(client.store, self.gw)
+            stats = Stats(client.store, self.gw, self.proj)
             hub.listeners.append(stats.observe)
             await stats.seed()
             await hub.start()
@@ -235,18 +238,19 @@ class Gateway:
 
 async def run_gateway(
     settings: Settings,
-    stop: asyncio.Event | None = None,
-    gw: GatewaySettings | None = None,
+    stop: asyncio.Event | None,
+    gw: GatewaySettings,
+    proj: ProjectionSettings,
+    grpc_settings: GrpcSettings,
     announce: Callable[[str], None] = print,
 ) -> None:
-    """Serve until ``stop`` is set (default: until SIGTERM/SIGINT), then shut down cleanly."""
-    gw = gw or GatewaySettings()
+    """Serve until ``stop`` is set (None: until SIGTERM/SIGINT), then shut down cleanly."""
     if stop is None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    gateway = Gateway(settings, gw)
+    gateway = Gateway(settings, gw, proj=proj)
     await gateway.start()
     assert gateway.ctx is not None
     if gateway.ctx.auth.open:
@@ -255,7 +259,6 @@ async def run_gateway(
             "only, every client is an operator that sees every tenant"
         )
     announce(f"aiis gateway: dashboard {gateway.url}/  websocket {gateway.ws_url}")
-    grpc_settings = GrpcSettings()
     grpc_server = None
     if grpc_settings.enabled:
         grpc_server = GrpcServer(settings, gateway.ctx.client, gateway.ctx.auth, grpc_settings)

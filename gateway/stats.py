@@ -61,14 +61,13 @@ def _ts(item: Item) -> int:
 class Stats:
     """Collects what the dashboard shows and pushes it to its subscribers every interval."""
 
-    def __init__(self, store: Store, gw: GatewaySettings) -> None:
+    def __init__(self, store: Store, gw: GatewaySettings, proj: ProjectionSettings) -> None:
         self.store = store
         self.gw = gw
         self.recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
         self.seconds: deque[list[int]] = deque(maxlen=WINDOW_S + 1)  # [second, events, done]
         self.subscribers: dict[Outbox, Principal] = {}
         self._projection_failed = False
-        proj = ProjectionSettings()
         config = ViewConfig.from_settings(
             store.settings.partitions, store.settings.task_retention_s, proj
         )

@@ -127,7 +127,7 @@ async def run_projections(
     redis: aioredis.Redis,
     settings: Settings,
     stop_event: asyncio.Event,
-    proj: ProjectionSettings | None = None,
+    proj: ProjectionSettings,
     projections: Sequence[Projection] | None = None,
 ) -> None:
     """Keep every projection up to date until ``stop_event`` is set (then save and return).
@@ -135,7 +135,6 @@ async def run_projections(
     Raises what stops one partition (e.g. ``ConfigError``); the other partitions stop and
     save first.
     """
-    proj = proj or ProjectionSettings()
     chosen = list(projections) if projections is not None else list(PROJECTIONS.values())
     config = ViewConfig.from_settings(settings.partitions, settings.task_retention_s, proj)
     await check_partitions(redis, settings)

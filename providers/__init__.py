@@ -2,7 +2,7 @@
 
 Nothing here imports ``engine``, ``projections`` or ``gateway``; the engine calls in through the
 types of ``providers.types`` and classifies failures through ``providers.errors``.
-``build_processor(redis, settings=None, sandbox_url=None)`` assembles the TaskProcessor.
+``build_processor(redis, settings, sandbox_url=None)`` assembles the TaskProcessor.
 """
 
 from __future__ import annotations

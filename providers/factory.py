@@ -32,12 +32,10 @@ _BASE_URL_FIELD = {p: f"{p}_base_url" for p in PROVIDERS}
 _KEY_FIELD = {p: "unsplash_access_key" if p == "unsplash" else f"{p}_api_key" for p in PROVIDERS}
 
 
-def sandbox_settings(
-    sandbox_url: str, settings: ProviderSettings | None = None
-) -> ProviderSettings:
+def sandbox_settings(sandbox_url: str, settings: ProviderSettings) -> ProviderSettings:
     """``settings`` pointed at a sandbox: every base URL under it, sandbox keys where none is
     set, HTTP/2 with prior knowledge (the sandbox speaks h2c)."""
-    base = settings or ProviderSettings()
+    base = settings
     update: dict[str, object] = {"http2_prior_knowledge": True}
     for name in PROVIDERS:
         update[_BASE_URL_FIELD[name]] = f"{sandbox_url.rstrip('/')}/{name}"
@@ -111,7 +109,7 @@ def build_router(
 
 def build_processor(
     redis: aioredis.Redis | None,
-    settings: ProviderSettings | None = None,
+    settings: ProviderSettings,
     sandbox_url: str | None = None,
     *,
     on_circuit: TransitionHook | None = None,
@@ -121,7 +119,6 @@ def build_processor(
     """The TaskProcessor the worker calls. With ``sandbox_url`` every provider points at that
     sandbox (keys default to sandbox keys); ``on_circuit(provider, "opened"|"closed", info)``
     fires once per breaker transition across all workers."""
-    settings = settings or ProviderSettings()
     # only placeholders when no real key is set: the log says "sandbox", not "keys loaded"
     sandbox = sandbox_url is not None and not settings.has_any_key()
     if sandbox_url is not None:

@@ -82,7 +82,7 @@ def dir_keys(directory: Path) -> KeySets:
 
 
 def default_loader(
-    secrets_dir: Path | None, settings: Callable[[], ProviderSettings] = ProviderSettings
+    secrets_dir: Path | None, settings: Callable[[], ProviderSettings]
 ) -> Callable[[], KeySets]:
     """Environment keys, overridden per provider by the secrets directory's files."""
 

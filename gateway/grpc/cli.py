@@ -18,6 +18,7 @@ from engine.settings import Settings
 from gateway.errors import GatewayConfigError
 from gateway.grpc.server import serve_grpc
 from gateway.grpc.settings import GrpcSettings
+from gateway.settings import GatewaySettings
 
 COMMANDS = ("grpc",)
 
@@ -32,12 +33,14 @@ def register(subparsers: Any) -> list[str]:
     return list(COMMANDS)
 
 
-async def _serve(settings: Settings, config: GrpcSettings, port: int | None) -> None:
+async def _serve(
+    settings: Settings, config: GrpcSettings, gw: GatewaySettings, port: int | None
+) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    await serve_grpc(settings, None, stop, port, config=config)
+    await serve_grpc(settings, None, stop, port, config=config, gw=gw)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -45,7 +48,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.host is not None:
         config = config.model_copy(update={"host": args.host})
     try:
-        asyncio.run(_serve(settings, config, args.port))
+        asyncio.run(_serve(settings, config, GatewaySettings(), args.port))
     except (GatewayConfigError, EngineError) as exc:
         print(f"aiis grpc: error: {exc}", file=sys.stderr)
         return 2

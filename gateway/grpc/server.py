@@ -46,9 +46,9 @@ class GrpcServer:
     def __init__(
         self,
         settings: Settings,
-        client: Client | None = None,
-        auth: Authenticator | None = None,
-        config: GrpcSettings | None = None,
+        client: Client | None,
+        auth: Authenticator | None,
+        config: GrpcSettings,
         *,
         gw: GatewaySettings | None = None,
         host: str | None = None,
@@ -56,7 +56,7 @@ class GrpcServer:
         health_interval_s: float = 5.0,
     ) -> None:
         self.settings = settings
-        self.config = config or GrpcSettings()
+        self.config = config
         self.host = host or self.config.host or settings.gateway_host
         self.port = self.config.port if port is None else port
         self.health_interval_s = health_interval_s
@@ -79,8 +79,9 @@ class GrpcServer:
     async def start(self) -> None:
         auth = self._auth
         if auth is None:
-            gw = self._gw or GatewaySettings()
-            auth = Authenticator(load_tokens(gw.tokens, gw.tokens_file))
+            if self._gw is None:
+                raise GatewayConfigError("GrpcServer needs auth or gw (the gateway's settings)")
+            auth = Authenticator(load_tokens(self._gw.tokens, self._gw.tokens_file))
         if auth.open and not is_loopback(self.host):
             raise GatewayConfigError(
                 f"no tokens configured (AIIS_GATEWAY_TOKENS / AIIS_GATEWAY_TOKENS_FILE): the "
@@ -186,11 +187,12 @@ async def serve_grpc(
     port: int | None = None,
     *,
     auth: Authenticator | None = None,
-    config: GrpcSettings | None = None,
+    config: GrpcSettings,
+    gw: GatewaySettings | None = None,
     announce: bool = True,
 ) -> None:
-    """Serve until ``stop_event`` is set, then shut down cleanly."""
-    server = GrpcServer(settings, client, auth, config, port=port)
+    """Serve until ``stop_event`` is set, then shut down cleanly (``auth`` or ``gw``'s tokens)."""
+    server = GrpcServer(settings, client, auth, config, gw=gw, port=port)
     await server.start()
     if announce:
         print(f"aiis gateway: grpc {server.target} (aiis.v1.TaskService)", flush=True)

@@ -2,7 +2,7 @@
 chaos suite and ``aiis serve`` without keys. See docs/providers.md for paths and fault markers.
 
     async with start_sandbox(latency_s=0.1, fault_rate=0.2, seed=7) as sandbox:
-        settings = sandbox_settings(sandbox.url)   # every adapter pointed at it
+        settings = sandbox_settings(sandbox.url, provider_settings)  # every adapter at it
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ class Sandbox:
     def inject(self, provider: str, fault: str, times: int = 1) -> None:
         self.app.faults.inject(provider, fault, times)
 
-    def settings(self, base: ProviderSettings | None = None) -> ProviderSettings:
+    def settings(self, base: ProviderSettings) -> ProviderSettings:
         return sandbox_settings(self.url, base)
 
     def env(self) -> dict[str, str]:

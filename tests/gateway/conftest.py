@@ -16,6 +16,7 @@ from engine.settings import Settings
 from gateway.auth import hash_token
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
+from projections.settings import ProjectionSettings
 
 TOKENS = {"tok-acme": "acme", "tok-beta": "beta", "tok-ops": "*"}
 TOKENS_ENV = ",".join(f"{hash_token(t)}={tenant}" for t, tenant in TOKENS.items())
@@ -30,7 +31,9 @@ async def make_gateway() -> AsyncIterator[MakeGateway]:
 
     async def make(settings: Settings, **overrides: Any) -> Gateway:
         values: dict[str, Any] = {"tokens": "", "tokens_file": None, **overrides}
-        gateway = Gateway(settings, GatewaySettings(**values), host="127.0.0.1", port=0)
+        gateway = Gateway(
+            settings, GatewaySettings(**values), proj=ProjectionSettings(), host="127.0.0.1", port=0
+        )
         await gateway.start()
         made.append(gateway)
         return gateway

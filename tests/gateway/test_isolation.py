@@ -7,6 +7,7 @@ import pytest
 from websockets.asyncio.client import connect
 
 from engine.client import Client
+from projections.settings import ProjectionSettings
 from tests.conftest import Engine
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway, events_until_terminal, request
 
@@ -90,6 +91,12 @@ async def test_open_mode_refuses_a_non_loopback_address(engine: Engine) -> None:
     from gateway.server import Gateway
     from gateway.settings import GatewaySettings
 
-    gateway = Gateway(engine.settings, GatewaySettings(tokens=""), host="0.0.0.0", port=0)
+    gateway = Gateway(
+        engine.settings,
+        GatewaySettings(tokens=""),
+        proj=ProjectionSettings(),
+        host="0.0.0.0",
+        port=0,
+    )
     with pytest.raises(GatewayConfigError, match="loopback"):
         await gateway.start()

@@ -157,7 +157,11 @@ async def test_health_agrees_with_what_the_sandbox_received(
 
     # /metrics says the same
     gateway = Gateway(
-        settings, GatewaySettings(tokens="", tokens_file=None), host="127.0.0.1", port=0
+        settings,
+        GatewaySettings(tokens="", tokens_file=None),
+        proj=ProjectionSettings(),
+        host="127.0.0.1",
+        port=0,
     )
     await gateway.start()
     try:

@@ -15,6 +15,7 @@ from engine.client import Client
 from engine.errors import InvalidTask
 from engine.events import TERMINAL_EVENTS
 from engine.ops import Ops
+from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox import start_sandbox
 from tests.conftest import Workers, fast_settings
@@ -57,7 +58,7 @@ async def test_ten_concurrent_submits_never_overspend_by_more_than_one_estimate(
     against the sandbox and settled by ``aiis ops``: the settled spend stays within the budget
     plus one task's estimate, nothing stays reserved, and the refusals say "$0.0005"."""
     async with start_sandbox() as sandbox:
-        router = build_processor(None, sandbox_url=sandbox.url)
+        router = build_processor(None, ProviderSettings(), sandbox_url=sandbox.url)
         workers.start(client, router)
         try:
             results: list[Any] = await asyncio.gather(

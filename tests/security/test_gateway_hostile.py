@@ -25,6 +25,7 @@ from gateway.errors import GatewayConfigError
 from gateway.guard import Policy, parse_origins
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
+from projections.settings import ProjectionSettings
 from tests.conftest import Engine
 
 TOKENS = {"tok-acme": "acme", "tok-ops": "*"}
@@ -41,7 +42,9 @@ async def gateways() -> AsyncIterator[Make]:
 
     async def make(settings: Settings, **overrides: Any) -> Gateway:
         values: dict[str, Any] = {"tokens": "", "tokens_file": None, **overrides}
-        gateway = Gateway(settings, GatewaySettings(**values), host="127.0.0.1", port=0)
+        gateway = Gateway(
+            settings, GatewaySettings(**values), proj=ProjectionSettings(), host="127.0.0.1", port=0
+        )
         await gateway.start()
         made.append(gateway)
         return gateway

@@ -22,6 +22,7 @@ from gateway.grpc.server import GrpcServer
 from gateway.grpc.settings import GrpcSettings
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
+from projections.settings import ProjectionSettings
 from tests.conftest import Engine
 from tests.gateway.conftest import request
 
@@ -141,6 +142,7 @@ async def test_another_tenants_task_is_not_found_on_every_interface(
     gateway = Gateway(
         engine.settings,
         GatewaySettings(tokens=TOKENS_ENV, tokens_file=None),
+        proj=ProjectionSettings(),
         host="127.0.0.1",
         port=0,
     )

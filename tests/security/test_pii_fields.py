@@ -14,6 +14,7 @@ from engine.client import Client
 from engine.events import TERMINAL_EVENTS
 from engine.pii import Category, detect
 from engine.redaction import PiiBlocked
+from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox.app import SandboxApp
 from providers.sandbox.server import HttpServer, Request, Response
@@ -97,7 +98,7 @@ async def test_pii_in_params_is_redacted_in_log_record_and_provider_body(
     the event log, the task record nor the provider (the real router and sandbox)."""
     url, recorder = sandbox
     client = Client.from_url(redis_url, fast_settings(redis_url=redis_url))
-    router = build_processor(None, sandbox_url=url)
+    router = build_processor(None, ProviderSettings(), sandbox_url=url)
     workers.start(client, router)
     try:
         params = {

@@ -91,7 +91,11 @@ async def make_gateway() -> AsyncIterator[MakeGateway]:
 
     async def make(settings: Settings) -> Gateway:
         gateway = Gateway(
-            settings, GatewaySettings(tokens="", tokens_file=None), host="127.0.0.1", port=0
+            settings,
+            GatewaySettings(tokens="", tokens_file=None),
+            proj=ProjectionSettings(),
+            host="127.0.0.1",
+            port=0,
         )
         await gateway.start()
         made.append(gateway)
