@@ -87,7 +87,7 @@ async def clients(url: str, n: int) -> None:
 
 
 async def produce(redis: Any, log_key: str, n: int, rate: int, seconds: float) -> None:
-    from engine.mapper import entry_fields
+    from engine.core.mapper import entry_fields
 
     tick = 0.01
     per_tick = max(1, int(rate * tick))
@@ -120,9 +120,9 @@ async def main() -> int:
         await clients(args.url, args.subscribers)
         return 0
 
-    from engine.connection import connect
-    from engine.embedded import EmbeddedRedis
-    from engine.keys import PartitionKeys
+    from engine.core.keys import PartitionKeys
+    from engine.runtime.connection import connect
+    from engine.runtime.embedded import EmbeddedRedis
 
     embedded = None
     url = os.environ.get("AIIS_REDIS_URL")

@@ -44,8 +44,8 @@ sys.path.insert(0, str(BENCH))
 
 from throughput import command_calls, reset_stats, run_bare, run_engine
 
-from engine.embedded import EmbeddedRedis
-from engine.keys import all_partitions
+from engine.core.keys import all_partitions
+from engine.runtime.embedded import EmbeddedRedis
 
 DONE = "bench:done"
 INFLIGHT = 100  # concurrent enqueues of the asyncio producers: redis-py's default async pool size

@@ -30,7 +30,7 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.pii import Category, detect
+from engine.admission.pii import Category, detect
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -36,11 +36,11 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.client import Client
-from engine.embedded import EmbeddedRedis
+from engine.runtime.embedded import EmbeddedRedis
 from engine.settings import Settings
 from providers.config import ProviderSettings
 from providers.factory import build_router, sandbox_env, sandbox_settings
-from providers.h2transport import H2Transport
+from providers.transport.h2transport import H2Transport
 from providers.types import ProviderRequest
 
 ROOT = Path(__file__).resolve().parents[1]

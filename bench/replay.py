@@ -26,8 +26,8 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.embedded import EmbeddedRedis
-from engine.mapper import entry_fields
+from engine.core.mapper import entry_fields
+from engine.runtime.embedded import EmbeddedRedis
 from projections.archive import SegmentWriter, partition_dir
 from projections.keys import log_key
 from projections.registry import PROJECTIONS

@@ -27,10 +27,11 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine import mapper
 from engine.client import Client
-from engine.embedded import free_port
-from engine.events import TERMINAL_EVENTS
+
+from engine.core import mapper
+from engine.core.events import TERMINAL_EVENTS
+from engine.runtime.embedded import free_port
 from engine.settings import Settings
 
 

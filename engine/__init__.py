@@ -1,8 +1,9 @@
-"""The task engine: event log and work streams on Redis, producer client, worker pool."""
+"""The task engine: event log and work streams on Redis, producer client, worker pool. Inside:
+``core`` (a task's life), ``admission``, ``operations``, ``runtime`` — docs/architecture.md."""
 
 from engine.client import Client, TaskView
+from engine.core.events import TERMINAL, Status
 from engine.errors import EngineError, InvalidTask, QueueFull, RedisUnavailable, TaskNotFound
-from engine.events import TERMINAL, Status
 
 __all__ = [
     "TERMINAL",

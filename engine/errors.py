@@ -30,7 +30,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from engine.pii import Category
+    from engine.admission.pii import Category
 
 
 def money(usd: float) -> str:

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # the deployment's limits: stored in Redis (`aiis config`), the same for every producer; an
-# explicit environment value only seeds them (engine.policy)
+# explicit environment value only seeds them (engine.admission.policy)
 DEPLOYMENT_LIMITS = ("queue_max_depth", "max_prompt_chars", "max_params_bytes", "max_request_bytes")
 
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engine.task import TENANT_PATTERN
+from engine.core.task import TENANT_PATTERN
 from gateway.errors import GatewayConfigError, ProtocolError
 
 ALL_TENANTS = "*"

@@ -1,4 +1,4 @@
-"""``aiis gateway | watch | token`` — loaded by ``engine.cli`` (PLUGINS)."""
+"""``aiis gateway | watch | token`` — loaded by ``engine.runtime.cli`` (PLUGINS)."""
 
 from __future__ import annotations
 

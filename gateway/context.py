@@ -6,8 +6,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from engine.audit import AuditLog
 from engine.client import Client
+
+from engine.operations.audit import AuditLog
 from engine.settings import Settings
 from gateway.auth import Authenticator
 from gateway.hub import Hub

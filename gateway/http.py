@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
-from engine.audit import Action
 from engine.errors import EngineError, InvalidTask, TaskNotFound
+from engine.operations.audit import Action
 from gateway.auth import Principal, hash_token, is_loopback, token_from
 from gateway.context import Context
 from gateway.errors import ProtocolError

@@ -1,5 +1,5 @@
 """The fan-out: ONE read loop over every partition's event log per gateway process (one XREAD
-on a standalone Redis, one per partition on a cluster: ``engine.logreader``), feeding
+on a standalone Redis, one per partition on a cluster: ``engine.core.logreader``), feeding
 the outboxes of local subscribers (WebSocket and SSE). A subscriber never owns a Redis
 connection and never slows the loop down: delivery is a non-blocking put into its outbox.
 
@@ -10,7 +10,7 @@ most once per partition by comparing stream ids with the last one delivered, so 
 between replay and live delivery is dropped and nothing between them is missed.
 
 An entry the hub cannot decode (or of an unknown type) is counted, logged once and skipped
-(``engine.tolerant``); the loop never stops on one, and its cursor moves past it.
+(``engine.core.tolerant``); the loop never stops on one, and its cursor moves past it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from engine import tolerant
+from engine.core import tolerant
+from engine.core.keys import PartitionKeys
+from engine.core.logreader import LogReader
+from engine.core.store import Store
 from engine.errors import EngineError, EventDecodeError
-from engine.keys import PartitionKeys
-from engine.logreader import LogReader
-from engine.store import Store
 from gateway.outbox import Item, Outbox
 from gateway.protocol import StreamId, Target
 from gateway.settings import GatewaySettings

@@ -20,9 +20,9 @@ from prometheus_client.core import (
 from prometheus_client.registry import Collector
 from redis.exceptions import ResponseError
 
-from engine import tolerant
-from engine.keys import GROUP, PRIORITIES, autoscale_pattern, autoscale_pool_of
-from engine.store import translate_errors
+from engine.core import tolerant
+from engine.core.keys import GROUP, PRIORITIES, autoscale_pattern, autoscale_pool_of
+from engine.core.store import translate_errors
 
 if TYPE_CHECKING:
     from gateway.context import Context
@@ -337,7 +337,7 @@ async def render_metrics(ctx: Context) -> CollectorRegistry:
     fam.extend(_report_families(await ctx.stats.projections_report()))
     skipped = CounterMetricFamily(
         "aiis_undecodable_events",
-        "Log entries this process's readers skipped (engine.tolerant), by reader and reason",
+        "Log entries this process's readers skipped (engine.core.tolerant), by reader and reason",
         labels=["reader", "reason"],
     )
     for (reader, reason), n in sorted(tolerant.SKIPPED.items()):

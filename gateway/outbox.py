@@ -14,8 +14,8 @@ from typing import Any
 
 import orjson
 
-from engine import mapper
-from engine.events import TERMINAL_EVENTS
+from engine.core import mapper
+from engine.core.events import TERMINAL_EVENTS
 from gateway import protocol
 from gateway.protocol import StreamId
 

@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
+from engine.client import Client
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,10 +23,9 @@ from starlette.responses import Response
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket
 
-from engine.audit import AuditLog
-from engine.client import Client
-from engine.connection import connect_for
 from engine.errors import EngineError
+from engine.operations.audit import AuditLog
+from engine.runtime.connection import connect_for
 from engine.settings import Settings
 from gateway import dashboard, http, sse
 from gateway.auth import Authenticator, is_loopback, load_tokens, token_from

@@ -14,7 +14,8 @@ from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from engine.audit import Action
+from engine.admission.sanitize import Limits
+from engine.core.task import validate_task
 from engine.errors import (
     BadCallbackUrl,
     BudgetExceeded,
@@ -26,8 +27,7 @@ from engine.errors import (
     TaskNotFound,
     TemplateError,
 )
-from engine.sanitize import Limits
-from engine.task import validate_task
+from engine.operations.audit import Action
 from gateway import protocol, since
 from gateway.auth import Principal
 from gateway.context import Context

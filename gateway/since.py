@@ -12,9 +12,9 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from engine.core.keys import partition_of
+from engine.core.store import StateWord, Store, id_before, translate_errors
 from engine.errors import RedisCommandError
-from engine.keys import partition_of
-from engine.store import StateWord, Store, id_before, translate_errors
 from gateway.errors import ProtocolError
 from gateway.protocol import Target, format_id, parse_id
 

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from engine.events import TERMINAL_CODES
+from engine.core.events import TERMINAL_CODES
 from gateway import since
 from gateway.context import Context
 from gateway.errors import ProtocolError

@@ -18,11 +18,11 @@ from typing import Any
 
 import orjson
 
-from engine import tolerant
+from engine.core import tolerant
+from engine.core.events import EVENT_TYPES
+from engine.core.keys import PRIORITIES
+from engine.core.store import Store, translate_errors
 from engine.errors import EventDecodeError, UnknownEventType
-from engine.events import EVENT_TYPES
-from engine.keys import PRIORITIES
-from engine.store import Store, translate_errors
 from gateway.auth import Principal
 from gateway.metrics import TaskMetrics
 from gateway.outbox import Item, Outbox

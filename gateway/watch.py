@@ -11,7 +11,7 @@ import orjson
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from engine.events import TERMINAL_EVENTS
+from engine.core.events import TERMINAL_EVENTS
 from gateway.errors import WatchError
 
 RESUMABLE = {1001, 1006, 1011, 1012, 1013}

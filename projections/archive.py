@@ -27,11 +27,11 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine import tolerant
+from engine.core import tolerant
+from engine.core.keys import PartitionKeys
+from engine.core.scripts import lua_source
+from engine.core.store import translate_errors
 from engine.errors import EventDecodeError
-from engine.keys import PartitionKeys
-from engine.scripts import lua_source
-from engine.store import translate_errors
 from projections import ids
 from projections.errors import ArchiveError
 from projections.keep import Keeper

@@ -1,9 +1,9 @@
 """The AsyncAPI document of every event the service publishes, generated from the event models
-(``engine.events``) with FastStream: ``python -m projections.asyncapi > docs/asyncapi.json``.
+(``engine.core.events``) with FastStream: ``python -m projections.asyncapi > docs/asyncapi.json``.
 
 Each event type is one operation on the partition's event log stream. On the stream an event is
 an entry with the fields ``type``, ``task``, ``tenant``, ``ts``, ``v`` and ``data`` (JSON); the
-schemas describe the envelope (DESIGN.md §4) that ``engine.mapper.envelope`` builds from it and
+schemas describe the envelope (DESIGN.md §4) that ``engine.core.mapper.envelope`` builds from it and
 the gateway sends to WebSocket subscribers.
 """
 
@@ -16,14 +16,14 @@ import orjson
 from faststream.redis import RedisBroker
 from faststream.specification import AsyncAPI
 
-from engine.events import EVENT_TYPES, OPS_EVENTS
-from engine.keys import PartitionKeys, log_key_template, ops_key
-from engine.mapper import CURRENT_VERSION
+from engine.core.events import EVENT_TYPES, OPS_EVENTS
+from engine.core.keys import PartitionKeys, log_key_template, ops_key
+from engine.core.mapper import CURRENT_VERSION
 from engine.settings import Settings
 
 TITLE = "ai-integration-service events"
 VERSION = "1"
-# the channels are named as engine.keys names them, in the default namespace
+# the channels are named as engine.core.keys names them, in the default namespace
 NAMESPACE = str(Settings.model_fields["namespace"].default)
 LOG = PartitionKeys(NAMESPACE, 0).log
 OPS = ops_key(NAMESPACE)

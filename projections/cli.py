@@ -1,4 +1,4 @@
-"""``aiis projections | replay | stats | archive`` — loaded by ``engine.cli`` (PLUGINS)."""
+"""``aiis projections | replay | stats | archive`` — loaded by ``engine.runtime.cli`` (PLUGINS)."""
 
 from __future__ import annotations
 
@@ -19,9 +19,9 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from engine.audit import Action, AuditLog
-from engine.commands import cli_identity
-from engine.connection import connect_for
+from engine.operations.audit import Action, AuditLog
+from engine.runtime.commands import cli_identity
+from engine.runtime.connection import connect_for
 from engine.settings import Settings
 from projections import render
 from projections.archive import MIN_AGE, archive_log

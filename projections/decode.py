@@ -3,10 +3,10 @@
 An entry arrives as Redis sends it (``[id, [k, v, …]]``, bytes, read without redis-py's reply
 dicts), as redis-py's ``(id, {k: v})`` or from an archive segment (str). The common case — a
 well-formed event of the current schema version, with the fields in the order
-``engine.mapper.entry_fields`` writes them — is decoded here without per-field conversions;
+``engine.core.mapper.entry_fields`` writes them — is decoded here without per-field conversions;
 anything else (old versions to upcast, unknown types, newer versions, malformed entries) goes to
-``engine.mapper.envelope``, which owns versions and upcasting, so both give the same envelope or
-the same error. ``tests/projections/test_decode.py`` holds the two to that.
+``engine.core.mapper.envelope``, which owns versions and upcasting, so both give the same
+envelope or the same error. ``tests/projections/test_decode.py`` holds the two to that.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from engine import mapper
+from engine.core import mapper
+from engine.core.events import EVENT_TYPES
 from engine.errors import EventDecodeError
-from engine.events import EVENT_TYPES
 from projections.view import Envelope
 
 # the field names at the even places of a flat entry, as mapper.entry_fields writes them

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from engine import tolerant
+from engine.core import tolerant
 from engine.errors import EventDecodeError
 from projections import decode, ids
 from projections.errors import Unapplicable
@@ -93,7 +93,7 @@ def apply_batch(
     code does not know, is skipped by every position; an event a view cannot apply (its data
     has not the shape its type promises) is skipped by that view, keeping whatever the view's
     fold did before it failed. Either way it is counted as skipped by ``reader``
-    (``engine.tolerant``) and the positions move past it, so the runner never stops on one —
+    (``engine.core.tolerant``) and the positions move past it, so the runner never stops on one —
     and since the rule depends only on the entry, a replay skips exactly what the runner
     skipped (``aiis replay --verify`` holds).
     """

@@ -6,7 +6,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 
-from engine.store import translate_errors
+from engine.core.store import translate_errors
 
 ZERO = "0-0"
 MAX_SEQ = 18446744073709551615

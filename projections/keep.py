@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from engine.keys import PartitionKeys
-from engine.scripts import lua_source
-from engine.store import translate_errors
+from engine.core.keys import PartitionKeys
+from engine.core.scripts import lua_source
+from engine.core.store import translate_errors
 
 _KEEP = lua_source("keep", package="projections")
 

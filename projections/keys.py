@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.keys import PartitionKeys
+from engine.core.keys import PartitionKeys
 
 
 @dataclass(frozen=True, slots=True)

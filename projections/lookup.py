@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine.keys import partition_of
-from engine.store import translate_errors
+from engine.core.keys import partition_of
+from engine.core.store import translate_errors
 from projections.keys import ShardKeys
 from projections.views.task_state import PROJECTION as TASK_STATE
 from projections.views.task_state import TERMINAL

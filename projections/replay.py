@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from engine.store import translate_errors
+from engine.core.store import translate_errors
 from projections import ids
 from projections.archive import list_segments
 from projections.fold import Position, apply_batch, paused_gc

@@ -6,7 +6,7 @@ whatever the partition count), folds each event into every projection that has n
 and saves all changed entries with the new checkpoints in one compare-and-set script on the
 partition's hash tag. A crash before the save loses only memory; one after it leaves nothing to
 redo. An entry the code cannot read, of an unknown type, or that a view cannot apply is skipped
-and counted (``projections.fold.apply_batch``, ``engine.tolerant``): the runner never stops on
+and counted (``projections.fold.apply_batch``, ``engine.core.tolerant``): the runner never stops on
 one, and its checkpoint moves past it.
 """
 
@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
+from engine.core.keys import meta_key
+from engine.core.store import translate_errors
 from engine.errors import ConfigError, RedisUnavailable
-from engine.keys import meta_key
 from engine.settings import Settings
-from engine.store import translate_errors
 from projections import ids
 from projections.archive import archive_log
 from projections.errors import ArchiveError

@@ -16,8 +16,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from engine.connection import is_cluster
-from engine.store import translate_errors
+from engine.core.logreader import is_cluster
+from engine.core.store import translate_errors
 from projections import ids
 from projections.archive import check_coverage, list_segments, segment_pages
 from projections.fold import RawEntry

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from engine.keys import PRIORITIES
-from engine.store import translate_errors
+from engine.core.keys import PRIORITIES
+from engine.core.store import translate_errors
 from projections import histogram
 from projections.keys import ShardKeys, dlq_key
 from projections.registry import PROJECTIONS

@@ -7,7 +7,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from engine.store import translate_errors
+from engine.core.store import translate_errors
 from projections import ids
 from projections.keys import ShardKeys, log_key
 

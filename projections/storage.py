@@ -16,8 +16,8 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
-from engine.scripts import lua_source
-from engine.store import translate_errors
+from engine.core.scripts import lua_source
+from engine.core.store import translate_errors
 from projections import ids
 from projections.fold import Position
 from projections.keys import ShardKeys

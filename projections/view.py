@@ -16,7 +16,7 @@ from typing import Any
 
 from projections.settings import ProjectionSettings
 
-Envelope = dict[str, Any]  # engine.mapper.envelope(): id, type, task_id, tenant, ts, v, data
+Envelope = dict[str, Any]  # engine.core.mapper.envelope(): id, type, task_id, tenant, ts, v, data
 Record = Any  # a JSON value
 
 

@@ -105,7 +105,8 @@ class ProviderSettings(BaseSettings):
 
     redis_prefix: str = Field("aiis", min_length=1, validation_alias="AIIS_PROVIDERS_PREFIX")
 
-    # keys (providers/keyring.py): a secrets directory whose files replace the variables,
+    # keys (providers/credentials/keyring.py): a secrets directory whose files replace the
+    # variables,
     # scheduled round-robin (0 = only on rejection), how long a rejected key is skipped
     secrets_dir: Path | None = Field(None, validation_alias="AIIS_SECRETS_DIR")
     key_rotate_s: float = Field(0.0, ge=0, le=86_400 * 30, validation_alias="AIIS_KEY_ROTATE_S")

@@ -127,7 +127,7 @@ class NoUsableKey(AuthFailed):
 
 
 class KeyRejected(AuthFailed):
-    """The key was rejected, but not yet confirmed bad (see providers.keyring): retried."""
+    """The key was rejected, not yet confirmed bad (see ``credentials.keyring``): retried."""
 
     retryable = True
 

@@ -15,7 +15,7 @@ from providers.adapters.images import PexelsAdapter, UnsplashAdapter
 from providers.adapters.openai import OpenAIAdapter
 from providers.breaker import BreakerPolicy, Breakers, TransitionHook
 from providers.config import PROVIDERS, ProviderSettings
-from providers.keyring import KeyAlert, Keyring, default_loader, wrap_adapters
+from providers.credentials.keyring import KeyAlert, Keyring, default_loader, wrap_adapters
 from providers.pricing import PriceTable
 from providers.ratelimit import Limit, RateLimiter
 from providers.router import Adapter, Router

@@ -27,14 +27,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from providers.adapters.base import Reply
 from providers.breaker import Breakers
+from providers.credentials.scrub import DeltaScrubber, Scrubber
 from providers.errors import CircuitOpen, InvalidRequest, OwnFailure, ProviderError, RateLimited
 from providers.pricing import PriceTable
 from providers.ratelimit import RateLimiter, estimate_tokens
-from providers.scrub import DeltaScrubber, Scrubber
 from providers.types import Kind, ProgressSink, ProviderRequest, ProviderResult
 
 if TYPE_CHECKING:
-    from providers.keyring import Keyring
+    from providers.credentials.keyring import Keyring
 
 log = logging.getLogger(__name__)
 

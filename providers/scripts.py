@@ -1,5 +1,6 @@
 """Loader of providers/' Lua scripts (``providers/lua/<name>.lua``), the same as
-``engine/scripts.py``: providers/ imports nothing of the other packages, so it keeps its own."""
+``engine/core/scripts.py``: providers/ imports nothing of the other packages, so it keeps its
+own."""
 
 from __future__ import annotations
 

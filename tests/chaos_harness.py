@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engine import mapper
 from engine.client import Client
-from engine.embedded import EmbeddedRedis, free_port
+
+from engine.core import mapper
+from engine.core.events import TERMINAL_EVENTS
 from engine.errors import EngineError
-from engine.events import TERMINAL_EVENTS
+from engine.runtime.embedded import EmbeddedRedis, free_port
 from engine.settings import Settings
 from projections.settings import ProjectionSettings
 from projections.storage import ShardStore

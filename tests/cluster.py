@@ -9,7 +9,7 @@ from pathlib import Path
 
 import redis
 
-from engine.embedded import EmbeddedRedis, free_port
+from engine.runtime.embedded import EmbeddedRedis, free_port
 
 SLOTS = 16384
 

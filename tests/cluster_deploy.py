@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-
-from engine import mapper
 from engine.client import Client
-from engine.embedded import free_port
-from engine.events import TERMINAL_EVENTS
+
+from engine.core import mapper
+from engine.core.events import TERMINAL_EVENTS
+from engine.runtime.embedded import free_port
 from engine.settings import Settings
 
 PARTITIONS = 4

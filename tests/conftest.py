@@ -17,10 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.client import Client
-from engine.connection import connect
-from engine.embedded import EmbeddedRedis
+from engine.core.worker import Worker
+from engine.runtime.connection import connect
+from engine.runtime.embedded import EmbeddedRedis
+from engine.runtime.workers import new_worker
 from engine.settings import Settings
-from engine.worker import Worker
 from providers.echo import ScriptedProvider
 from providers.types import TaskProcessor
 from tests.cluster import LocalCluster
@@ -168,7 +169,7 @@ class Workers:
         concurrency: int = 8,
         consumer: str | None = None,
     ) -> Worker:
-        worker = Worker(
+        worker = new_worker(
             client.store,
             processor or ScriptedProvider(),
             concurrency=concurrency,

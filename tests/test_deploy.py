@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from engine.cli import build_parser
+from engine.runtime.cli import build_parser
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -113,7 +113,7 @@ def test_every_lua_script_lives_in_a_lua_folder() -> None:
 
 
 def test_state_letters_are_spelled_only_in_the_state_code_enum() -> None:
-    """The terminal state letters live in engine/events.py StateCode/TERMINAL_CODES alone: no
+    """The terminal state letters live in engine/core/events.py StateCode/TERMINAL_CODES alone: no
     other module spells them as a string (issue 16 item 2)."""
     letters = set("SFXC")
     offenders = [

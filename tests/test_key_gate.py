@@ -11,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("engine", "providers", "projections", "gateway")
-KEY_MODULES = frozenset({"engine/keys.py", "projections/keys.py", "providers/keys.py"})
+KEY_MODULES = frozenset({"engine/core/keys.py", "projections/keys.py", "providers/keys.py"})
 # a literal that spells a key of the service: a hash tag (`:{`, `{p3}`) or the default namespace
 KEY_LITERAL = re.compile(r":\{|\{p\d|\{p<|\baiis:[a-z{]")
 # an f-string that appends a key segment to a formatted value: f"{namespace}:audit"

@@ -20,10 +20,10 @@ SETTINGS_CLASSES = {
 }
 # the composition roots: the process entry points, which parse settings once and pass them down
 ROOT_FILES = {
-    "engine/cli.py",
-    "engine/commands.py",
-    "engine/serving.py",
-    "engine/runtime.py",
+    "engine/runtime/cli.py",
+    "engine/runtime/commands.py",
+    "engine/runtime/serving.py",
+    "engine/runtime/workers.py",
     "gateway/cli.py",
     "gateway/grpc/cli.py",
     "projections/cli.py",

@@ -14,13 +14,13 @@ import contextlib
 import logging
 
 import grpc
+from engine.client import Client
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine.audit import AuditLog
-from engine.client import Client
-from engine.connection import connect_for
 from engine.errors import EngineError
+from engine.operations.audit import AuditLog
+from engine.runtime.connection import connect_for
 from engine.settings import Settings
 from gateway.auth import Authenticator, is_loopback, load_tokens
 from gateway.errors import GatewayConfigError

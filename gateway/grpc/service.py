@@ -22,9 +22,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Never
 
 import grpc
-
-from engine.audit import Action, AuditLog
 from engine.client import Client
+
+from engine.core.events import TERMINAL_CODES, Event
+from engine.core.keys import partition_of
+from engine.core.store import id_before
 from engine.errors import (
     BudgetExceeded,
     ConfigError,
@@ -34,9 +36,7 @@ from engine.errors import (
     RedisUnavailable,
     TaskNotFound,
 )
-from engine.events import TERMINAL_CODES, Event
-from engine.keys import partition_of
-from engine.store import id_before
+from engine.operations.audit import Action, AuditLog
 from gateway.auth import Authenticator, Principal, token_from
 from gateway.errors import ProtocolError
 from gateway.grpc import convert

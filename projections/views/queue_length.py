@@ -12,7 +12,7 @@ Entries:
 
 from __future__ import annotations
 
-from engine.events import OPS_EVENTS
+from engine.core.events import OPS_EVENTS
 from projections.view import Envelope, Projection, Record, Shard, ViewConfig
 
 _COUNTER = {"w": "waiting", "d": "delayed", "r": "in_flight"}

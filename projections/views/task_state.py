@@ -13,7 +13,7 @@ from __future__ import annotations
 import heapq
 from typing import Any
 
-from engine.events import OPS_EVENTS
+from engine.core.events import OPS_EVENTS
 from projections.view import Envelope, Projection, Record, Shard, ViewConfig
 
 TERMINAL = {"succeeded", "failed", "dead_lettered", "cancelled"}

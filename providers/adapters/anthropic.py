@@ -30,8 +30,8 @@ from providers.errors import (
     RateLimited,
 )
 from providers.headers import anthropic_reset
+from providers.transport.wire import loads_chunk, read_json, sse_events, status_error
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
-from providers.wire import loads_chunk, read_json, sse_events, status_error
 
 API_VERSION = "2023-06-01"
 _FINISH = {

@@ -17,12 +17,13 @@ from pydantic import SecretStr
 from providers.config import ProviderConfig, ProviderSettings
 from providers.errors import InvalidRequest, NetworkError, ProviderError, ProviderTimeout
 from providers.headers import exhausted_until, provider_hint
+from providers.transport.wire import ClientPool, redact, remaining, transport_error
 from providers.types import ChatMessage, ProgressSink, ProviderRequest, ProviderResult
-from providers.wire import ClientPool, redact, remaining, transport_error
 
 T = TypeVar("T")
 
-# the key of the current call, set by ``providers.keyring`` (rotation); else the config's key
+# the key of the current call, set by ``providers.credentials.keyring`` (rotation);
+# else the config's key
 KEY_IN_USE: contextvars.ContextVar[SecretStr | None] = contextvars.ContextVar(
     "aiis_key_in_use", default=None
 )

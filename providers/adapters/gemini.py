@@ -31,8 +31,8 @@ from providers.errors import (
     RateLimited,
 )
 from providers.headers import parse_duration
+from providers.transport.wire import loads_chunk, read_json, sse_events, status_error
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
-from providers.wire import loads_chunk, read_json, sse_events, status_error
 
 _FINISH = {
     "STOP": FINISH_STOP,

@@ -12,8 +12,8 @@ import orjson
 
 from providers.adapters.base import HttpAdapter, Reply
 from providers.errors import InvalidRequest, ProviderError, RateLimited
+from providers.transport.wire import read_json, status_error
 from providers.types import Image, ProgressSink, ProviderRequest, ProviderResult, Usage
-from providers.wire import read_json, status_error
 
 MAX_QUERY_CHARS = 200
 

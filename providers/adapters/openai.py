@@ -26,8 +26,8 @@ from providers.errors import (
     RateLimited,
 )
 from providers.headers import openai_reset
+from providers.transport.wire import loads_chunk, read_json, sse_events, status_error
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
-from providers.wire import loads_chunk, read_json, sse_events, status_error
 
 _FINISH = {"stop": FINISH_STOP, "length": FINISH_LENGTH, "content_filter": FINISH_FILTER}
 _CREDIT_CODES = {"insufficient_quota", "billing_hard_limit_reached", "billing_not_active"}

@@ -6,9 +6,10 @@ import asyncio
 import time
 from typing import Any
 
-from engine import mapper
 from engine.client import Client
-from engine.events import TERMINAL_EVENTS
+
+from engine.core import mapper
+from engine.core.events import TERMINAL_EVENTS
 
 
 async def log_events(client: Client) -> list[dict[str, Any]]:

@@ -11,10 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-
-from engine.autoscale import InFlightLimit, ScalePolicy, ScaleState, Signals, decide, parse_range
 from engine.client import Client
-from engine.keys import autoscale_pattern
+
+from engine.core.inflight import InFlightLimit
+from engine.core.keys import autoscale_pattern
+from engine.runtime.autoscale import ScalePolicy, ScaleState, Signals, decide, parse_range
 from tests.conftest import Workers, fast_settings
 from tests.engine.helpers import log_events, terminal_counts, wait_terminal
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from engine.commands import _Printer
-from engine.embedded import free_port
-from engine.events import TaskCancelled, TaskCancelledData, TaskProgress, TaskProgressData
+from engine.core.events import TaskCancelled, TaskCancelledData, TaskProgress, TaskProgressData
+from engine.runtime.commands import _Printer
+from engine.runtime.embedded import free_port
 
 pytestmark = pytest.mark.slow
 

@@ -7,12 +7,13 @@ import contextlib
 
 import pytest
 import redis
+from engine.client import Client
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
-from engine.client import Client
-from engine.connection import connect, connect_for, connect_sync_for, is_cluster
-from engine.keys import PartitionKeys
+from engine.core.keys import PartitionKeys
+from engine.core.logreader import is_cluster
+from engine.runtime.connection import connect, connect_for, connect_sync_for
 from projections.source import history
 from tests.cluster import LocalCluster
 from tests.conftest import fast_settings

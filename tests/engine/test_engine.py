@@ -9,12 +9,12 @@ from typing import Any
 
 import orjson
 import pytest
-
 from engine.client import Client
+
+from engine.core.events import Status
+from engine.core.keys import PRIORITIES
+from engine.core.worker import Worker
 from engine.errors import ConfigError, QueueFull, TaskNotFound
-from engine.events import Status
-from engine.keys import PRIORITIES
-from engine.worker import Worker
 from providers.types import ProgressSink, ProviderRequest, ProviderResult
 from tests.conftest import Workers
 from tests.engine.helpers import (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pydantic
 import pytest
 
-from engine.runtime import loop_name, run_loop
+from engine.runtime.workers import loop_name, run_loop
 from engine.settings import Settings
 
 

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-
-from engine import mapper
 from engine.client import Client
-from engine.events import Event
+
+from engine.core import mapper
+from engine.core.events import Event
 from tests.conftest import Workers
 from tests.engine.helpers import wait_terminal
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from engine.client import Client
-from engine.embedded import EmbeddedRedis, free_port
-from engine.events import Status
+from engine.core.events import Status
+from engine.runtime.embedded import EmbeddedRedis, free_port
 from tests.conftest import fast_settings
 from tests.engine.helpers import events_of, log_events, terminal_counts, wait_for, wait_terminal
 
@@ -257,11 +257,11 @@ def test_dlq_list_retry_purge(redis_url: str) -> None:
     async def dead_letter_one() -> str:
         settings = fast_settings(redis_url=redis_url, namespace=namespace, max_deliveries=1)
         async with Client.from_url(redis_url, settings) as client:
-            from engine.worker import Worker
+            from engine.runtime.workers import new_worker
             from providers.echo import ScriptedProvider
 
             task_id = await client.submit("again", params={"script": ["NetworkError", "ok"]})
-            worker = Worker(client.store, ScriptedProvider())
+            worker = new_worker(client.store, ScriptedProvider())
             run = asyncio.create_task(worker.run())
             await wait_terminal(client, [task_id])
             worker.stop()

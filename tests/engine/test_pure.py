@@ -7,8 +7,14 @@ from pydantic import ValidationError
 from redis.crc import key_slot
 from redis.exceptions import ClusterDownError, MasterDownError, ResponseError, TryAgainError
 
-from engine import keys as k
-from engine import mapper
+from engine.core import keys as k
+from engine.core import mapper
+from engine.core.events import TaskStarted, TaskStartedData
+from engine.core.keys import PartitionKeys, new_task_id, partition_for_key, partition_of
+from engine.core.retry import RetryPolicy, Verdict, decide, next_delay
+from engine.core.store import translate_errors
+from engine.core.task import validate_task
+from engine.core.worker import fetch_order
 from engine.errors import (
     EventDecodeError,
     InvalidTask,
@@ -17,12 +23,6 @@ from engine.errors import (
     UnknownEventType,
     UnsupportedEventVersion,
 )
-from engine.events import TaskStarted, TaskStartedData
-from engine.keys import PartitionKeys, new_task_id, partition_for_key, partition_of
-from engine.retry import RetryPolicy, Verdict, decide, next_delay
-from engine.store import translate_errors
-from engine.task import validate_task
-from engine.worker import fetch_order
 from tests.conftest import fast_settings
 
 POLICY = RetryPolicy(base_s=1.0, max_s=100.0, jitter=0.0, max_attempts=5)
@@ -217,7 +217,7 @@ def test_a_bad_reply_is_a_command_error_not_an_outage() -> None:
 
 def test_state_codes_name_every_status_and_the_terminal_set() -> None:
     """Each state-word code maps to the status of its name, and TERMINAL_CODES to TERMINAL."""
-    from engine.events import TERMINAL, TERMINAL_CODES, StateCode, Status
+    from engine.core.events import TERMINAL, TERMINAL_CODES, StateCode, Status
 
     assert {code.status for code in StateCode} == set(Status)
     assert {code.status for code in TERMINAL_CODES} == TERMINAL

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from engine.script_args import (
+from engine.core.script_args import (
     CommitOp,
     SubmitItem,
     build_commit_args,
@@ -17,7 +17,7 @@ from engine.script_args import (
 
 
 def _lua(name: str) -> str:
-    return (resources.files("engine") / "lua" / f"{name}.lua").read_text()
+    return (resources.files("engine.core") / "lua" / f"{name}.lua").read_text()
 
 
 def test_the_python_tuples_have_the_strides_the_scripts_read() -> None:
@@ -63,8 +63,8 @@ def test_builders_flatten_in_the_scripts_order_and_parsers_type_the_replies() ->
 def test_the_small_scripts_replies_are_typed() -> None:
     """cancel's reply names its outcome and the terminal StateCode; renew's lost indices are
     0-based; history's flat field lists become dicts."""
-    from engine.events import StateCode
-    from engine.script_args import (
+    from engine.core.events import StateCode
+    from engine.core.script_args import (
         RenewHeld,
         build_renew_args,
         parse_cancel_reply,

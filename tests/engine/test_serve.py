@@ -14,10 +14,10 @@ from pathlib import Path
 
 import orjson
 import pytest
-
 from engine.client import Client
-from engine.embedded import EmbeddedRedis, free_port
-from engine.events import TERMINAL_EVENTS
+
+from engine.core.events import TERMINAL_EVENTS
+from engine.runtime.embedded import EmbeddedRedis, free_port
 from engine.settings import Settings
 from providers import keys as provider_keys
 from tests.engine.helpers import log_events, wait_terminal

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 import providers.config
-from engine.runtime import run_worker
+from engine.runtime.workers import run_worker
 from providers.sandbox import start_sandbox
 from tests.conftest import fast_settings
 

@@ -20,8 +20,8 @@ from redis.exceptions import (
 )
 
 from engine.client import Client
+from engine.core.store import translate_errors
 from engine.errors import EngineError, RedisCommandError, RedisUnavailable
-from engine.store import translate_errors
 
 MakeClient = Callable[..., Client]
 
@@ -121,10 +121,9 @@ def _unguarded_redis_calls(path: Path) -> list[str]:
 
 
 def test_every_redis_call_of_the_store_and_client_is_translated() -> None:
-    """Each awaited Redis call in engine/store.py and engine/client.py runs under
-    translate_errors, so a new call cannot let a redis exception escape."""
+    """Each awaited Redis call in the core's store and client (and the composed client) runs
+    under translate_errors, so a new call cannot let a redis exception escape."""
     engine = Path(__file__).resolve().parents[2] / "engine"
-    found = _unguarded_redis_calls(engine / "store.py") + _unguarded_redis_calls(
-        engine / "client.py"
-    )
-    assert found == []
+    paths = [engine / "core" / "store.py", engine / "core" / "client.py", engine / "client.py"]
+    assert all(p.is_file() for p in paths)
+    assert [hit for p in paths for hit in _unguarded_redis_calls(p)] == []

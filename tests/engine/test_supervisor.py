@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from engine.embedded import free_port
-from engine.supervisor import Backoff
+from engine.runtime.embedded import free_port
+from engine.runtime.supervisor import Backoff
 
 
 def test_backoff_grows_while_a_child_keeps_failing() -> None:
@@ -73,7 +73,7 @@ def test_config_error_at_start_stops_an_autoscaled_pool(redis_url: str) -> None:
 def test_serve_with_its_sandbox_turns_our_rate_limits_off_unless_set() -> None:
     """Against its own loopback sandbox, `aiis serve`'s workers run without our client-side
     provider rate limits (1,000 rpm capped a burst at ~18 tasks/s); a value the user set stays."""
-    from engine.serving import sandbox_worker_env
+    from engine.runtime.serving import sandbox_worker_env
 
     env = sandbox_worker_env({"AIIS_OPENAI_RPM": "60", "PATH": "/bin"})
     assert env["AIIS_GEMINI_RPM"] == "0" and env["AIIS_ANTHROPIC_TPM"] == "0"

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from websockets.asyncio.client import ClientConnection
 
-from engine.events import TERMINAL_EVENTS
+from engine.core.events import TERMINAL_EVENTS
 from engine.settings import Settings
 from gateway.auth import hash_token
 from gateway.server import Gateway

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import httpx
 
-from engine.keys import autoscale_key
+from engine.core.keys import autoscale_key
 from tests.conftest import Engine
 from tests.gateway.conftest import MakeGateway
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from engine.client import Client
 from websockets.asyncio.client import connect
 
-from engine.client import Client
-from engine.connection import is_cluster
-from engine.keys import partition_of
-from engine.logreader import LogReader
+from engine.core.keys import partition_of
+from engine.core.logreader import LogReader, is_cluster
 from engine.settings import Settings
 from gateway.hub import Hub, Subscription
 from gateway.outbox import Item, Outbox

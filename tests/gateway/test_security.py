@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import httpx
 
-from engine.audit import AuditLog
-from engine.policy import set_config
+from engine.admission.policy import set_config
+from engine.operations.audit import AuditLog
 from gateway.auth import hash_token, token_id
 from tests.conftest import Engine
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from engine.events import TERMINAL_EVENTS
+from engine.core.events import TERMINAL_EVENTS
 from tests.conftest import Engine
 from tests.gateway.conftest import MakeGateway, recv, request
 

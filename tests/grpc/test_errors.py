@@ -7,9 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
-
 from engine.client import Client
-from engine.embedded import free_port
+
+from engine.runtime.embedded import free_port
 from gateway.grpc.gen import tasks_pb2 as pb
 from tests.conftest import Engine, fast_settings
 from tests.grpc.conftest import ACME, BETA, OPS, MakeServer, bearer
@@ -210,7 +210,7 @@ async def test_redis_stopping_mid_watch_ends_it_with_unavailable(
     make_server: MakeServer, connect: Any, tmp_path: Any
 ) -> None:
     """A watch whose Redis goes away ends with UNAVAILABLE instead of hanging."""
-    from engine.embedded import EmbeddedRedis
+    from engine.runtime.embedded import EmbeddedRedis
 
     redis = EmbeddedRedis(tmp_path / "redis", appendonly=False)
     redis.start()

@@ -10,7 +10,7 @@ import grpc
 import orjson
 from google.protobuf import json_format
 
-from engine.keys import partition_of
+from engine.core.keys import partition_of
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.server import GrpcServer
 from projections.keys import ShardKeys

@@ -121,7 +121,7 @@ async def test_serve_grpc_runs_until_the_stop_event(engine: Engine) -> None:
 
 
 def _free_port() -> int:
-    from engine.embedded import free_port
+    from engine.runtime.embedded import free_port
 
     return free_port()
 

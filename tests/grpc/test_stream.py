@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 import pytest
-
 from engine.client import Client
-from engine.embedded import free_port
+
+from engine.runtime.embedded import free_port
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.server import GrpcServer
 from gateway.grpc.settings import GrpcSettings

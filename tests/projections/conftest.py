@@ -12,9 +12,9 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from engine.connection import connect
-from engine.embedded import EmbeddedRedis
-from engine.mapper import entry_fields
+from engine.core.mapper import entry_fields
+from engine.runtime.connection import connect
+from engine.runtime.embedded import EmbeddedRedis
 from engine.settings import Settings
 from projections.keys import log_key
 from projections.settings import ProjectionSettings

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.mapper import entry_fields
+from engine.core.mapper import entry_fields
 from projections.fold import Position, RawEntry, apply_batch
 from projections.view import Projection, Shard, ViewConfig
 

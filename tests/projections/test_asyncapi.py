@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from engine.events import EVENT_TYPES
+from engine.core.events import EVENT_TYPES
 from projections import asyncapi
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "asyncapi.json"

@@ -1,4 +1,4 @@
-"""Decoding log entries in the fold: the fast paths equal ``engine.mapper.envelope`` for every
+"""Decoding log entries in the fold: the fast paths equal ``engine.core.mapper.envelope`` for every
 shape an entry arrives in, and whatever the fast paths cannot read is handled — or rejected,
 naming the right event — exactly as the mapper does."""
 
@@ -11,9 +11,9 @@ import orjson
 import pytest
 from hypothesis import given, settings
 
-from engine import mapper, tolerant
+from engine.core import mapper, tolerant
+from engine.core.mapper import entry_fields
 from engine.errors import EventDecodeError
-from engine.mapper import entry_fields
 from projections.decode import envelope
 from projections.fold import Position, apply_batch
 from projections.registry import PROJECTIONS

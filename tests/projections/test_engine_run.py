@@ -8,8 +8,8 @@ import pytest
 import redis.asyncio as aioredis
 
 from engine.client import Client
+from engine.runtime.workers import new_worker
 from engine.settings import Settings
-from engine.worker import Worker
 from projections.decode import envelope
 from projections.fold import Position, apply_batch
 from projections.registry import PROJECTIONS
@@ -42,7 +42,7 @@ async def _run_engine(settings: Settings, n: int) -> list[str]:
                 tenant=f"tenant{i % 2}",
             )
         )
-    worker = Worker(client.store, ScriptedProvider(), concurrency=8)
+    worker = new_worker(client.store, ScriptedProvider(), concurrency=8)
     task = asyncio.create_task(worker.run())
     try:
         for tid in ids:

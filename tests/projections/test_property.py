@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from engine.mapper import entry_fields
+from engine.core.mapper import entry_fields
 from projections.fold import Position, apply_batch
 from projections.keys import log_key
 from projections.registry import PROJECTIONS

@@ -13,12 +13,12 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from engine.cli import main
 from engine.client import Client
-from engine.keys import ops_key
-from engine.ops import Ops
+from engine.core.keys import ops_key
+from engine.operations.ops import Ops
+from engine.runtime.cli import main
+from engine.runtime.workers import new_worker
 from engine.settings import Settings
-from engine.worker import Worker
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
 from projections.fold import Position, apply_batch
@@ -59,7 +59,7 @@ async def _run(settings: Settings, sandbox: Sandbox, tasks: int) -> list[str]:
         AIIS_CALL_TIMEOUT_S=5.0,
     )
     router = build_processor(client.store.redis, provider_settings, sandbox.url)
-    worker = Worker(client.store, router, concurrency=4)
+    worker = new_worker(client.store, router, concurrency=4)
     run = asyncio.create_task(worker.run())
     ids = [
         await client.submit(kind="text", input=f"health {i}", tenant="acme") for i in range(tasks)
@@ -221,7 +221,7 @@ async def test_a_failed_call_that_reported_usage_is_billed(
             AIIS_PROVIDERS_PREFIX=settings.namespace, AIIS_TEXT_CHAIN="anthropic"
         )
         router = build_processor(client.store.redis, provider_settings, sandbox.url)
-        worker = Worker(client.store, router, concurrency=2)
+        worker = new_worker(client.store, router, concurrency=2)
         run = asyncio.create_task(worker.run())
         tid = await client.submit(kind="text", input="bill me", tenant="acme")
         try:

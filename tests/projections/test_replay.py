@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import redis.asyncio as aioredis
 
-from engine.cli import main
+from engine.runtime.cli import main
 from engine.settings import Settings
 from projections.fold import Position
 from projections.registry import PROJECTIONS

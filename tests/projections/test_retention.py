@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.events import Event
+from engine.core.events import Event
 from projections.archive import archive_log, list_segments
 from projections.keys import ShardKeys
 from projections.registry import PROJECTIONS
@@ -232,6 +232,7 @@ async def test_archived_tasks_stay_readable_on_a_redis_cluster(
     """On a 3-master cluster with 4 partitions, archiving keeps each task's events in its own
     slot (no CROSSSLOT) and `get`/`watch` read archived tasks whole."""
     from engine.client import Client
+
     from tests.cluster import LocalCluster
 
     cluster = LocalCluster(tmp_path / "cluster")

@@ -10,7 +10,7 @@ import sys
 import pytest
 import redis.asyncio as aioredis
 
-from engine import tolerant
+from engine.core import tolerant
 from engine.settings import Settings
 from projections.registry import PROJECTIONS
 from projections.replay import rebuild_partition

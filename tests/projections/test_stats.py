@@ -9,7 +9,7 @@ import orjson
 import pytest
 from rich.console import Console
 
-from engine.cli import main
+from engine.runtime.cli import main
 from engine.settings import Settings
 from projections import render
 from projections.registry import PROJECTIONS

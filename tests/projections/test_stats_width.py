@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from engine.cli import main
+from engine.runtime.cli import main
 from engine.settings import Settings
 from projections.registry import PROJECTIONS
 from projections.runner import PartitionRunner

@@ -15,7 +15,7 @@ import httpx
 import pytest
 from hyperframe.frame import GoAwayFrame
 
-from providers.h2transport import H2Transport
+from providers.transport.h2transport import H2Transport
 
 Handler = Callable[["Peer", int], Awaitable[None]]
 

@@ -1,6 +1,7 @@
-"""``providers.h2shim`` against the installed h2: each h2 internal the HTTP/2 transport relies on
-exists and behaves as relied upon. When an h2 release changes one, these fail with its name
-(the member, as spelled in ``RELIED_UPON``) instead of every provider call failing later."""
+"""``providers.transport.h2shim`` against the installed h2: each h2 internal the HTTP/2
+transport relies on exists and behaves as relied upon. When an h2 release changes one, these
+fail with its name (the member, as spelled in ``RELIED_UPON``) instead of every provider call
+failing later."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import h2.exceptions
 import pytest
 from hyperframe.frame import GoAwayFrame, PingFrame
 
-from providers.h2shim import RELIED_UPON, H2State
+from providers.transport.h2shim import RELIED_UPON, H2State
 
 _VERSION = f"h2 {h2.__version__}"
 _REQUEST = [(b":method", b"GET"), (b":authority", b"x"), (b":scheme", b"http"), (b":path", b"/")]
@@ -68,7 +69,9 @@ def _roots() -> dict[str, Any]:
 def test_every_internal_member_relied_upon_exists() -> None:
     """Each h2 internal named in RELIED_UPON is still there in the installed h2."""
     missing = _missing(RELIED_UPON, _roots())
-    assert not missing, f"{_VERSION} no longer has {', '.join(missing)} (providers/h2shim.py)"
+    assert not missing, (
+        f"{_VERSION} no longer has {', '.join(missing)} (providers/transport/h2shim.py)"
+    )
 
 
 def test_a_missing_member_is_reported_by_its_name() -> None:
@@ -153,7 +156,7 @@ def test_send_headers_reads_the_shims_open_stream_count() -> None:
         client.send_headers(1, _REQUEST, end_stream=True)
         pytest.fail(
             f"{_VERSION}: H2Connection.send_headers no longer reads open_outbound_streams: "
-            "the O(1) count of providers/h2shim.py is not used"
+            "the O(1) count of providers/transport/h2shim.py is not used"
         )
 
 
@@ -178,7 +181,7 @@ def test_the_stream_table_is_swept_of_closed_streams() -> None:
 
 
 def test_no_other_module_touches_h2_internals() -> None:
-    """Only providers/h2shim.py subclasses h2's connection or names one of its internals."""
+    """Only the transport's h2shim.py subclasses h2's connection or names its internals."""
     import pathlib
 
     root = pathlib.Path(__file__).resolve().parents[2]
@@ -192,4 +195,4 @@ def test_no_other_module_touches_h2_internals() -> None:
         for name in internals
         if name in path.read_text(encoding="utf-8")
     ]
-    assert not offenders, f"h2 internals outside providers/h2shim.py: {offenders}"
+    assert not offenders, f"h2 internals outside providers/transport/h2shim.py: {offenders}"

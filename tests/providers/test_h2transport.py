@@ -15,12 +15,12 @@ import orjson
 import pytest
 import trustme
 
-from engine.runtime import run_loop
-from providers.h2conn import FLUSH_EVERY, Connection
-from providers.h2transport import H2Transport
+from engine.runtime.workers import run_loop
 from providers.sandbox.app import SandboxApp
 from providers.sandbox.common import reply_text
 from providers.sandbox.server import HttpServer
+from providers.transport.h2conn import FLUSH_EVERY, Connection
+from providers.transport.h2transport import H2Transport
 
 PATH = "/gemini/v1beta/models/gemini-2.5-flash:generateContent"
 STREAM_PATH = "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse"
@@ -286,7 +286,7 @@ async def test_plain_http_without_prior_knowledge_is_http11(serve: Serve) -> Non
 
 
 def test_the_transport_runs_on_uvloop() -> None:
-    """The worker runs on uvloop (engine.runtime.run_loop): its transports are not
+    """The worker runs on uvloop (engine.runtime.workers.run_loop): its transports are not
     asyncio.Transport subclasses, and calls still go through over HTTP/2."""
 
     async def main() -> tuple[str, str]:

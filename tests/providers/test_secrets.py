@@ -11,10 +11,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.config import ProviderSettings
+from providers.credentials.scrub import Scrubber
 from providers.errors import ProviderError
 from providers.factory import build_processor, build_router
 from providers.sandbox import Sandbox, start_sandbox
-from providers.scrub import Scrubber
 from providers.types import ProviderRequest
 from tests.providers.conftest import KEY_FIELDS, SECRET_KEYS, RecordingSink, make_settings
 
@@ -86,7 +86,7 @@ async def test_sandbox_mode_says_so_instead_of_keys_loaded(
     are not keys); with a real key set it reports the keys loaded."""
     for var in KEY_FIELDS.values():
         monkeypatch.delenv(var.upper(), raising=False)
-    caplog.set_level(logging.INFO, logger="providers.keyring")
+    caplog.set_level(logging.INFO, logger="providers.credentials.keyring")
     router = build_processor(None, ProviderSettings(), "http://127.0.0.1:9")
     await router.aclose()
     lines = [r.getMessage() for r in caplog.records]

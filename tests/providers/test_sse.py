@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.errors import NetworkError
-from providers.wire import MAX_EVENT_BYTES, SSEDecoder, SSEEvent
+from providers.transport.wire import MAX_EVENT_BYTES, SSEDecoder, SSEEvent
 
 STREAM = (
     b'event: message_start\ndata: {"a": 1}\n\n: comment\n\ndata: x\ndata: y\n\n'

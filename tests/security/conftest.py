@@ -10,7 +10,7 @@ import fakeredis
 import pytest
 import redis.asyncio as aioredis
 
-from engine.connection import connect
+from engine.runtime.connection import connect
 
 
 @pytest.fixture(params=["real", "fake"])

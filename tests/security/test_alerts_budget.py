@@ -1,5 +1,5 @@
-"""Alert rules with hysteresis, the alert notifier, and daily budgets (engine/alerts.py,
-engine/budget.py)."""
+"""Alert rules with hysteresis, the alert notifier, and daily budgets (engine/operations/alerts.py,
+engine/admission/budget.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import ValidationError
 
-from engine.alerts import (
+from engine.admission.budget import BudgetConfig, Budgets, parse_config
+from engine.errors import BudgetConfigError, BudgetExceeded
+from engine.operations.alerts import (
     AlertEngine,
     AlertNotifier,
     AlertRaised,
@@ -26,8 +28,6 @@ from engine.alerts import (
     Spend,
     Tick,
 )
-from engine.budget import BudgetConfig, Budgets, parse_config
-from engine.errors import BudgetConfigError, BudgetExceeded
 
 DAY_MS = 86_400_000
 T0 = 1_718_000_000_000 - 1_718_000_000_000 % DAY_MS  # midnight UTC

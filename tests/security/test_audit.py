@@ -1,4 +1,5 @@
-"""Audit log: append-only, capped, scrubbed of secrets and PII, readable (engine/audit.py)."""
+"""Audit log: append-only, capped, scrubbed of secrets and PII, readable
+(engine/operations/audit.py)."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ from typing import cast
 import pytest
 import redis.asyncio as aioredis
 
-from engine.audit import (
+from engine.core.keys import audit_key
+from engine.errors import EngineError
+from engine.operations.audit import (
     Action,
     AuditLog,
-    audit_command,
     parse_since,
     register_audit,
 )
-from engine.errors import EngineError
-from engine.keys import audit_key
+from engine.runtime.commands import audit_command
 from engine.settings import Settings
 
 FAKE_KEY = "sk-proj-FAKEFAKEFAKEFAKE0123456789abcdef"
@@ -95,7 +96,7 @@ async def test_cli_prints_entries(
     redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """aiis audit --json prints the recorded entries (on the real redis-server)."""
-    from engine.connection import connect
+    from engine.runtime.connection import connect
 
     client = connect(redis_url)
     try:

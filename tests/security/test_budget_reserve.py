@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from engine.budget import BudgetExceeded, estimate_usd
+from engine.admission.budget import BudgetExceeded, estimate_usd
 from engine.client import Client
+from engine.core.events import TERMINAL_EVENTS
 from engine.errors import InvalidTask
-from engine.events import TERMINAL_EVENTS
-from engine.ops import Ops
+from engine.operations.ops import Ops
 from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox import start_sandbox
@@ -73,7 +73,7 @@ async def test_ten_concurrent_submits_never_overspend_by_more_than_one_estimate(
         finally:
             await workers.stop_all()
             await router.aclose()
-    budgets = client.intake.budgets
+    budgets = client.admission.budgets
     spent = await budgets.spent("tiny")
     one = estimate_usd([PROMPT], PARAMS["model"], PARAMS["max_tokens"])  # type: ignore[arg-type]
     assert one is not None and spent > 0
@@ -87,7 +87,7 @@ async def test_unpriced_model_refused_for_a_budgeted_tenant_only(client: Client)
     with pytest.raises(InvalidTask) as err:
         await client.submit("hi", tenant="tiny", params={"model": "gpt-unpriced-9"})
     assert err.value.field == "params.model"
-    assert await client.intake.budgets.held("tiny") == 0
+    assert await client.admission.budgets.held("tiny") == 0
     await client.submit("hi", tenant="free", params={"model": "gpt-unpriced-9"})
 
 
@@ -97,12 +97,12 @@ async def test_refused_and_duplicate_submits_give_their_reservation_back(
     """A repeat of an idempotency key and a submit refused by a full queue hold nothing."""
     client = make_client(budgets='{"tenants": {"t": 1.0}}', queue_max_depth=1)
     await client.submit("one", tenant="t", idempotency_key="k", params=PARAMS)
-    first = await client.intake.budgets.held("t")
+    first = await client.admission.budgets.held("t")
     assert first > 0
     await client.submit("one", tenant="t", idempotency_key="k", params=PARAMS)
     with pytest.raises(Exception, match="queue"):
         await client.submit("two", tenant="t", params=PARAMS)
-    assert await client.intake.budgets.held("t") == pytest.approx(first)
+    assert await client.admission.budgets.held("t") == pytest.approx(first)
 
 
 async def test_settle_is_exactly_once_and_unknown_cost_charges_the_reservation(
@@ -110,7 +110,7 @@ async def test_settle_is_exactly_once_and_unknown_cost_charges_the_reservation(
 ) -> None:
     """Settling a task twice counts it once; a success of unknown cost is charged its hold."""
     client = make_client(budgets='{"tenants": {"t": 1.0}}')
-    budgets = client.intake.budgets
+    budgets = client.admission.budgets
     await budgets.reserve("t", "task-a", 0.002)
     await budgets.reserve("t", "task-b", 0.003)
     assert await budgets.settle("t", "task-a", 0.0001) == pytest.approx(0.0001)

@@ -1,4 +1,4 @@
-"""Result cache: key normalisation, TTL, LRU bound, opt-out (engine/cache.py)."""
+"""Result cache: key normalisation, TTL, LRU bound, opt-out (engine/admission/cache.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from engine.cache import ResultCache, cache_enabled, request_key
-from engine.events import TaskSucceededData
+from engine.admission.cache import ResultCache, cache_enabled, request_key
+from engine.core.events import TaskSucceededData
 
 CHAIN = ("gemini", "openai")
 

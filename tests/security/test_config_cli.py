@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from engine.audit import AuditLog
-from engine.connection import connect
+from engine.operations.audit import AuditLog
+from engine.runtime.connection import connect
 
 pytestmark = pytest.mark.timeout(60)
 

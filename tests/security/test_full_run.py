@@ -20,9 +20,9 @@ import orjson
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from engine.connection import connect
-from engine.embedded import free_port
-from engine.keys import all_partitions, ops_key
+from engine.core.keys import all_partitions, ops_key
+from engine.runtime.connection import connect
+from engine.runtime.embedded import free_port
 from providers.sandbox import Sandbox, launch
 
 pytestmark = pytest.mark.timeout(90)

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from websockets.asyncio.client import connect as ws_connect
 
-from engine.audit import AuditLog
+from engine.operations.audit import AuditLog
 from engine.settings import Settings
 from gateway.auth import Authenticator, hash_token, token_id
 from gateway.grpc.gen import tasks_pb2 as pb

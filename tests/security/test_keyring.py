@@ -1,4 +1,4 @@
-"""Multi-key rotation, reload and secrecy (providers/keyring.py)."""
+"""Multi-key rotation, reload and secrecy (providers/credentials/keyring.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from pydantic import SecretStr
 
 from providers.adapters.base import Reply
 from providers.config import ProviderSettings
-from providers.errors import AuthFailed, NoUsableKey, RateLimited, SecretsError
-from providers.keyring import (
+from providers.credentials.keyring import (
     KEY_IN_USE,
     Key,
     KeyAlert,
@@ -24,6 +23,7 @@ from providers.keyring import (
     dir_keys,
     env_keys,
 )
+from providers.errors import AuthFailed, NoUsableKey, RateLimited, SecretsError
 from providers.router import Router
 from providers.types import ProgressSink, ProviderRequest, ProviderResult
 

@@ -9,11 +9,11 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from engine.budget import BudgetExceeded
+from engine.admission.budget import BudgetExceeded
+from engine.admission.policy import set_config
 from engine.client import Client
+from engine.core.events import TERMINAL_EVENTS
 from engine.errors import ConfigError, InvalidTask, QueueFull
-from engine.events import TERMINAL_EVENTS
-from engine.policy import set_config
 from tests.conftest import Engine, Workers
 from tests.gateway.conftest import MakeGateway
 
@@ -43,7 +43,7 @@ async def test_depth_limit_of_a_client_without_the_variable_is_the_deployments(
     assert accepted == 3 and full.limit == 3
     await set_config(bare.store.redis, bare.settings.namespace, "queue_max_depth", "5")
     for client in (deployment, bare):
-        await client.intake.live.refresh()
+        await client.admission.live.refresh()
     accepted, full = await _fill(bare)
     assert accepted == 2 and full.limit == 5
     with pytest.raises(QueueFull):

@@ -15,12 +15,12 @@ import pytest
 import redis.asyncio as aioredis
 from pydantic import SecretStr
 
-from engine.retry import RetryPolicy, Verdict, decide
+from engine.core.retry import RetryPolicy, Verdict, decide
 from providers import keys
 from providers.config import ProviderSettings
+from providers.credentials.keyring import Key, KeyRejected, Keyring, NoUsableKey, default_loader
 from providers.errors import AuthFailed, OwnFailure, RateLimited
 from providers.factory import build_router, sandbox_settings
-from providers.keyring import Key, KeyRejected, Keyring, NoUsableKey, default_loader
 from providers.sandbox import Sandbox, start_sandbox
 from providers.types import ProviderRequest
 from tests.conftest import Engine

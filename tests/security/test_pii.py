@@ -1,4 +1,5 @@
-"""PII detection (engine/pii.py), redaction, restore and per-tenant policy (engine/redaction.py)."""
+"""PII detection (engine/admission/pii.py), redaction, restore and per-tenant policy
+(engine/admission/redaction.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +10,25 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from engine.admission.pii import (
+    SHADOW,
+    Category,
+    detect,
+    iban_ok,
+    luhn_ok,
+    may_hold_pii,
+    my_number_ok,
+)
+from engine.admission.redaction import (
+    Mode,
+    PiiPolicies,
+    Redactor,
+    TenantPolicy,
+    redact,
+    restore,
+    screen,
+)
 from engine.errors import InvalidTask, PiiBlocked
-from engine.pii import SHADOW, Category, detect, iban_ok, luhn_ok, may_hold_pii, my_number_ok
-from engine.redaction import Mode, PiiPolicies, Redactor, TenantPolicy, redact, restore, screen
 
 CORPUS = Path(__file__).resolve().parents[1] / "data" / "pii_corpus.jsonl"
 
@@ -265,7 +282,7 @@ def test_restore_roundtrip_on_arbitrary_text(text: str) -> None:
 
 def _full_detect(text: str) -> list[tuple[int, int, str]]:
     """``detect`` with its fast pre-check switched off."""
-    from engine import pii
+    from engine.admission import pii
 
     original = pii.may_hold_pii
     pii.may_hold_pii = lambda s: True

@@ -9,11 +9,11 @@ from typing import Any
 
 import orjson
 import pytest
-
 from engine.client import Client
-from engine.events import TERMINAL_EVENTS
-from engine.pii import Category, detect
-from engine.redaction import PiiBlocked
+
+from engine.admission.pii import Category, detect
+from engine.admission.redaction import PiiBlocked
+from engine.core.events import TERMINAL_EVENTS
 from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox.app import SandboxApp

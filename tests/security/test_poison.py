@@ -17,15 +17,15 @@ import grpc
 import httpx
 import orjson
 import pytest
+from engine.client import Client
 from websockets.asyncio.client import connect as ws_connect
 
-from engine import tolerant
-from engine.autoscale import SignalReader
-from engine.client import Client
-from engine.connection import connect_sync_for
-from engine.events import TERMINAL_EVENTS
-from engine.keys import PartitionKeys
-from engine.ops import Ops
+from engine.core import tolerant
+from engine.core.events import TERMINAL_EVENTS
+from engine.core.keys import PartitionKeys
+from engine.operations.ops import Ops
+from engine.runtime.autoscale import SignalReader
+from engine.runtime.connection import connect_sync_for
 from engine.settings import Settings
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.gen import tasks_pb2_grpc

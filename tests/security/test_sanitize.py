@@ -1,4 +1,4 @@
-"""Sanitising text, size limits, out-of-line results (engine/sanitize.py)."""
+"""Sanitising text, size limits, out-of-line results (engine/admission/sanitize.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,15 @@ import redis.asyncio as aioredis
 from hypothesis import given
 from hypothesis import strategies as st
 
-from engine.errors import InvalidTask, ResultGone
-from engine.keys import PartitionKeys, blob_key
-from engine.sanitize import (
+from engine.admission.sanitize import (
     Limits,
-    Offloader,
-    ResultRef,
     clean_request,
     clean_result,
     clean_text,
 )
+from engine.core.blobs import Offloader, ResultRef
+from engine.core.keys import PartitionKeys, blob_key
+from engine.errors import InvalidTask, ResultGone
 
 
 def test_strips_controls_keeps_newlines_and_tabs() -> None:

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from engine.client import Client
-from engine.events import Status
+
+from engine.core.events import Status
 from engine.settings import Settings
 from tests.engine.helpers import wait_terminal
 from tests.engine.test_serve import ctrl_c, redis_info, serve_env, start_serve

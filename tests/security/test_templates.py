@@ -1,10 +1,11 @@
-"""Prompt templates: versions in Redis, strict rendering (engine/templates.py)."""
+"""Prompt templates: versions in Redis, strict rendering (engine/admission/templates.py)."""
 
 from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
 
+from engine.admission.templates import TemplateStore, parse, render
 from engine.errors import (
     ExtraVariables,
     InvalidTask,
@@ -12,7 +13,6 @@ from engine.errors import (
     TemplateError,
     TemplateNotFound,
 )
-from engine.templates import TemplateStore, parse, render
 
 
 def test_render_fills_variables_once() -> None:

@@ -1,4 +1,4 @@
-"""Task webhooks: URL validation, signatures, retries (engine/webhooks.py)."""
+"""Task webhooks: URL validation, signatures, retries (engine/operations/webhooks.py)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,15 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
+from engine.admission.callbacks import UrlPolicy, validate_callback_url
 from engine.errors import BadCallbackUrl, InvalidTask
-from engine.webhooks import (
+from engine.operations.webhooks import (
     SIGNATURE_HEADER,
     DeliveryAttempt,
     DeliveryPolicy,
-    UrlPolicy,
     WebhookNotifier,
     next_delay,
     sign,
-    validate_callback_url,
     verify_signature,
 )
 

@@ -12,8 +12,11 @@ import httpx
 import orjson
 import pytest
 
-from engine.audit import AuditLog
+from engine.admission.pii_vault import PiiVault
+from engine.admission.policy import set_config
 from engine.client import Client
+from engine.core.events import TERMINAL_EVENTS, TaskSucceeded
+from engine.core.keys import ops_key, vault_key
 from engine.errors import (
     BadCallbackUrl,
     BudgetExceeded,
@@ -22,12 +25,9 @@ from engine.errors import (
     MissingVariables,
     PiiBlocked,
 )
-from engine.events import TERMINAL_EVENTS, TaskSucceeded
-from engine.keys import ops_key, vault_key
-from engine.ops import Ops
-from engine.pii_vault import PiiVault
-from engine.policy import set_config
-from engine.webhooks import verify_signature
+from engine.operations.audit import AuditLog
+from engine.operations.ops import Ops
+from engine.operations.webhooks import verify_signature
 from providers.types import ProgressSink, ProviderRequest, ProviderResult, Usage
 from tests.conftest import TOPOLOGIES, Topology, Workers
 
@@ -89,7 +89,7 @@ async def finish(client: Client, task_id: str) -> Any:
 
 
 async def log_events(client: Client) -> list[dict[str, Any]]:
-    from engine import mapper
+    from engine.core import mapper
 
     out = []
     for keys in client.store.partitions:
@@ -162,7 +162,7 @@ async def test_the_restore_mapping_is_kept_in_the_vault_with_a_ttl(
 async def test_template_rendered_and_missing_variables_named(make: Callable[..., Client]) -> None:
     """A registered template renders at submit (variables not stored); missing ones are named."""
     client = make()
-    v = await client.intake.templates.register("greet", "Say hello to {{name}} in {{lang}}")
+    v = await client.admission.templates.register("greet", "Say hello to {{name}} in {{lang}}")
     task_id = await client.submit(
         "", params={"template": "greet", "variables": {"name": "Ann", "lang": "French"}}
     )
@@ -195,7 +195,7 @@ async def test_budget_rejects_once_spent_and_bad_config_keeps_last_good(
     refused and the last good one stays in force."""
     client = make(budgets='{"tenants": {"acme": 0.05}}')
     await client.submit("ok", tenant="acme")
-    await client.intake.budgets.add_spend("acme", 0.05, event_id="e1")
+    await client.admission.budgets.add_spend("acme", 0.05, event_id="e1")
     with pytest.raises(BudgetExceeded, match=r"acme.*0\.05 daily budget; it resets at"):
         await client.submit("one more", tenant="acme")
     await client.submit("other tenants are not limited", tenant="beta")
@@ -204,11 +204,11 @@ async def test_budget_rejects_once_spent_and_bad_config_keeps_last_good(
         await set_config(client.store.redis, ns, "budgets", '{"tenants": {"acme": "lots"}}')
     # a bad document written around the CLI is logged and ignored
     await client.store.redis.hset(f"{ns}:config", "budgets", '{"tenants": {"acme": "lots"}}')
-    await client.intake.live.refresh()
+    await client.admission.live.refresh()
     with pytest.raises(BudgetExceeded):
         await client.submit("still refused", tenant="acme")
     await set_config(client.store.redis, ns, "budgets", '{"tenants": {"acme": 10}}')
-    await client.intake.live.refresh()
+    await client.admission.live.refresh()
     await client.submit("allowed again", tenant="acme")
 
 
@@ -249,7 +249,7 @@ async def test_large_result_is_stored_out_of_line_and_loaded_on_read(
 
 
 async def ops_events(client: Client) -> list[dict[str, Any]]:
-    from engine import mapper
+    from engine.core import mapper
 
     rows = await client.store.entries(ops_key(client.settings.namespace))
     return [mapper.envelope(eid, f) for eid, f in rows]
@@ -272,7 +272,7 @@ async def test_ops_counts_spend_once_and_budget_then_rejects(
     while await ops.step():
         pass
     await ops.aclose()
-    assert await client.intake.budgets.spent("acme") == pytest.approx(0.03)
+    assert await client.admission.budgets.spent("acme") == pytest.approx(0.03)
     with pytest.raises(BudgetExceeded):
         await client.submit("y", tenant="acme")
 
@@ -298,7 +298,7 @@ async def test_every_alert_fires_and_resolves(make: Callable[..., Client]) -> No
     for i in ids:
         await client.cancel(i)
     await ops.tick()
-    from engine.alerts import BreakerChanged, ProviderCall, Spend
+    from engine.operations.alerts import BreakerChanged, ProviderCall, Spend
 
     t = 1_700_000_000_000
     await ops._emit(
@@ -309,7 +309,7 @@ async def test_every_alert_fires_and_resolves(make: Callable[..., Client]) -> No
             + [BreakerChanged(t + 5, "openai", "closed")]
         )
     )
-    from engine.alerts import Tick
+    from engine.operations.alerts import Tick
 
     await ops._emit(ops.alerts.observe(Tick(t + 86_400_000)))
     await ops.aclose()
@@ -345,7 +345,7 @@ async def test_webhook_signed_retried_after_500_and_recorded(
     await finish(client, task_id)
     await ops.load()
     async with asyncio.timeout(10):
-        while len(got) < 2 or ops._background:
+        while len(got) < 2 or (ops.deliveries is not None and ops.deliveries.busy):
             await ops.step(block_ms=50)
     await ops.aclose()
     await http.aclose()
