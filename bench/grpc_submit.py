@@ -54,7 +54,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.client import Client
-
 from engine.runtime.embedded import EmbeddedRedis, free_port
 from engine.settings import Settings
 from gateway.grpc.gen import tasks_pb2 as pb

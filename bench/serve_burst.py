@@ -28,7 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.client import Client
-
 from engine.core import mapper
 from engine.core.events import TERMINAL_EVENTS
 from engine.runtime.embedded import free_port

@@ -30,7 +30,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.client import Client
-
 from engine.runtime.embedded import EmbeddedRedis
 from engine.settings import Settings
 

@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engine.client import Client
-
 from engine.operations.audit import AuditLog
 from engine.settings import Settings
 from gateway.auth import Authenticator

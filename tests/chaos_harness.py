@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from engine.client import Client
-
 from engine.core import mapper
 from engine.core.events import TERMINAL_EVENTS
 from engine.errors import EngineError

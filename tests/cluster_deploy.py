@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from engine.client import Client
 
+from engine.client import Client
 from engine.core import mapper
 from engine.core.events import TERMINAL_EVENTS
 from engine.runtime.embedded import free_port

@@ -27,6 +27,9 @@ from providers.types import TaskProcessor
 from tests.cluster import LocalCluster
 
 # the defaults of the gateway (AIIS_GATEWAY_PORT), gRPC (AIIS_GRPC_PORT) and Redis
+# prints the pending asyncio tasks of a test about to hit pytest-timeout
+pytest_plugins = ["tests.watchdog"]
+
 DEFAULT_PORTS = (8765, 50051, 6379)
 
 

@@ -19,9 +19,9 @@ import grpc
 import httpx
 import orjson
 import pytest
-from engine.client import Client
 from websockets.asyncio.client import connect as ws_connect
 
+from engine.client import Client
 from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.gen import tasks_pb2_grpc
 from tests.cluster import LocalCluster, valkey_server

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from engine.client import TaskView
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
 
 from engine.admission.sanitize import Limits
+from engine.client import TaskView
 from engine.core.events import Event, Status
 from engine.errors import InvalidTask
 from gateway.grpc.gen import tasks_pb2 as pb

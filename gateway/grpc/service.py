@@ -22,8 +22,8 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Never
 
 import grpc
-from engine.client import Client
 
+from engine.client import Client
 from engine.core.events import TERMINAL_CODES, Event
 from engine.core.keys import partition_of
 from engine.core.store import id_before

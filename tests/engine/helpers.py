@@ -7,7 +7,6 @@ import time
 from typing import Any
 
 from engine.client import Client
-
 from engine.core import mapper
 from engine.core.events import TERMINAL_EVENTS
 

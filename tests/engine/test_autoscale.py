@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from engine.client import Client
 
+from engine.client import Client
 from engine.core.inflight import InFlightLimit
 from engine.core.keys import autoscale_pattern
 from engine.runtime.autoscale import ScalePolicy, ScaleState, Signals, decide, parse_range

@@ -10,9 +10,9 @@ import sys
 from collections.abc import Iterator
 
 import pytest
-from engine.client import Client
 from redis.crc import key_slot
 
+from engine.client import Client
 from tests.cluster import LocalCluster
 from tests.conftest import fast_settings
 from tests.engine.helpers import log_events, terminal_counts, wait_for, wait_terminal

@@ -7,10 +7,10 @@ import contextlib
 
 import pytest
 import redis
-from engine.client import Client
 from redis.crc import key_slot
 from redis.exceptions import RedisClusterException
 
+from engine.client import Client
 from engine.core.keys import PartitionKeys
 from engine.core.logreader import is_cluster
 from engine.runtime.connection import connect, connect_for, connect_sync_for

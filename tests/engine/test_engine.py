@@ -9,8 +9,8 @@ from typing import Any
 
 import orjson
 import pytest
-from engine.client import Client
 
+from engine.client import Client
 from engine.core.events import Status
 from engine.core.keys import PRIORITIES
 from engine.core.worker import Worker

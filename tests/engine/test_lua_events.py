@@ -7,8 +7,8 @@ from collections.abc import Callable
 from typing import Any
 
 import orjson
-from engine.client import Client
 
+from engine.client import Client
 from engine.core import mapper
 from engine.core.events import Event
 from tests.conftest import Workers

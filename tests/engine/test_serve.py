@@ -14,8 +14,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from engine.client import Client
 
+from engine.client import Client
 from engine.core.events import TERMINAL_EVENTS
 from engine.runtime.embedded import EmbeddedRedis, free_port
 from engine.settings import Settings

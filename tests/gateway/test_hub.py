@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from engine.client import Client
 from websockets.asyncio.client import connect
 
+from engine.client import Client
 from engine.core.keys import partition_of
 from engine.core.logreader import LogReader, is_cluster
 from engine.settings import Settings

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from engine.client import Client
 from websockets.asyncio.client import connect
 
+from engine.client import Client
 from projections.settings import ProjectionSettings
 from tests.conftest import Engine
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway, events_until_terminal, request

@@ -8,8 +8,8 @@ from typing import Any
 
 import grpc
 import pytest
-from engine.client import Client
 
+from engine.client import Client
 from engine.settings import Settings
 from gateway.auth import Authenticator, hash_token
 from gateway.grpc.gen import tasks_pb2_grpc

@@ -7,8 +7,8 @@ from typing import Any
 
 import grpc
 import pytest
-from engine.client import Client
 
+from engine.client import Client
 from engine.runtime.embedded import free_port
 from gateway.grpc.gen import tasks_pb2 as pb
 from tests.conftest import Engine, fast_settings

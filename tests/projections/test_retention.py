@@ -232,7 +232,6 @@ async def test_archived_tasks_stay_readable_on_a_redis_cluster(
     """On a 3-master cluster with 4 partitions, archiving keeps each task's events in its own
     slot (no CROSSSLOT) and `get`/`watch` read archived tasks whole."""
     from engine.client import Client
-
     from tests.cluster import LocalCluster
 
     cluster = LocalCluster(tmp_path / "cluster")

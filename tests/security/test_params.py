@@ -9,8 +9,8 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from engine.client import Client
 
+from engine.client import Client
 from engine.errors import InvalidTask
 from tests.conftest import Engine
 from tests.gateway.conftest import MakeGateway

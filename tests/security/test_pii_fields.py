@@ -9,10 +9,10 @@ from typing import Any
 
 import orjson
 import pytest
-from engine.client import Client
 
 from engine.admission.pii import Category, detect
 from engine.admission.redaction import PiiBlocked
+from engine.client import Client
 from engine.core.events import TERMINAL_EVENTS
 from providers.config import ProviderSettings
 from providers.factory import build_processor

@@ -17,9 +17,9 @@ import grpc
 import httpx
 import orjson
 import pytest
-from engine.client import Client
 from websockets.asyncio.client import connect as ws_connect
 
+from engine.client import Client
 from engine.core import tolerant
 from engine.core.events import TERMINAL_EVENTS
 from engine.core.keys import PartitionKeys

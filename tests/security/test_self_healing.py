@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from engine.client import Client
 
+from engine.client import Client
 from engine.core.events import Status
 from engine.settings import Settings
 from tests.engine.helpers import wait_terminal
