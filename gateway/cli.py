@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import secrets
 import sys
 from typing import Any
@@ -12,18 +13,26 @@ from engine.settings import Settings
 from gateway.auth import hash_token
 from gateway.errors import GatewayConfigError, WatchError
 from gateway.grpc import GrpcSettings
+from gateway.processes import EXIT_CONFIG, run_processes
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings
 from gateway.watch import Watcher
 from projections.settings import ProjectionSettings
 
 COMMANDS = ("gateway", "watch", "token")
+MAX_PROCESSES = 64
 
 
 def register(subparsers: Any) -> list[str]:
     gw = subparsers.add_parser("gateway", help="run the WebSocket/HTTP gateway and dashboard")
     gw.add_argument("--host", default=None, help="bind address (default AIIS_GATEWAY_HOST)")
     gw.add_argument("--port", type=int, default=None, help="port (default AIIS_GATEWAY_PORT)")
+    gw.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="processes behind the same ports (default AIIS_GATEWAY_PROCESSES, 1)",
+    )
 
     watch = subparsers.add_parser("watch", help="follow events over the gateway")
     watch.add_argument("task_id", nargs="?", default=None, help="one task (default: a tenant)")
@@ -59,12 +68,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         }
         if overrides:
             settings = settings.model_copy(update=overrides)
+        processes = gw.processes if args.processes is None else args.processes
+        if not 1 <= processes <= MAX_PROCESSES:
+            print(f"aiis gateway: error: --processes must be 1..{MAX_PROCESSES}", file=sys.stderr)
+            return 2
         try:
-            proj, grpc_settings = ProjectionSettings(), GrpcSettings()
-            asyncio.run(run_gateway(settings, None, gw, proj, grpc_settings))
+            grpc_settings = GrpcSettings()
+            if processes > 1:
+                return run_processes(settings, gw, grpc_settings, processes, dict(os.environ))
+            asyncio.run(run_gateway(settings, None, gw, ProjectionSettings(), grpc_settings))
         except GatewayConfigError as exc:
             print(f"aiis gateway: error: {exc}", file=sys.stderr)
-            return 2
+            # a child of `--processes N` that cannot start as configured: do not restart it
+            return 2 if gw.process_index is None else EXIT_CONFIG
         return 0
     host = settings.gateway_host
     host = f"[{host}]" if ":" in host else host

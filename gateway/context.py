@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.client import Client
 from engine.operations.audit import AuditLog
@@ -14,6 +14,9 @@ from gateway.hub import Hub
 from gateway.settings import GatewaySettings
 from gateway.stats import Stats
 from gateway.transport import SocketLimits
+
+if TYPE_CHECKING:
+    from gateway.processes import SharedMetrics
 
 
 @dataclass(slots=True)
@@ -43,3 +46,5 @@ class Context:
     shutting_down: bool = False
     audit: AuditLog | None = None  # submit and cancel records (who: tenant + token id)
     limits: SocketLimits | None = None  # the HTTP server's socket cap and header timeout
+    # `aiis gateway --processes N`: the siblings' /metrics snapshots (gateway.processes)
+    shared_metrics: SharedMetrics | None = None

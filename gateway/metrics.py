@@ -258,8 +258,9 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-async def render_metrics(ctx: Context) -> CollectorRegistry:
-    """A registry holding this instant's values (queue lengths included)."""
+def local_families(ctx: Context) -> list[Any]:
+    """The families this process alone knows (its connections, submits, errors, fan-out and
+    the task counters its log reader keeps); the rest are read from Redis at scrape time."""
     hub, c = ctx.hub, ctx.counters
     fam: list[Any] = [
         GaugeMetricFamily(
@@ -314,6 +315,24 @@ async def render_metrics(ctx: Context) -> CollectorRegistry:
     for reason, n in sorted(c.rejected.items()):
         rejected.add_metric([reason], n)
     fam.append(rejected)
+    fam.extend(ctx.stats.tasks.families())
+    skipped = CounterMetricFamily(
+        "aiis_undecodable_events",
+        "Log entries this process's readers skipped (engine.core.tolerant), by reader and reason",
+        labels=["reader", "reason"],
+    )
+    for (reader, reason), n in sorted(tolerant.SKIPPED.items()):
+        skipped.add_metric([reader, reason], n)
+    fam.append(skipped)
+    return fam
+
+
+async def render_metrics(ctx: Context) -> CollectorRegistry:
+    """A registry holding this instant's values (queue lengths included); with several gateway
+    processes, every process's own families, labelled ``process``."""
+    fam = local_families(ctx)
+    if ctx.shared_metrics is not None:
+        fam = ctx.shared_metrics.merge(fam)
     queues = GaugeMetricFamily(
         "aiis_queue_length",
         "Entries in each work queue (XLEN), delayed retries and dead letters",
@@ -333,16 +352,7 @@ async def render_metrics(ctx: Context) -> CollectorRegistry:
     fam.append(in_flight)
     fam.extend(await _workers(ctx, sum(n for _, _, n in flights)))
     fam.extend(await _pool_metrics(ctx))
-    fam.extend(ctx.stats.tasks.families())
     fam.extend(_report_families(await ctx.stats.projections_report()))
-    skipped = CounterMetricFamily(
-        "aiis_undecodable_events",
-        "Log entries this process's readers skipped (engine.core.tolerant), by reader and reason",
-        labels=["reader", "reason"],
-    )
-    for (reader, reason), n in sorted(tolerant.SKIPPED.items()):
-        skipped.add_metric([reader, reason], n)
-    fam.append(skipped)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Snapshot(fam))
     return registry

@@ -8,9 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
-import socket
 from collections.abc import Callable, Iterator
 
 import uvicorn
@@ -34,6 +34,7 @@ from gateway.errors import GatewayConfigError, ProtocolError
 from gateway.grpc import GrpcServer, GrpcSettings
 from gateway.guard import Guard, Policy, parse_origins
 from gateway.hub import Hub
+from gateway.processes import SharedMetrics, bind_socket
 from gateway.session import websocket_endpoint
 from gateway.settings import GatewaySettings
 from gateway.stats import Stats
@@ -138,6 +139,7 @@ class Gateway:
         self._server: _Server | None = None
         self._serving: asyncio.Task[None] | None = None
         self._stats_task: asyncio.Task[None] | None = None
+        self._snapshot_task: asyncio.Task[None] | None = None
 
     @property
     def url(self) -> str:
@@ -174,9 +176,13 @@ class Gateway:
             client.store.redis, self.settings.namespace, max_len=self.settings.audit_max_len
         )
         self._stats_task = asyncio.create_task(stats.push_forever(), name="gateway-stats")
-        sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((self.host, self.port))
+        if self.gw.metrics_dir is not None:
+            shared = SharedMetrics(self.gw.metrics_dir, self.gw.process_index or 0)
+            self.ctx.shared_metrics = shared
+            self._snapshot_task = asyncio.create_task(
+                shared.publish_forever(self.ctx), name="gateway-metrics"
+            )
+        sock = bind_socket(self.host, self.port, reuse_port=self.gw.reuse_port)
         self.port = sock.getsockname()[1]
         policy = Policy(parse_origins(self.gw.allowed_origins), auth.open, self.host, self.port)
         self.ctx.limits = SocketLimits(self.gw.max_sockets, self.gw.header_timeout_s)
@@ -220,10 +226,12 @@ class Gateway:
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             await self._serving
-        for task in (self._stats_task,):
+        for task in (self._stats_task, self._snapshot_task):
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if ctx.shared_metrics is not None:
+            ctx.shared_metrics.withdraw()
         await ctx.hub.stop()
         await ctx.client.aclose()
         self.ctx = None
@@ -253,21 +261,32 @@ async def run_gateway(
     gateway = Gateway(settings, gw, proj=proj)
     await gateway.start()
     assert gateway.ctx is not None
-    if gateway.ctx.auth.open:
+    if gateway.ctx.auth.open and not gw.process_index:  # once per group
         announce(
             "aiis gateway: OPEN MODE — no tokens configured (AIIS_GATEWAY_TOKENS); loopback "
             "only, every client is an operator that sees every tenant"
         )
-    announce(f"aiis gateway: dashboard {gateway.url}/  websocket {gateway.ws_url}")
+    who = "aiis gateway" if gw.process_index is None else f"aiis gateway[{gw.process_index}]"
+    if gw.process_index is not None:
+        announce(f"{who}: process {os.getpid()}")
+    else:
+        announce(f"{who}: dashboard {gateway.url}/  websocket {gateway.ws_url}")
     grpc_server = None
     if grpc_settings.enabled:
-        grpc_server = GrpcServer(settings, gateway.ctx.client, gateway.ctx.auth, grpc_settings)
+        grpc_server = GrpcServer(
+            settings,
+            gateway.ctx.client,
+            gateway.ctx.auth,
+            grpc_settings,
+            reuse_port=gw.reuse_port,
+        )
         try:
             await grpc_server.start()
         except BaseException:
             await gateway.stop()
             raise
-        announce(f"aiis gateway: grpc {grpc_server.target}")
+        if gw.process_index is None:
+            announce(f"{who}: grpc {grpc_server.target}")
     try:
         await stop.wait()
     finally:

@@ -64,5 +64,14 @@ class GatewaySettings(BaseSettings):
     sse_keepalive_s: float = Field(15.0, gt=0, le=3600)
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)
 
+    # processes behind the same HTTP and gRPC ports (SO_REUSEPORT: the kernel spreads new
+    # connections over them), each with its own log reader; see docs/gateway.md
+    processes: int = Field(1, ge=1, le=64)
+    # set by `aiis gateway --processes N` for each of its children, not by hand: bind with
+    # SO_REUSEPORT, the child's index, and where the children share /metrics snapshots
+    reuse_port: bool = False
+    process_index: int | None = Field(None, ge=0, le=63)
+    metrics_dir: Path | None = None
+
     # `aiis watch` (a client of the gateway): the token it presents
     client_token: str | None = None

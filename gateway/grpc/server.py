@@ -54,8 +54,12 @@ class GrpcServer:
         host: str | None = None,
         port: int | None = None,
         health_interval_s: float = 5.0,
+        reuse_port: bool = False,
     ) -> None:
+        """``reuse_port``: share the port with the other processes of ``aiis gateway
+        --processes N`` (SO_REUSEPORT); otherwise a port in use is an error."""
         self.settings = settings
+        self.reuse_port = reuse_port
         self.config = config
         self.host = host or self.config.host or settings.gateway_host
         self.port = self.config.port if port is None else port
@@ -110,7 +114,7 @@ class GrpcServer:
             options=[
                 ("grpc.max_receive_message_length", cfg.max_receive_message_bytes),
                 ("grpc.max_send_message_length", cfg.max_send_message_bytes),
-                ("grpc.so_reuseport", 0),  # a port in use is an error, not a shared port
+                ("grpc.so_reuseport", int(self.reuse_port)),
             ],
             maximum_concurrent_rpcs=cfg.max_concurrent_rpcs,
         )

@@ -1,0 +1,151 @@
+"""Unary gRPC ``SubmitTask`` against ``aiis gateway --processes 1`` and ``--processes 2``, side
+by side in one run (issue 18: two processes ≥ 1.6× one).
+
+    python bench/gateway_processes.py [--tasks 20000] [--concurrency 50] [--rounds 3]
+
+Starts an embedded redis-server, then for each process count a real ``aiis gateway
+--processes N`` (open mode on loopback, no workers: tasks only queue) and, per round, the
+unary calls of ``bench/grpc_submit.py`` from h2load (nghttp2's C load generator: the client
+costs little CPU; one connection per caller, which the kernel spreads over the processes) and
+from a Python grpc.aio client (one channel per caller). Prints the median rate per mode and
+process count, and the ratio of two processes to one. On a 2-core machine redis-server and the
+load generator share the cores with the gateways: the ratio shows what a second process buys
+there, not on a larger machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import functools
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from grpc_submit import (  # type: ignore[import-not-found]
+    MAX_DEPTH,
+    ROOT,
+    h2load,
+    h2load_body,
+    queued,
+    unary_py,
+    wait_serving,
+)
+
+from engine.client import Client
+from engine.runtime.embedded import EmbeddedRedis, free_port
+from engine.settings import Settings
+
+
+def start_gateway(
+    redis_url: str, namespace: str, port: int, processes: int
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "AIIS_REDIS_URL": redis_url,
+        "AIIS_NAMESPACE": namespace,
+        "AIIS_QUEUE_MAX_DEPTH": str(MAX_DEPTH),
+        "AIIS_GATEWAY_TOKENS": "",  # open mode: loopback only, every caller an operator
+        "AIIS_GATEWAY_PORT": "0",
+        "AIIS_GRPC_HOST": "127.0.0.1",
+        "AIIS_GRPC_PORT": str(port),
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("AIIS_GATEWAY_TOKENS_FILE", None)
+    argv = [sys.executable, "-m", "engine", "gateway", "--processes", str(processes)]
+    return subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+
+
+async def all_serving(target: str, proc: subprocess.Popen[bytes], processes: int) -> None:
+    """SERVING on the port (the first child up), then a grace for the other children: which
+    child answers a health check is not visible from outside."""
+    await wait_serving(target, proc)
+    await asyncio.sleep(1.0 + 0.5 * processes)
+
+
+async def run(args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:
+    n, conc = args.tasks, args.concurrency
+    has_h2load = shutil.which("h2load") is not None
+    rates: dict[str, dict[int, list[float]]] = {"unary/h2load": {}, "unary/py": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        body = h2load_body(Path(tmp))
+        redis = EmbeddedRedis(Path(tmp), appendonly=False)
+        redis.start()
+        try:
+            for processes in args.processes:
+                namespace = f"bp{uuid.uuid4().hex[:8]}"
+                port = free_port()
+                target = f"127.0.0.1:{port}"
+                gateway = start_gateway(redis.url, namespace, port, processes)
+                settings = Settings(namespace=namespace, redis_url=redis.url)
+                view = Client.from_url(redis.url, settings)
+                try:
+                    await all_serving(target, gateway, processes)
+                    modes: dict[str, Callable[[], Awaitable[None]]] = {
+                        "unary/py": functools.partial(unary_py, target, n, conc)
+                    }
+                    if has_h2load:
+                        modes["unary/h2load"] = functools.partial(
+                            h2load, target, "SubmitTask", n, conc, body
+                        )
+                    for _ in range(args.rounds):
+                        for mode, phase in modes.items():
+                            before = await queued(view)
+                            t0 = time.perf_counter()
+                            await phase()
+                            rate = n / (time.perf_counter() - t0)
+                            made = await queued(view) - before
+                            if made != n:
+                                raise SystemExit(f"{mode}: {made} tasks made, not {n}")
+                            rates[mode].setdefault(processes, []).append(rate)
+                finally:
+                    await view.aclose()
+                    gateway.send_signal(signal.SIGTERM)
+                    gateway.wait(timeout=60)
+        finally:
+            redis.stop()
+    if not has_h2load:
+        print("unary/h2load: skipped (h2load not installed: apt-get install nghttp2-client)")
+    return rates
+
+
+def report(args: argparse.Namespace, rates: dict[str, dict[int, list[float]]]) -> None:
+    print(
+        f"{args.tasks} unary SubmitTask calls, {args.concurrency} callers, median of "
+        f"{args.rounds} rounds, {os.cpu_count()} CPUs"
+    )
+    for mode, by_count in rates.items():
+        if not by_count:
+            continue
+        medians = {count: statistics.median(r) for count, r in by_count.items()}
+        cells = "  ".join(f"{c} process(es): {m:8,.0f} tasks/s" for c, m in medians.items())
+        ratio = ""
+        if 1 in medians and 2 in medians:
+            ratio = f"  2 vs 1: {medians[2] / medians[1]:.2f}x"
+        print(f"{mode:13s} {cells}{ratio}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--tasks", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--processes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2]
+    )
+    args = parser.parse_args()
+    report(args, asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
