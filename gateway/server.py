@@ -226,10 +226,13 @@ class Gateway:
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             await self._serving
-        for task in (self._stats_task, self._snapshot_task):
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        background = [t for t in (self._stats_task, self._snapshot_task) if t is not None]
+        for task in background:
+            task.cancel()
+        if background:
+            # bounded: a Redis call that swallowed the cancellation (redis/redis-py#2028) must
+            # not hold up the shutdown; closing the client below ends it
+            await asyncio.wait(background, timeout=1.0)
         if ctx.shared_metrics is not None:
             ctx.shared_metrics.withdraw()
         await ctx.hub.stop()

@@ -55,8 +55,11 @@ class _Watchdog:
             out = sys.stderr
             print(f"\n+++ watchdog: {what} still running; {len(tasks)} pending tasks +++", file=out)
             for task in tasks:
-                print(f"--- {task.get_name()} ---", file=out)
-                task.print_stack(limit=12, file=out)
+                print(f"--- {task!r}", file=out)
+                try:
+                    task.print_stack(limit=12, file=out)
+                except Exception as exc:  # a task running on another thread's loop, say
+                    print(f"    (no stack: {exc!r})", file=out)
             out.flush()
         finally:
             if capman is not None:

@@ -33,6 +33,7 @@ log = logging.getLogger("aiis.grpc")
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+PROBER_STOP_S = 1.0  # how long a stop waits for a cancelled health probe
 
 
 class GrpcServer:
@@ -158,13 +159,20 @@ class GrpcServer:
         open then end with UNAVAILABLE (clients resume with ``since``)."""
         if self._server is None:
             return
-        if self._prober is not None:
-            self._prober.cancel()
-            await asyncio.gather(self._prober, return_exceptions=True)
+        prober, self._prober = self._prober, None
+        if prober is not None:
+            # a probe stuck in a Redis call that swallowed the cancellation (redis-py can,
+            # redis/redis-py#2028) must not hold up the shutdown: closing the clients ends it
+            prober.cancel()
+            await asyncio.wait([prober], timeout=PROBER_STOP_S)
         await self.health.enter_graceful_shutdown()
         await self._server.stop(self.config.shutdown_grace_s)
         self._server = None
         await self._close_clients()
+        if prober is not None and not prober.done():
+            await asyncio.wait([prober], timeout=PROBER_STOP_S)
+            if not prober.done():
+                log.warning("grpc: the health probe did not stop; abandoned")
 
     async def _close_clients(self) -> None:
         if self._watch_client is not None:

@@ -141,3 +141,29 @@ def test_committed_generated_code_is_current(tmp_path: Path) -> None:
     assert sorted(p.name for p in committed.iterdir() if p.is_file()) == names
     _, mismatch, errors = filecmp.cmpfiles(tmp_path, committed, names, shallow=False)
     assert (mismatch, errors) == ([], []), "stale generated code: run scripts/gen-proto"
+
+
+async def test_stop_does_not_wait_for_a_probe_stuck_in_redis(
+    engine: Engine, make_server: MakeServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A health probe stuck in a Redis call that swallowed its cancellation (redis-py can,
+    redis/redis-py#2028) does not hold up the shutdown; it ends once the clients close."""
+    server = await make_server(engine.settings)
+    assert server._client is not None
+    released = asyncio.Event()
+    stuck = asyncio.Event()
+
+    async def ping_that_ignores_cancel() -> None:
+        stuck.set()
+        while not released.is_set():
+            try:
+                await released.wait()
+            except asyncio.CancelledError:
+                continue  # what a swallowed cancellation looks like from outside
+
+    monkeypatch.setattr(server._client, "ping", ping_that_ignores_cancel)
+    await stuck.wait()
+    async with asyncio.timeout(30):  # a hang guard, not a timing: stop used to never return
+        await server.stop()
+    released.set()
+    await asyncio.sleep(0)
