@@ -1,12 +1,15 @@
 """Engine throughput against the ceiling of a bare redis-py loop, in one run.
 
-    python bench/throughput.py [--tasks 20000] [--concurrency 512]
+    python bench/throughput.py [--tasks 20000] [--concurrency 512] [--tracing]
 
 Starts an embedded redis-server (AOF on, as `aiis serve` does), then measures:
   1. bare:    a producer process pipelining XADD, a consumer process doing XREADGROUP +
               pipelined XADD (result) + XACK — the minimum per task, no guarantees;
   2. engine:  this process submitting through `engine.Client`, one `aiis worker` process
               (echo provider); then the same with two worker processes.
+With ``--tracing``: also one worker beside an ``aiis ops`` process, with tracing off and then
+on (admission spans in this process, the task spans built by ops, both exported over OTLP/HTTP
+to a loopback sink), and the ratio of the two (issue 19: tracing costs <= 10 %).
 Prints tasks/s, Redis commands per task (INFO commandstats deltas), submit→terminal latency
 p50/p99 (from event timestamps), the workers' peak RSS, and the ratio to the bare ceiling.
 """
@@ -15,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.server
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from engine.client import Client
+from engine.operations import tracing
 from engine.runtime.embedded import EmbeddedRedis
 from engine.settings import Settings
 
@@ -126,6 +132,8 @@ async def run_engine(
     partitions: int = 1,
     cluster: bool = False,
     namespace: str | None = None,
+    ops: bool = False,
+    tracing: bool = False,
 ) -> dict[str, float]:
     """N tasks through `workers` worker processes; returns tasks/s, cmds/task, latency, RSS."""
     namespace = namespace or f"bench{workers}"
@@ -135,6 +143,7 @@ async def run_engine(
         queue_max_depth=10_000_000,
         partitions=partitions,
         redis_cluster=cluster,
+        tracing=tracing,
     )
     env = {
         **os.environ,
@@ -153,6 +162,15 @@ async def run_engine(
         )
         for _ in range(workers)
     ]
+    if ops:
+        traced = {"AIIS_TRACING": "1" if tracing else "0"}
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "engine", "ops"],
+                env={**env, **traced},
+                stderr=subprocess.DEVNULL,
+            )
+        )
     client = Client.from_url(url, settings)
     await client.store.prepare()
     await asyncio.sleep(1.5)  # let the workers connect
@@ -201,12 +219,36 @@ async def run_engine(
     }
 
 
+class _Sink(http.server.BaseHTTPRequestHandler):
+    """An OTLP/HTTP receiver that accepts and drops spans (counts the requests)."""
+
+    received = 0
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("content-length", 0)))
+        type(self).received += 1
+        self.send_response(200)
+        self.send_header("content-type", "application/x-protobuf")
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def otlp_sink() -> str:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tasks", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=512)
     parser.add_argument("--role", default="main")
     parser.add_argument("--url")
+    parser.add_argument("--tracing", action="store_true", help="also measure tracing's cost")
     args = parser.parse_args()
     if args.role == "bare-producer":
         return bare_producer(args.url, args.tasks)
@@ -221,6 +263,23 @@ def main() -> None:
             bare = run_bare(url, n)
             one = asyncio.run(run_engine(url, n, 1, args.concurrency))
             two = asyncio.run(run_engine(url, n, 2, args.concurrency))
+            traced: dict[str, dict[str, float]] = {}
+            if args.tracing:
+                os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp_sink()
+                for on in (False, True):
+                    if on:  # this process's admission spans (one SDK provider per process)
+                        tracing.configure(Settings(tracing=True), "bench")
+                    traced["on" if on else "off"] = asyncio.run(
+                        run_engine(
+                            url,
+                            n,
+                            1,
+                            args.concurrency,
+                            namespace=f"bench-ops-{int(on)}",
+                            ops=True,
+                            tracing=on,
+                        )
+                    )
         finally:
             server.stop()
     cores = os.cpu_count()
@@ -236,6 +295,17 @@ def main() -> None:
         print(
             f"{label:<22}{r['tasks_s']:>10.0f}{r['cmds']:>10.2f}{r['p50']:>10.0f}{r['p99']:>10.0f}"
             f"{r['rss']:>8.0f}MB{r['tasks_s'] / bare['tasks_s']:>10.2f}"
+        )
+    if traced:
+        for label, r in (("1 worker + ops", traced["off"]), ("  ... tracing on", traced["on"])):
+            print(
+                f"{label:<22}{r['tasks_s']:>10.0f}{r['cmds']:>10.2f}{r['p50']:>10.0f}"
+                f"{r['p99']:>10.0f}{r['rss']:>8.0f}MB{r['tasks_s'] / bare['tasks_s']:>10.2f}"
+            )
+        cost = 1 - traced["on"]["tasks_s"] / traced["off"]["tasks_s"]
+        print(
+            f"tracing on: {traced['on']['tasks_s'] / traced['off']['tasks_s']:.2f}x the rate with "
+            f"it off ({cost:+.1%} cost; goal <= 10 %); OTLP requests received: {_Sink.received}"
         )
     print(f"(engine submit rate alone: {one['submit_s']:.0f} tasks/s through engine.Client)")
 

@@ -18,6 +18,14 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AIIS_", extra="ignore", frozen=True)
 
     redis_url: str | None = None
+
+    # OpenTelemetry traces (engine/operations/tracing.py): on when AIIS_TRACING=1 or an OTLP
+    # endpoint is set; the exporter itself reads the standard OTEL_* variables
+    tracing: bool = False
+    otel_endpoint: str | None = Field(None, validation_alias="OTEL_EXPORTER_OTLP_ENDPOINT")
+    otel_traces_endpoint: str | None = Field(
+        None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
+    )
     redis_cluster: bool = False  # AIIS_REDIS_URL names a node of a Redis Cluster
     data_dir: Path = Path(".aiis")
     namespace: str = Field("aiis", pattern=r"^[A-Za-z0-9_.-]{1,32}$")

@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import HTTPConnection, Request
 from starlette.responses import Response
 
+from engine.core.task import TRACEPARENT
 from engine.errors import EngineError, InvalidTask, TaskNotFound
 from engine.operations.audit import Action
 from gateway.auth import Principal, hash_token, is_loopback, token_from
@@ -93,6 +94,11 @@ async def create_task(request: Request) -> Response:
     body = await _body(request, ctx.gw.max_body_bytes, ctx.gw.body_timeout_s)
     if not isinstance(body, dict):
         raise ProtocolError("bad_message", "the body is a task object")
+    traceparent = request.headers.get("traceparent")
+    if "traceparent" not in body and traceparent and TRACEPARENT.fullmatch(traceparent):
+        # W3C Trace Context: the task joins the caller's trace; an invalid header is ignored
+        # (a new trace starts), as the recommendation says, unlike an invalid body field
+        body["traceparent"] = traceparent
     task_id = await submit_task(ctx, who, body, "http")
     location = f"/v1/tasks/{task_id}"
     return json_response(

@@ -117,10 +117,12 @@ class Client:
         params: dict[str, Any] | None = None,
         deadline_s: float | None = None,
         callback_url: str | None = None,
+        traceparent: str | None = None,
     ) -> str:
         """Accept a task and return its id at once. Raises ``InvalidTask`` (and its kinds
         ``PiiBlocked``, ``TemplateError``, ``BadCallbackUrl``), ``BudgetExceeded`` or
-        ``QueueFull``. ``callback_url`` is the same as ``params["callback_url"]``."""
+        ``QueueFull``. ``callback_url`` is the same as ``params["callback_url"]``;
+        ``traceparent`` (W3C) makes the task's trace a part of the caller's."""
         raw: dict[str, Any] = {"kind": kind, "input": input, "priority": priority, "tenant": tenant}
         if idempotency_key is not None:
             raw["idempotency_key"] = idempotency_key
@@ -130,6 +132,8 @@ class Client:
             raw["params"] = params
         if deadline_s is not None:
             raw["deadline_s"] = deadline_s
+        if traceparent is not None:
+            raw["traceparent"] = traceparent
         await self.admission.ensure_loaded()
         return await self.submit_spec(validate_task(raw, self.admission.limits))
 
@@ -156,6 +160,7 @@ class Client:
             idempotency_key=spec.idempotency_key,
             deadline_ms=deadline_ms,
             retry_of=retry_of,
+            traceparent=spec.traceparent,
         )
         record = {
             "tenant": spec.tenant,
@@ -173,7 +178,8 @@ class Client:
             spec.priority,
             spec.idempotency_key or "",
             orjson.dumps(record).decode(),
-            requested.model_dump_json(),
+            # no trace: no field (every other task's event stays as it was)
+            requested.model_dump_json(exclude=None if spec.traceparent else {"traceparent"}),
             admitted.pii_mapping,
             str(self.admission.pii_ttl_s(deadline_ms)) if admitted.pii_mapping else "",
             admitted.callback_url,

@@ -108,6 +108,7 @@ class TaskRequestedData(_Strict):
     idempotency_key: str | None = None
     deadline_ms: int
     retry_of: str | None = None  # set by `aiis dlq retry`: the dead-lettered task it repeats
+    traceparent: str | None = None  # W3C trace context the task's spans join
 
 
 class TaskStartedData(_Strict):

@@ -5,10 +5,11 @@ anything is written.
 
 from __future__ import annotations
 
-from typing import Any, Literal, Protocol
+import re
+from typing import Annotated, Any, Literal, Protocol
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from engine.core.events import ChatMessageIn
 from engine.core.params import validate_params
@@ -16,6 +17,14 @@ from engine.errors import InvalidTask
 from engine.settings import Settings
 
 TENANT_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
+# W3C Trace Context `traceparent`, version 00 (all-zero trace and span ids are invalid)
+TRACEPARENT = re.compile(r"00-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-[0-9a-f]{2}")
+
+
+def _traceparent(value: str | None) -> str | None:
+    if value is not None and not TRACEPARENT.fullmatch(value):
+        raise ValueError("not a W3C traceparent (00-<32 hex trace id>-<16 hex span id>-<flags>)")
+    return value
 
 
 class SizeLimits(Protocol):
@@ -39,6 +48,8 @@ class TaskSpec(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     params: dict[str, Any] = Field(default_factory=dict)
     deadline_s: float | None = Field(None, gt=0, le=7 * 86400)
+    # the producer's trace: the task's spans join it (engine/operations/tracing.py)
+    traceparent: Annotated[str | None, AfterValidator(_traceparent)] = None
 
 
 def _field_of(err: Any) -> str:

@@ -59,6 +59,7 @@ from engine.operations.alerts import (
     Tick,
 )
 from engine.operations.deliveries import Deliveries, append_ops
+from engine.operations.tracing import TaskTracer
 from engine.settings import Settings
 
 log = logging.getLogger("aiis.ops")
@@ -96,8 +97,11 @@ class Ops:
         http: httpx.AsyncClient | None = None,
         resolve: Resolver = system_resolver,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        tracer: TaskTracer | None = None,
     ) -> None:
+        """``tracer``: each event also goes to it (OpenTelemetry traces, ``tracing.py``)."""
         s = self.settings = client.settings
+        self.tracer = tracer
         self.client = client
         self.redis = client.store.redis
         self.live = client.admission.live
@@ -189,6 +193,8 @@ class Ops:
                 tolerant.skipped("ops", _id(eid), exc)
                 continue
             self.stats["events"] += 1
+            if self.tracer is not None:
+                self.tracer.observe(env)
             etype, data, ts = env["type"], env["data"], env["ts"]
             if etype == "TaskProgress":
                 notice, detail = data.get("notice"), data.get("detail") or {}

@@ -15,6 +15,7 @@ import orjson
 
 from engine.admission.policy import CONFIG_NAMES
 from engine.errors import ConfigError, EngineError
+from engine.operations import tracing
 from engine.operations.audit import register_audit
 from engine.runtime import commands, serving
 from engine.runtime.supervisor import EXIT_CONFIG
@@ -169,6 +170,8 @@ def _only_broken_pipes(exc: BaseException) -> bool:
 
 def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings()
+    if args.command not in ("serve", "worker"):  # supervisors: each child traces for itself
+        tracing.configure(settings, f"aiis-{args.command}")
     if args.command == "serve":
         components = [c for c in COMPONENTS if c in _PLUGIN_OF or c in ENGINE_COMPONENTS]
         return serving.serve(settings, args.workers, args.concurrency, components)

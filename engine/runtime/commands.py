@@ -26,7 +26,9 @@ from engine.core.events import (
 )
 from engine.errors import ConfigError, EngineError
 from engine.operations import dlq as dead_letters
+from engine.operations import tracing
 from engine.operations.audit import Action, AuditLog, parse_since
+from engine.operations.tracing import TaskTracer
 from engine.runtime.connection import connect_for
 from engine.runtime.workers import redis_url
 from engine.settings import Settings
@@ -247,7 +249,7 @@ async def run_ops(settings: Settings, url: str) -> None:
 
     client = Client(connect_for(settings, url=url), settings)
     await client.adopt_deployment()
-    ops = Ops(client)
+    ops = Ops(client, tracer=TaskTracer(tracing.tracer()) if tracing.enabled(settings) else None)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -27,6 +27,7 @@ from engine.client import Client
 from engine.core.events import TERMINAL_CODES, Event
 from engine.core.keys import partition_of
 from engine.core.store import id_before
+from engine.core.task import TRACEPARENT
 from engine.errors import (
     BudgetExceeded,
     ConfigError,
@@ -224,7 +225,9 @@ class TaskService:
         async with Errors(context):
             try:
                 args = convert.submit_args(request)
-                task_id = await self.client.submit(tenant=tenant, **args)
+                task_id = await self.client.submit(
+                    tenant=tenant, traceparent=_traceparent(context), **args
+                )
             except EngineError as exc:
                 if not isinstance(exc, RedisUnavailable):
                     code = status_for(exc)[0].name
@@ -376,3 +379,11 @@ class TaskService:
         if word.code in TERMINAL_CODES and since is not None and end is not None and since >= end:
             return None  # resumed after the terminal event: the stream is complete
         return request.since
+
+
+def _traceparent(context: Context) -> str | None:
+    """The W3C ``traceparent`` metadata of the call (OpenTelemetry's gRPC propagation)."""
+    for key, value in context.invocation_metadata() or ():
+        if key == "traceparent" and isinstance(value, str) and TRACEPARENT.fullmatch(value):
+            return value  # an invalid one is ignored (W3C): the task starts a new trace
+    return None
