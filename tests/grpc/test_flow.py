@@ -6,6 +6,7 @@ import asyncio
 from typing import Any
 
 import grpc
+import orjson
 from google.protobuf import json_format
 
 from gateway.grpc.gen import tasks_pb2 as pb
@@ -197,3 +198,23 @@ async def test_stopping_the_server_ends_open_watches_with_unavailable(
         else:
             raise AssertionError("the watch ended without an error status")
     await engine.client.cancel(reply.task_id)  # the worker need not drain a 30 s call
+
+
+async def test_traceparent_metadata_is_carried_into_the_task(stub: Any, engine: Engine) -> None:
+    """A valid ``traceparent`` in the call's metadata reaches TaskRequested; an invalid one is
+    ignored (W3C: a new trace starts) and the submit still succeeds."""
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    carried = []
+    for value in (tp, "not-a-traceparent"):
+        reply = await stub.SubmitTask(text_task("t"), metadata=(*ACME, ("traceparent", value)))
+        got = await stub.GetTask(pb.GetTaskRequest(task_id=reply.task_id), metadata=ACME)
+        assert got.task_id == reply.task_id
+        store = engine.client.store
+        for p in range(engine.settings.partitions):
+            for _, fields in await store.entries(store.keys(p).log):
+                if (
+                    fields[b"task"].decode() == reply.task_id
+                    and fields[b"type"] == b"TaskRequested"
+                ):
+                    carried.append(orjson.loads(fields[b"data"]).get("traceparent"))
+    assert carried == [tp, None]
