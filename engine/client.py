@@ -10,8 +10,6 @@ import redis.asyncio as aioredis
 from engine.admission.steps import Admission
 from engine.core import client as core
 from engine.core.client import TaskView
-from engine.core.task import TaskSpec
-from engine.operations import tracing
 from engine.runtime.connection import connect_for
 from engine.settings import Settings
 
@@ -25,24 +23,6 @@ class Client(core.Client):
 
     def __init__(self, redis: aioredis.Redis, settings: Settings) -> None:
         super().__init__(redis, settings, Admission(redis, settings))
-        self._tracing = tracing.enabled(settings)
-
-    async def submit_spec(self, spec: TaskSpec, *, retry_of: str | None = None) -> str:
-        """``core.Client.submit_spec`` inside an ``aiis.admission`` span when tracing is on
-        (engine/operations/tracing.py): the task then carries that span's trace context."""
-        if not self._tracing:
-            return await super().submit_spec(spec, retry_of=retry_of)
-        attributes = {
-            "aiis.tenant": spec.tenant,
-            "aiis.task.kind": spec.kind,
-            "aiis.task.priority": spec.priority,
-        }
-        with tracing.admission_span(spec.traceparent, attributes) as (span, traceparent):
-            if traceparent != spec.traceparent:
-                spec = spec.model_copy(update={"traceparent": traceparent})
-            task_id = await super().submit_spec(spec, retry_of=retry_of)
-            span.set_attribute("aiis.task.id", task_id)
-            return task_id
 
     @classmethod
     def from_url(cls, url: str, settings: Settings | None = None) -> Client:

@@ -26,6 +26,11 @@ class Settings(BaseSettings):
     otel_traces_endpoint: str | None = Field(
         None, validation_alias="OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"
     )
+
+    @property
+    def tracing_on(self) -> bool:
+        return bool(self.tracing or self.otel_endpoint or self.otel_traces_endpoint)
+
     redis_cluster: bool = False  # AIIS_REDIS_URL names a node of a Redis Cluster
     data_dir: Path = Path(".aiis")
     namespace: str = Field("aiis", pattern=r"^[A-Za-z0-9_.-]{1,32}$")

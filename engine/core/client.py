@@ -25,6 +25,7 @@ from engine.core.blobs import Offloader, ResultRef
 from engine.core.events import (
     TERMINAL_CODES,
     TERMINAL_EVENTS,
+    TRACING_FIELDS,
     Event,
     Status,
     TaskRequestedData,
@@ -90,6 +91,7 @@ class Client:
         self._pending: dict[int, list[_Pending]] = {}
         self._flushers: dict[int, asyncio.Task[None]] = {}
         self._checked: asyncio.Future[None] | None = None
+        self._tracing = settings.tracing_on  # stamp submit_us (engine/operations/tracing.py)
 
     async def aclose(self) -> None:
         for task in list(self._flushers.values()):
@@ -140,6 +142,7 @@ class Client:
     async def submit_spec(self, spec: TaskSpec, *, retry_of: str | None = None) -> str:
         """Submit a validated task (see ``submit``, and ``engine.core.ports.Admission`` for what
         happens to it first)."""
+        began_us = time.time_ns() // 1000 if self._tracing else None
         admitted = await self.admission.admit(spec, resubmit=retry_of is not None)
         spec = admitted.spec
         await self._deployment()
@@ -161,6 +164,7 @@ class Client:
             deadline_ms=deadline_ms,
             retry_of=retry_of,
             traceparent=spec.traceparent,
+            submit_us=began_us,
         )
         record = {
             "tenant": spec.tenant,
@@ -178,8 +182,10 @@ class Client:
             spec.priority,
             spec.idempotency_key or "",
             orjson.dumps(record).decode(),
-            # no trace: no field (every other task's event stays as it was)
-            requested.model_dump_json(exclude=None if spec.traceparent else {"traceparent"}),
+            # tracing's fields only when set: every other task's event stays as it was
+            requested.model_dump_json(
+                exclude={k for k in TRACING_FIELDS if getattr(requested, k) is None}
+            ),
             admitted.pii_mapping,
             str(self.admission.pii_ttl_s(deadline_ms)) if admitted.pii_mapping else "",
             admitted.callback_url,

@@ -100,6 +100,10 @@ class ResultInfo(_Strict):
 # --- data of each event type -------------------------------------------------------------
 
 
+# TaskRequestedData fields written only when set (tracing), so untraced events keep their bytes
+TRACING_FIELDS = ("traceparent", "submit_us")
+
+
 class TaskRequestedData(_Strict):
     kind: Literal["text", "chat", "image"]
     input: str | list[ChatMessageIn]
@@ -109,6 +113,8 @@ class TaskRequestedData(_Strict):
     deadline_ms: int
     retry_of: str | None = None  # set by `aiis dlq retry`: the dead-lettered task it repeats
     traceparent: str | None = None  # W3C trace context the task's spans join
+    # with tracing on: when the submit began (epoch µs), so the admission span has a start
+    submit_us: int | None = None
 
 
 class TaskStartedData(_Strict):

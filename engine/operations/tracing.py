@@ -4,18 +4,18 @@ Off unless ``AIIS_TRACING=1`` or ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or its ``_TRAC
 set; then ``configure`` installs the SDK with the OTLP/HTTP exporter, which reads the standard
 ``OTEL_*`` variables (endpoint, headers, service name, resource attributes, sampler).
 
-Two places make spans:
+The spans are built by ``aiis ops`` from the event log (``TaskTracer``): the events carry
+their times, the router's ``attempt`` notices each provider call's outcome, model and latency,
+and ``TaskRequested`` the caller's ``traceparent`` and when the submit began (``submit_us``,
+stamped by ``engine.Client`` when tracing is on). So neither the submitting process nor the
+worker makes a span or loads the SDK for it — tracing costs the hot path one clock read and
+two fields — and the sampler (``OTEL_TRACES_SAMPLER``, parent-based: a caller's unsampled
+trace stays unsampled) decides once per task, at its first event. When the terminal event
+arrives the task's spans are emitted with their real start and end times:
 
-- **Admission**, live, where a task is submitted (``engine.Client.submit_spec``: the gateway,
-  the CLI, any Python producer): span ``aiis.admission``, a child of the caller's
-  ``traceparent``. The task's ``TaskRequested`` then carries this span's context, so what
-  follows joins the same trace under it.
-- **Everything after**, from the event log, in ``aiis ops`` (``TaskTracer``): the events carry
-  their times, and the router's ``attempt`` notices carry each provider call's outcome and
-  latency — so the worker's hot path makes no span and pays nothing for tracing. When a
-  task's terminal event arrives its spans are emitted with their real start and end times:
-
-  ``aiis.task`` (TaskRequested → terminal event)
+  ``aiis.task`` (submit → terminal event), a child of the caller's span
+  ├─ ``aiis.admission`` (submit → TaskRequested in the log: validation, sanitising, PII,
+  │  templates, budgets, the write)
   ├─ ``aiis.queued`` (requested / due again → TaskStarted), one per attempt
   ├─ ``aiis.attempt`` (TaskStarted → the event that ended it), one per attempt
   │  ├─ ``chat <model>`` / ``generate_content <model>``: each provider call (GenAI
@@ -30,10 +30,9 @@ an error message (providers echo prompts in them) or a key.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,7 +53,7 @@ GEN_AI_SYSTEM = {"gemini": "gcp.gemini", "openai": "openai", "claude": "anthropi
 
 
 def enabled(settings: Settings) -> bool:
-    return bool(settings.tracing or settings.otel_endpoint or settings.otel_traces_endpoint)
+    return settings.tracing_on
 
 
 def configure(settings: Settings, service: str) -> Any:
@@ -80,33 +79,11 @@ def tracer() -> Tracer:
     return trace.get_tracer(INSTRUMENTATION)
 
 
-def traceparent_of(span: Span) -> str | None:
-    ctx = span.get_span_context()
-    if not ctx.is_valid:
-        return None
-    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
-
-
 def parent_context(traceparent: str | None) -> Any:
     """The context a span joins: the given W3C trace, or a new trace (``None``)."""
     if not traceparent:
         return None
     return _PROPAGATOR.extract({"traceparent": traceparent})
-
-
-@contextlib.contextmanager
-def admission_span(
-    traceparent: str | None, attributes: Mapping[str, Any]
-) -> Iterator[tuple[Span, str | None]]:
-    """``aiis.admission`` under ``traceparent``; yields the span and the traceparent the task
-    should carry (this span's, or the caller's when no SDK is installed)."""
-    with tracer().start_as_current_span(
-        "aiis.admission",
-        context=parent_context(traceparent),
-        kind=SpanKind.PRODUCER,
-        attributes=dict(attributes),
-    ) as span:
-        yield span, traceparent_of(span) or traceparent
 
 
 def _ns(ms: float) -> int:
@@ -138,43 +115,64 @@ class TaskTracer:
     def __init__(self, tracer: Tracer, max_open: int = MAX_OPEN_TASKS) -> None:
         self.tracer = tracer
         self.max_open = max_open
-        self._open: OrderedDict[str, list[Mapping[str, Any]]] = OrderedDict()
-        self.stats = {"traces": 0, "dropped": 0}
+        # task id -> its root span (started at its first event) and its events so far; a task
+        # the sampler dropped keeps no events (``None``): it costs one lookup per event
+        self._open: OrderedDict[str, tuple[Span, list[Mapping[str, Any]] | None]] = OrderedDict()
+        self.stats = {"traces": 0, "dropped": 0, "unsampled": 0}
 
     def observe(self, env: Mapping[str, Any]) -> None:
         task_id = env["task_id"]
-        events = self._open.get(task_id)
-        if events is None:
+        entry = self._open.get(task_id)
+        if entry is None:
             if len(self._open) >= self.max_open:
-                self._open.popitem(last=False)
+                self._open.popitem(last=False)  # its root is never ended: never exported
                 self.stats["dropped"] += 1
-            events = self._open[task_id] = []
-        events.append(env)
-        if env["type"] in TERMINAL_EVENTS:
-            del self._open[task_id]
-            try:
-                self._emit(events)
-            except Exception:  # a trace is never worth stopping the ops reader for
-                log.exception("tracing: task %s: could not build its spans", task_id)
+            entry = self._open[task_id] = self._start(env)
+        root, events = entry
+        if events is not None:
+            events.append(env)
+        if env["type"] not in TERMINAL_EVENTS:
+            return
+        del self._open[task_id]
+        if events is None:
+            self.stats["unsampled"] += 1
+            return
+        try:
+            self._emit(root, events)
+        except Exception:  # a trace is never worth stopping the ops reader for
+            log.exception("tracing: task %s: could not build its spans", task_id)
 
-    def _emit(self, events: list[Mapping[str, Any]]) -> None:
-        first, last = events[0], events[-1]
+    def _start(self, first: Mapping[str, Any]) -> tuple[Span, list[Mapping[str, Any]] | None]:
+        """The task's root span, under the trace its TaskRequested carries; the sampler (the
+        SDK's, honouring that trace's sampled flag) decides here whether it is recorded."""
         data = first["data"] if first["type"] == "TaskRequested" else {}
-        kind = str(data.get("kind", "text"))
+        began = data.get("submit_us")
         root = self.tracer.start_span(
             "aiis.task",
             context=parent_context(data.get("traceparent")),
             kind=SpanKind.CONSUMER,
-            start_time=_ns(first["ts"]),
+            start_time=int(began) * 1000 if isinstance(began, int) else _ns(first["ts"]),
             attributes={
                 "aiis.task.id": first["task_id"],
                 "aiis.tenant": first.get("tenant", ""),
-                "aiis.task.kind": kind,
+                "aiis.task.kind": str(data.get("kind", "text")),
                 "aiis.task.priority": str(data.get("priority", "")),
-                "aiis.task.outcome": last["type"],
             },
         )
+        return root, [] if root.is_recording() else None
+
+    def _emit(self, root: Span, events: list[Mapping[str, Any]]) -> None:
+        first, last = events[0], events[-1]
+        data = first["data"] if first["type"] == "TaskRequested" else {}
+        kind = str(data.get("kind", "text"))
+        root.set_attribute("aiis.task.outcome", last["type"])
         under = trace.set_span_in_context(root)
+        began = data.get("submit_us")
+        if isinstance(began, int) and first["type"] == "TaskRequested":
+            admission = self.tracer.start_span(
+                "aiis.admission", context=under, start_time=began * 1000
+            )
+            admission.end(end_time=max(began * 1000, _ns(first["ts"])))
         waiting_since = first["ts"]
         attempt: _Attempt | None = None
         for env in events[1:]:

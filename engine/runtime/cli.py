@@ -170,8 +170,8 @@ def _only_broken_pipes(exc: BaseException) -> bool:
 
 def _dispatch(args: argparse.Namespace) -> int:
     settings = _settings()
-    if args.command not in ("serve", "worker"):  # supervisors: each child traces for itself
-        tracing.configure(settings, f"aiis-{args.command}")
+    if args.command == "ops":  # the one process that makes spans (engine/operations/tracing.py)
+        tracing.configure(settings, "aiis-ops")
     if args.command == "serve":
         components = [c for c in COMPONENTS if c in _PLUGIN_OF or c in ENGINE_COMPONENTS]
         return serving.serve(settings, args.workers, args.concurrency, components)

@@ -71,9 +71,9 @@ def _named(name: str) -> list[ReadableSpan]:
 async def test_one_trace_per_task_joined_to_the_producer_with_fallback_and_retry(
     topology: Topology,
 ) -> None:
-    """Each task: admission and the task's spans in the producer's trace; the fallback shows
-    as a failed Gemini call and an OK OpenAI call with tokens; the retry as ``aiis.retry``;
-    no prompt text in any exported span."""
+    """Each task: its spans under the producer's span, admission from the submit's start; the
+    fallback shows as a failed Gemini call and an OK OpenAI call with tokens; the retry as
+    ``aiis.retry``; no prompt text in any exported span."""
     settings = topology.settings(tracing=True)
     client = Client.from_url(settings.redis_url or "", settings)
     await client.store.prepare()
@@ -104,12 +104,14 @@ async def test_one_trace_per_task_joined_to_the_producer_with_fallback_and_retry
     spans = EXPORTER.get_finished_spans()
     for task_id, (_, trace_id, span_id) in zip(ids, producers, strict=True):
         mine = [s for s in spans if s.context.trace_id == trace_id]
-        (admission,) = [s for s in mine if s.name == "aiis.admission"]
-        assert admission.parent is not None and admission.parent.span_id == span_id
-        assert admission.attributes["aiis.task.id"] == task_id
         (task,) = [s for s in mine if s.name == "aiis.task"]
-        assert task.parent is not None and task.parent.span_id == admission.context.span_id
+        assert task.parent is not None and task.parent.span_id == span_id
+        assert task.attributes["aiis.task.id"] == task_id
         assert task.attributes["aiis.task.outcome"] == "TaskSucceeded"
+        (admission,) = [s for s in mine if s.name == "aiis.admission"]
+        assert admission.parent is not None and admission.parent.span_id == task.context.span_id
+        # the log's times are in ms: admission may round to an instant
+        assert task.start_time == admission.start_time <= admission.end_time <= task.end_time
         assert {s.name for s in mine} >= {"aiis.queued", "aiis.attempt", "aiis.commit"}
         calls = [s for s in mine if s.attributes and "gen_ai.system" in s.attributes]
         gemini = [c for c in calls if c.attributes["gen_ai.system"] == "gcp.gemini"]
@@ -135,7 +137,7 @@ async def test_one_trace_per_task_joined_to_the_producer_with_fallback_and_retry
 async def test_a_task_without_a_producer_trace_gets_its_own_and_ops_without_sdk_is_silent(
     topology: Topology,
 ) -> None:
-    """No ``traceparent``: admission starts the trace and the task's spans join it."""
+    """No ``traceparent``: the task's spans make a trace of their own."""
     settings = topology.settings(tracing=True)
     client = Client.from_url(settings.redis_url or "", settings)
     await client.store.prepare()
@@ -153,8 +155,8 @@ async def test_a_task_without_a_producer_trace_gets_its_own_and_ops_without_sdk_
         await client.aclose()
     (admission,) = _named("aiis.admission")
     (task,) = _named("aiis.task")
-    assert admission.parent is None
-    assert task.context.trace_id == admission.context.trace_id
+    assert task.parent is None
+    assert admission.context.trace_id == task.context.trace_id
 
 
 async def test_traceparent_is_validated_and_carried_by_the_gateway(topology: Topology) -> None:
@@ -201,3 +203,33 @@ async def test_traceparent_is_validated_and_carried_by_the_gateway(topology: Top
         assert list(carried.values()) == [tp, None, tp2]
     finally:
         await client.aclose()
+
+
+async def test_a_trace_the_producer_did_not_sample_makes_no_span(topology: Topology) -> None:
+    """A ``traceparent`` whose sampled flag is off: no span of the task is recorded (the SDK's
+    parent-based sampler decides at its first event) and ops keeps none of its events."""
+    settings = topology.settings(tracing=True)
+    client = Client.from_url(settings.redis_url or "", settings)
+    await client.store.prepare()
+    worker = new_worker(client.store, ScriptedProvider(), concurrency=2)
+    run = asyncio.create_task(worker.run())
+    tracer = TaskTracer(trace.get_tracer("aiis"))
+    ops = Ops(client, tracer=tracer)
+    tp, trace_id, _ = _producer_span()
+    try:
+        await ops.load()
+        unsampled = await client.submit("quiet", traceparent=tp[:-2] + "00")
+        sampled = await client.submit("loud")
+        await _drain_ops(ops, [sampled])
+        async with asyncio.timeout(30):
+            while tracer.stats["unsampled"] < 1:
+                await ops.step(block_ms=50)
+    finally:
+        worker.stop()
+        await run
+        await ops.aclose()
+        await client.aclose()
+    spans = EXPORTER.get_finished_spans()
+    assert not [s for s in spans if s.context.trace_id == trace_id]
+    assert unsampled not in {s.attributes.get("aiis.task.id") for s in spans}
+    assert tracer.stats["traces"] == 1
