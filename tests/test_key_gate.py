@@ -220,11 +220,6 @@ def _lua_offenders() -> list[str]:
     return found
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 16 item 2 (branch lua) makes every script take its keys from Python; "
-    "drop this marker when it lands (strict: an XPASS fails)",
-)
 def test_no_lua_script_derives_a_key() -> None:
     """No Lua script builds a key name from another; keys come from the Python key builders."""
     assert _lua_offenders() == []

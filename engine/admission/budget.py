@@ -26,6 +26,12 @@ from functools import cache
 
 import redis.asyncio as aioredis
 
+from engine.admission.script_args import (
+    build_budget_reserve,
+    build_budget_settle,
+    parse_budget_reserve,
+    parse_budget_settle,
+)
 from engine.core.keys import budget_keys
 from engine.core.scripts import lua_source
 from engine.core.store import translate_errors
@@ -139,21 +145,31 @@ class Budgets:
         if budget is None:
             return
         day = day or day_of()
-        holds, *_ = budget_keys(self.namespace, tenant, day)
-        micro = max(0, round(estimate_usd * MICRO))
-        args: list[str | int] = [round(budget * MICRO), micro, task_id, day, KEY_TTL_S]
+        holds, spent, _, held = budget_keys(self.namespace, tenant, day)
+        keys, args = build_budget_reserve(
+            (holds, spent, held),
+            round(budget * MICRO),
+            max(0, round(estimate_usd * MICRO)),
+            task_id,
+            KEY_TTL_S,
+        )
         with translate_errors():
-            ok, spent, held = await self._reserve(keys=[holds], args=args)
-        if not int(ok):
+            reply = parse_budget_reserve(await self._reserve(keys=keys, args=args))
+        if not reply.ok:
             raise BudgetExceeded(
-                tenant, int(spent) / MICRO, budget, _resets_at(day), int(held) / MICRO
+                tenant,
+                reply.spent_micro / MICRO,
+                budget,
+                _resets_at(day),
+                reply.held_micro / MICRO,
             )
 
     async def release(self, tenant: str, task_id: str) -> None:
         """Give back ``task_id``'s reservation without charging anything (it was not queued)."""
-        holds, *_ = budget_keys(self.namespace, tenant, day_of())
+        holds, spent, seen, _ = budget_keys(self.namespace, tenant, day_of())
+        keys, args = build_budget_settle((holds, spent, seen), task_id, 0, KEY_TTL_S, charge=False)
         with translate_errors():
-            await self._settle(keys=[holds], args=[task_id, day_of(), 0, KEY_TTL_S, "0"])
+            await self._settle(keys=keys, args=args)
 
     async def settle(
         self, tenant: str, task_id: str, usd: float | None, day: str | None = None
@@ -164,11 +180,14 @@ class Budgets:
         if usd is not None and (not math.isfinite(usd) or usd < 0):
             raise ValueError("spend must be a finite amount >= 0")
         day = day or day_of()
-        holds, *_ = budget_keys(self.namespace, tenant, day)
+        holds, spent, seen, _ = budget_keys(self.namespace, tenant, day)
         micro = -1 if usd is None else round(usd * MICRO)
+        keys, args = build_budget_settle(
+            (holds, spent, seen), task_id, micro, KEY_TTL_S, charge=True
+        )
         with translate_errors():
-            _, total = await self._settle(keys=[holds], args=[task_id, day, micro, KEY_TTL_S, "1"])
-        return int(total) / MICRO
+            reply = parse_budget_settle(await self._settle(keys=keys, args=args))
+        return reply.spent_micro / MICRO
 
     async def add_spend(
         self, tenant: str, usd: float, day: str | None = None, event_id: str | None = None

@@ -27,6 +27,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from engine.admission.script_args import build_cache_get, build_cache_put, parse_cache_put
 from engine.core.keys import cache_keys
 from engine.core.scripts import lua_source
 from engine.core.store import translate_errors
@@ -129,7 +130,8 @@ class ResultCache:
     async def get(self, key: str) -> CachedResult | None:
         entry, index = self._keys(key)
         with translate_errors():
-            raw = await self._get(keys=[entry, index], args=[key, int(time.time() * 1000)])
+            keys, args = build_cache_get(entry, index, int(time.time() * 1000))
+            raw = await self._get(keys=keys, args=args)
         if raw is None:
             return None
         d = orjson.loads(raw)
@@ -161,8 +163,6 @@ class ResultCache:
         )
         entry, index = self._keys(key)
         now = int(time.time() * 1000)
+        keys, args = build_cache_put(entry, index, value, self.ttl_ms, now, self.per_shard)
         with translate_errors():
-            evicted = await self._put(
-                keys=[entry, index], args=[key, value, self.ttl_ms, now, self.per_shard]
-            )
-        return max(0, int(evicted))
+            return parse_cache_put(await self._put(keys=keys, args=args))

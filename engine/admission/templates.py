@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from engine.admission.script_args import build_template_register, parse_template_register
 from engine.core.keys import template_key
 from engine.core.scripts import lua_source
 from engine.core.store import translate_errors
@@ -87,8 +88,9 @@ class TemplateStore:
         """Store ``body`` as the next version of ``name``; returns that version."""
         parse(name, 1, body)
         with translate_errors():
-            version = await self._register(keys=[template_key(self.namespace, name)], args=[body])
-        return int(version)
+            keys, args = build_template_register(template_key(self.namespace, name), body)
+            version = parse_template_register(await self._register(keys=keys, args=args))
+        return version
 
     async def get(self, name: str, version: int | None = None) -> Template:
         """A version of a template (the latest when ``version`` is None)."""

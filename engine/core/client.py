@@ -31,7 +31,7 @@ from engine.core.events import (
     TaskRequestedData,
     TaskSucceeded,
 )
-from engine.core.keys import new_task_id, partition_for_key, partition_of
+from engine.core.keys import new_task_id, partition_for_key, partition_of, vault_key
 from engine.core.ports import Admission
 from engine.core.script_args import SubmitItem
 from engine.core.store import StateWord, Store, id_before, translate_errors
@@ -187,6 +187,7 @@ class Client:
                 exclude={k for k in TRACING_FIELDS if getattr(requested, k) is None}
             ),
             admitted.pii_mapping,
+            vault_key(self.store.keys(partition).tag, task_id) if admitted.pii_mapping else "",
             str(self.admission.pii_ttl_s(deadline_ms)) if admitted.pii_mapping else "",
             admitted.callback_url,
         )

@@ -102,7 +102,7 @@ class PartitionKeys:
     def kept(self) -> str:
         """Hash task id -> the task's events kept once its part of the log was archived and
         trimmed (JSON ``[[id, [field, value, …]], …]``, log ids), until the janitor forgets the
-        task (history.lua and janitor.lua build the same name from the tag)."""
+        task (``script_keys``' last: history.lua and janitor.lua read it)."""
         return f"{self.tag}:kept"
 
     @property
@@ -119,6 +119,7 @@ class PartitionKeys:
             self.dlq,
             self.done,
             self.callbacks,
+            self.kept,
         ]
 
 

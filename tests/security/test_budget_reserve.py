@@ -117,3 +117,19 @@ async def test_settle_is_exactly_once_and_unknown_cost_charges_the_reservation(
     assert await budgets.settle("t", "task-a", 0.0001) == pytest.approx(0.0001)
     assert await budgets.settle("t", "task-b", None) == pytest.approx(0.0031)
     assert await budgets.held("t") == 0
+
+
+async def test_a_reservation_settled_on_a_later_day_is_given_back_to_its_own_day(
+    make_client: Callable[..., Client],
+) -> None:
+    """The hold records the name of its day's counter (built in Python, not by the script):
+    a task reserved before midnight and settled after gives back what it held that day and is
+    charged to the day it finished."""
+    client = make_client(budgets='{"tenants": {"t": 1.0}}')
+    budgets = client.admission.budgets
+    await budgets.reserve("t", "task-late", 0.004, day="20261205")
+    assert await budgets.held("t", "20261205") == pytest.approx(0.004)
+    assert await budgets.settle("t", "task-late", 0.001, day="20261206") == pytest.approx(0.001)
+    assert await budgets.held("t", "20261205") == 0
+    assert await budgets.held("t", "20261206") == 0
+    assert await budgets.spent("t", "20261205") == 0

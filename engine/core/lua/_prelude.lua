@@ -1,6 +1,7 @@
 -- Shared prelude, prepended to every engine script.
 -- KEYS (engine/keys.py PartitionKeys.script_keys): log, q:high, q:normal, q:low, delayed,
---   state, task, idem, dlq, done, cb (task id -> callback URL).
+--   state, task, idem, dlq, done, cb (task id -> callback URL), kept (task id -> its events
+--   kept once its part of the log was archived). Every key is built in Python.
 -- ARGV[1..4] (every script): now_ms, consumer, max_deliveries, dlq_maxlen; then script args.
 --
 -- State word (hash `state`, field = task id): code|attempt|tenant|priority|ref|requested_id
@@ -9,10 +10,8 @@
 --   ref: the queue entry id the task owns (Q, R), the terminal event id (S F X C), '' (D).
 if redis.replicate_commands then pcall(redis.replicate_commands) end
 
-local K_LOG, K_DELAYED, K_STATE, K_TASK, K_IDEM, K_DLQ, K_DONE, K_CB =
-  KEYS[1], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11]
--- '<ns>:{pN}': per-task keys built from it share the partition's hash tag (one slot)
-local K_TAG = string.sub(K_LOG, 1, -5)
+local K_LOG, K_DELAYED, K_STATE, K_TASK, K_IDEM, K_DLQ, K_DONE, K_CB, K_KEPT =
+  KEYS[1], KEYS[5], KEYS[6], KEYS[7], KEYS[8], KEYS[9], KEYS[10], KEYS[11], KEYS[12]
 local QUEUE = {high = KEYS[2], normal = KEYS[3], low = KEYS[4]}
 local GROUP = 'workers'
 local NOW = ARGV[1]

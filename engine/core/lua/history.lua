@@ -1,5 +1,5 @@
 -- A task's events after a position, in one atomic (read-only) step: first those kept beside
--- the task when its part of the log was archived and trimmed (hash `<tag>:kept`, field = task
+-- the task when its part of the log was archived and trimmed (hash K_KEPT, field = task
 -- id, JSON [[id, [field, value, …]], …] in log order, PartitionKeys.kept), then the log after
 -- them. One step, so an archive that keeps and trims meanwhile can neither hide nor reorder.
 -- ARGV[5] = task id, ARGV[6] = after (exclusive), ARGV[7] = count.
@@ -11,7 +11,7 @@ local function parts(id)
 end
 local am, as = parts(after)
 local out = {}
-local blob = redis.call('HGET', K_TAG .. ':kept', ARGV[5])
+local blob = redis.call('HGET', K_KEPT, ARGV[5])
 if blob then
   for _, e in ipairs(cjson.decode(blob)) do
     local m, s = parts(e[1])

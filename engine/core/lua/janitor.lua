@@ -28,7 +28,7 @@ end
 redis.call('HDEL', K_STATE, unpack(old))
 redis.call('HDEL', K_TASK, unpack(old))
 redis.call('HDEL', K_CB, unpack(old))  -- callbacks `aiis ops` never delivered
-redis.call('HDEL', K_TAG .. ':kept', unpack(old))
+redis.call('HDEL', K_KEPT, unpack(old))
 if #idem > 0 then redis.call('HDEL', K_IDEM, unpack(idem)) end
 redis.call('ZREM', K_DONE, unpack(old))
 return #old
