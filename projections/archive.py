@@ -36,6 +36,7 @@ from projections import ids
 from projections.errors import ArchiveError
 from projections.keep import Keeper
 from projections.keys import ShardKeys, archive_key, archive_lock_key, log_key
+from projections.script_args import build_archive_record, parse_count
 
 LOCK_MS = 300_000
 READ_PAGE = 5000
@@ -289,13 +290,14 @@ async def _archive(
     report: PartitionReport,
 ) -> None:
     record = redis.register_script(_RECORD_AND_TRIM)
-    keys = [archive_key(namespace, partition), log_key(namespace, partition)]
+    archive, log = archive_key(namespace, partition), log_key(namespace, partition)
     await check_coverage(redis, namespace, partition, root)
     segments = list_segments(root, namespace, partition)
     done = segments[-1].last if segments else ids.ZERO
     with translate_errors():
         # finish a trim a crash interrupted (segment renamed, stream not yet trimmed)
-        report.trimmed += int(await record(keys=keys, args=[done, 0, 0, ids.after(done)]))
+        keys, argv = build_archive_record(archive, log, done, 0, 0, ids.after(done))
+        report.trimmed += parse_count(await record(keys=keys, args=argv))
     low, holder = await _lowest_checkpoint(redis, namespace, partition, names)
     age_limit = (now_ms if now_ms is not None else int(time.time() * 1000)) - min_age_ms
     limit = min(ids.parse(low), (age_limit - 1, ids.MAX_SEQ))
@@ -305,7 +307,7 @@ async def _archive(
         writer = SegmentWriter(folder)
         try:
             await _fill(
-                redis, keys[1], done, limit, max_events=segment_events, writer=writer, keep=keeper
+                redis, log, done, limit, max_events=segment_events, writer=writer, keep=keeper
             )
         except BaseException:
             writer.abort()
@@ -316,13 +318,13 @@ async def _archive(
         seg = writer.commit()
         done = seg.last
         with translate_errors():
-            trimmed = await record(keys=keys, args=[done, seg.count, 1, ids.after(done)])
-        report.trimmed += int(trimmed)
+            keys, argv = build_archive_record(archive, log, done, seg.count, 1, ids.after(done))
+            report.trimmed += parse_count(await record(keys=keys, args=argv))
         report.archived += seg.count
         report.segments += 1
     report.archived_to = done
     report.kept = keeper.kept
-    if await ids.xrange(redis, keys[1], f"({done}", count=1):  # something was held back
+    if await ids.xrange(redis, log, f"({done}", count=1):  # something was held back
         report.held_by = holder if ids.parse(low) <= limit else MIN_AGE
 
 

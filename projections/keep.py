@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from engine.core.keys import PartitionKeys
 from engine.core.scripts import lua_source
 from engine.core.store import translate_errors
+from projections.script_args import build_keep, parse_count
 
 _KEEP = lua_source("keep", package="projections")
 
@@ -30,16 +31,9 @@ class Keeper:
         self.kept = 0  # entries kept so far
 
     async def __call__(self, page: Sequence[tuple[str, dict[str, str]]]) -> None:
-        argv: list[str | int] = []
-        for eid, fields in page:
-            task = fields.get("task")
-            if not task:
-                continue
-            argv += [task, eid, 2 * len(fields)]
-            for k, v in fields.items():
-                argv += [k, v]
-        if not argv:
+        call = build_keep(self.keys.state, self.keys.kept, page)
+        if call is None:
             return
+        keys, argv = call
         with translate_errors():
-            keys = [self.keys.state, self.keys.kept]
-            self.kept += int(await self.script(keys=keys, args=argv))
+            self.kept += parse_count(await self.script(keys=keys, args=argv))

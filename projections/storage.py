@@ -21,6 +21,7 @@ from engine.core.store import translate_errors
 from projections import ids
 from projections.fold import Position
 from projections.keys import ShardKeys
+from projections.script_args import ShardSave, build_view_save, build_view_swap, parse_view_save
 from projections.view import Projection, ViewConfig
 
 CHUNK = 500  # fields per HSET/HDEL (Lua unpack and reply sizes stay small)
@@ -90,28 +91,35 @@ class ShardStore:
         todo = [p for p in positions if p.dirty]
         if not todo:
             return []
-        keys: list[str] = []
-        argv: list[Any] = [len(todo)]
+        shards: list[ShardSave] = []
         for pos in todo:
             k = self.keys(partition, pos.projection)
-            keys += [k.view, k.meta]
             entries = pos.shard.entries
-            present = [key for key in pos.shard.changed if key in entries]
-            gone = [key for key in pos.shard.changed if key not in entries]
-            argv += [f"{pos.gen} {pos.saved}", pos.applied, pos.pending, pos.last_ts]
-            argv += [len(present), len(gone)]
-            for key in present:
-                argv += [key, orjson.dumps(entries[key])]
-            argv += gone
+            shards.append(
+                ShardSave(
+                    k.view,
+                    k.meta,
+                    f"{pos.gen} {pos.saved}",
+                    pos.applied,
+                    pos.pending,
+                    pos.last_ts,
+                    [
+                        (key, orjson.dumps(entries[key]))
+                        for key in pos.shard.changed
+                        if key in entries
+                    ],
+                    [key for key in pos.shard.changed if key not in entries],
+                )
+            )
+        keys, argv = build_view_save(shards)
         with translate_errors():
-            stale = await self._save(keys=keys, args=argv)
-        stale_idx = {int(i) - 1 for i in stale}
+            stale_idx = parse_view_save(await self._save(keys=keys, args=argv))
         if not stale_idx:
             for pos in todo:
                 pos.shard.changed.clear()
                 pos.saved = pos.applied
                 pos.pending = 0
-        return [todo[i] for i in sorted(stale_idx)]
+        return [todo[i] for i in stale_idx]
 
     async def write_rebuild(self, partition: int, pos: Position) -> None:
         """Store a rebuilt shard under the rebuild keys (not yet visible to readers)."""
@@ -135,12 +143,12 @@ class ShardStore:
 
     async def swap(self, partition: int, projections: Sequence[Projection]) -> None:
         """Make the rebuilt shards of one partition live, all in one atomic step."""
-        keys: list[str] = []
-        for projection in projections:
-            k = self.keys(partition, projection)
-            keys += [k.view, k.meta, k.rebuild_view, k.rebuild_meta]
+        keys, argv = build_view_swap(
+            (k.view, k.meta, k.rebuild_view, k.rebuild_meta)
+            for k in (self.keys(partition, projection) for projection in projections)
+        )
         with translate_errors():
-            await self._swap(keys=keys, args=[])
+            await self._swap(keys=keys, args=argv)
 
     async def discard_rebuild(self, partition: int, projections: Sequence[Projection]) -> None:
         with translate_errors():

@@ -24,17 +24,27 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 from purgatory import AsyncAbstractUnitOfWork, AsyncCircuitBreakerFactory
 from purgatory.domain.model import Context, OpenedState
 from purgatory.service._async.repository import AsyncAbstractRepository
-from purgatory.typing import StateName
 from redis.exceptions import RedisClusterException, RedisError
 
 from providers import keys
 from providers.errors import PROVIDER_FAILURES, CircuitOpen, InvalidRequest
+from providers.script_args import (
+    BreakerKeys,
+    build_breaker_acquire,
+    build_breaker_fail,
+    build_breaker_release,
+    build_breaker_reset,
+    build_breaker_settle,
+    parse_breaker_acquire,
+    parse_breaker_fail,
+    parse_flag,
+)
 from providers.scripts import lua_source
 
 log = logging.getLogger(__name__)
@@ -87,8 +97,8 @@ class RedisBreakerRepository(AsyncAbstractRepository):
         self._reset = redis.register_script(_RESET)
         self._release = redis.register_script(_RELEASE)
 
-    def _keys(self, name: str) -> list[str]:
-        return [keys.breaker(self.prefix, name), keys.probe(self.prefix, name)]
+    def _keys(self, name: str) -> BreakerKeys:
+        return BreakerKeys(keys.breaker(self.prefix, name), keys.probe(self.prefix, name))
 
     def _transition(self, name: str, state: str, info: dict[str, Any]) -> None:
         pending = _transitions.get()
@@ -127,15 +137,11 @@ class RedisBreakerRepository(AsyncAbstractRepository):
 
     async def _read(self, name: str) -> Context:
         p = self.policy
-        state, opened_at, failures = await self._acquire(
-            keys=self._keys(name),
-            args=[time.time(), p.open_s, int(p.probe_lock_s * 1000), self._token],
+        script_keys, args = build_breaker_acquire(
+            self._keys(name), time.time(), p.open_s, int(p.probe_lock_s * 1000), self._token
         )
-        state = state.decode() if isinstance(state, bytes) else str(state)
-        if state not in ("opened", "closed", "half-opened"):
-            state = "closed"
-        opened = float(opened_at) if state != "closed" else None
-        if state == "closed" and int(failures) == 0:
+        read = parse_breaker_acquire(await self._acquire(keys=script_keys, args=args))
+        if read.state == "closed" and read.failures == 0:
             # from the answer, not the question: a read slower than closed_cache_s (thousands
             # of calls queued on the pool) must still serve the calls right after it
             self._healthy[name] = time.monotonic() + p.closed_cache_s
@@ -145,9 +151,9 @@ class RedisBreakerRepository(AsyncAbstractRepository):
             name,
             p.threshold,
             p.open_s,
-            state=cast(StateName, state),
-            failure_count=int(failures),
-            opened_at=opened,
+            state=read.state,
+            failure_count=read.failures,
+            opened_at=read.opened_at,
         )
 
     async def register(self, context: Context) -> None:
@@ -156,24 +162,26 @@ class RedisBreakerRepository(AsyncAbstractRepository):
     async def update_state(self, name: str, state: str, opened_at: float | None) -> None:
         if state == "half-opened":
             return  # claimed atomically in get()
-        if await self._settle(keys=self._keys(name), args=[state, opened_at or time.time()]):
+        script_keys, args = build_breaker_settle(self._keys(name), state, opened_at or time.time())
+        if parse_flag(await self._settle(keys=script_keys, args=args)):
             self._transition(name, state, {"probe": True, "open_s": self.policy.open_s})
 
     async def inc_failures(self, name: str, failure_count: int) -> None:
         self._healthy.pop(name, None)
-        failures = await self._fail(
-            keys=self._keys(name), args=[time.time(), self.policy.threshold]
-        )
+        script_keys, args = build_breaker_fail(self._keys(name), time.time(), self.policy.threshold)
+        failures = parse_breaker_fail(await self._fail(keys=script_keys, args=args))
         if failures:
             self._transition(
                 name, "opened", {"failures": int(failures), "open_s": self.policy.open_s}
             )
 
     async def reset_failure(self, name: str) -> None:
-        await self._reset(keys=self._keys(name), args=[])
+        script_keys, args = build_breaker_reset(self._keys(name))
+        await self._reset(keys=script_keys, args=args)
 
     async def release_probe(self, name: str) -> None:
-        await self._release(keys=self._keys(name), args=[self._token])
+        script_keys, args = build_breaker_release(self._keys(name), self._token)
+        await self._release(keys=script_keys, args=args)
 
 
 class _UnitOfWork(AsyncAbstractUnitOfWork):

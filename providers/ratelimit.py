@@ -19,6 +19,12 @@ from redis.exceptions import RedisClusterException, RedisError
 
 from providers import keys
 from providers.errors import RateLimited
+from providers.script_args import (
+    RateCall,
+    build_ratelimit_acquire,
+    build_ratelimit_block,
+    parse_ratelimit_acquire,
+)
 from providers.scripts import lua_source
 
 # KEYS: req_tat, tok_tat, blocked. ARGV: now_ms, req_T_ms, req_tau_ms, tok_T_ms (per token),
@@ -112,19 +118,18 @@ class RateLimiter:
         r_t, r_tau = _bucket(limit.rpm, limit.burst_fraction)
         t_t, t_tau = _bucket(limit.tpm, limit.burst_fraction)
         p = self.prefix
-        debt = self._debt.pop(provider, 0)
-        args: list[float | int] = [_now_ms(), r_t, r_tau, t_t, t_tau, debt]
-        for tokens, max_wait_ms, _ in batch:
-            args += (tokens, max_wait_ms)
+        script_keys, args = build_ratelimit_acquire(
+            keys.rate(p, provider, "requests"),
+            keys.rate(p, provider, "tokens"),
+            keys.blocked(p, provider),
+            _now_ms(),
+            (r_t, r_tau),
+            (t_t, t_tau),
+            self._debt.pop(provider, 0),
+            [RateCall(tokens, max_wait_ms) for tokens, max_wait_ms, _ in batch],
+        )
         try:
-            waits = await self._acquire(
-                keys=[
-                    keys.rate(p, provider, "requests"),
-                    keys.rate(p, provider, "tokens"),
-                    keys.blocked(p, provider),
-                ],
-                args=args,
-            )
+            waits = parse_ratelimit_acquire(await self._acquire(keys=script_keys, args=args))
         except (RedisError, RedisClusterException):
             waits = [0] * len(batch)  # our limiter down must not stop traffic; providers 429
         except BaseException:
@@ -134,7 +139,7 @@ class RateLimiter:
             raise
         for (_, _, answer), wait_ms in zip(batch, waits, strict=True):
             if not answer.done():  # its caller may have given up meanwhile
-                answer.set_result(int(wait_ms))
+                answer.set_result(wait_ms)
 
     def charge(self, provider: str, tokens: int) -> None:
         """Tokens a call used beyond the estimate it reserved: carried to this worker's next
@@ -149,7 +154,10 @@ class RateLimiter:
         if until_ms <= now:
             return
         try:
-            await self._block(keys=[keys.blocked(self.prefix, provider)], args=[until_ms, now])
+            script_keys, args = build_ratelimit_block(
+                keys.blocked(self.prefix, provider), until_ms, now
+            )
+            await self._block(keys=script_keys, args=args)
         except (RedisError, RedisClusterException):
             return
 

@@ -1,3 +1,5 @@
+-- Record an archived segment and trim the log below it (projections/archive.py).
+-- KEYS/ARGV built by projections/script_args.py build_archive_record.
 local cur = redis.call('HGET', KEYS[1], 'archived_to')
 if cur then
   local cm, cs = string.match(cur, '^(%d+)-(%d+)$')

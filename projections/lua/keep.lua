@@ -4,7 +4,8 @@
 -- for its retention (DESIGN.md §3 invariant 10). The janitor deletes the field when it forgets
 -- the task; a task already forgotten gets none. Re-running on the same entries (after a crash
 -- before the trim) keeps nothing twice: only ids after the task's last kept one are added.
--- KEYS[1] = the partition's state hash, KEYS[2] = the kept hash.
+-- KEYS[1] = the partition's state hash, KEYS[2] = the kept hash (projections/script_args.py
+-- build_keep builds KEYS and ARGV).
 -- ARGV: per entry, task id, entry id, n, then n fields and values (flattened).
 -- Returns the number of entries kept.
 local function newer(a, b)

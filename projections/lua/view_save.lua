@@ -1,3 +1,6 @@
+-- Save changed view shards and their checkpoints atomically, unless another writer moved one
+-- (projections/storage.py). KEYS/ARGV built and the reply typed by
+-- projections/script_args.py build_view_save.
 local n = tonumber(ARGV[1])
 local plan, i = {}, 2
 for p = 1, n do

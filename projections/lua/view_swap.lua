@@ -1,3 +1,5 @@
+-- Make rebuilt view shards live in one step (projections/storage.py).
+-- KEYS built by projections/script_args.py build_view_swap.
 for p = 0, #KEYS / 4 - 1 do
   local view, meta = KEYS[4 * p + 1], KEYS[4 * p + 2]
   local rview, rmeta = KEYS[4 * p + 3], KEYS[4 * p + 4]

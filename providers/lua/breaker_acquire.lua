@@ -1,3 +1,5 @@
+-- Read a breaker; claim the half-open probe when its open period is over (providers/breaker.py).
+-- KEYS/ARGV built and the reply typed by providers/script_args.py build_breaker_acquire.
 local h = redis.call('HMGET', KEYS[1], 'state', 'opened_at', 'failures')
 local now, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
 local state = h[1] or 'closed'

@@ -1,2 +1,4 @@
-if redis.call('GET', KEYS[2]) == ARGV[1] then redis.call('DEL', KEYS[2]) end
+-- Give up the probe lock if this worker still holds it (providers/breaker.py).
+-- KEYS/ARGV built by providers/script_args.py build_breaker_release.
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
 return 1

@@ -1,3 +1,5 @@
+-- Shared GCRA rate limit: decide a batch of calls in order (providers/ratelimit.py).
+-- KEYS/ARGV built and the reply typed by providers/script_args.py build_ratelimit_acquire.
 local now = tonumber(ARGV[1])
 local rT, rtau = tonumber(ARGV[2]), tonumber(ARGV[3])
 local tT, ttau = tonumber(ARGV[4]), tonumber(ARGV[5])
