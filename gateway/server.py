@@ -27,7 +27,7 @@ from engine.errors import EngineError
 from engine.operations.audit import AuditLog
 from engine.runtime.connection import connect_for
 from engine.settings import Settings
-from gateway import dashboard, http, sse
+from gateway import dashboard, http, sse, tasks
 from gateway.auth import Authenticator, is_loopback, load_tokens, token_from
 from gateway.context import Context
 from gateway.errors import GatewayConfigError, ProtocolError
@@ -101,6 +101,7 @@ def build_app(ctx: Context, policy: Policy) -> Starlette:
             Route("/", _dashboard),
             WebSocketRoute("/v1/ws", _ws),
             Route("/v1/tasks", http.create_task, methods=["POST"]),
+            Route("/v1/tasks", tasks.list_tasks, methods=["GET"]),
             Route("/v1/tasks/{task_id}", http.get_task, methods=["GET"]),
             Route("/v1/tasks/{task_id}", http.cancel_task, methods=["DELETE"]),
             Route("/v1/tasks/{task_id}/events", sse.task_events, methods=["GET"]),

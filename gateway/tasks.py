@@ -9,9 +9,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from engine.errors import InvalidTask, TaskNotFound
+from gateway.auth import Principal
+from gateway.errors import ProtocolError
 from gateway.http import ctx_of, json_response, principal
 from gateway.session import authorize_task, not_found
-from projections import story
+from projections import search, story
+from projections.errors import BadQuery
 
 
 def wants_json(request: Request) -> bool:
@@ -36,3 +39,28 @@ async def task_story(request: Request) -> Response:
     except (TaskNotFound, InvalidTask):
         raise not_found(task_id) from None
     return json_response(told.as_dict())
+
+
+def search_scope(who: Principal, asked: str | None) -> str | None:
+    """The tenant a search may see: a tenant token its own (naming another is 403); an operator
+    token every tenant, or the one it names."""
+    if who.operator:
+        return asked or None
+    if asked and asked != who.tenant:
+        raise ProtocolError("forbidden", f"this token reads tenant {who.tenant!r} only", 403)
+    return who.tenant
+
+
+async def list_tasks(request: Request) -> Response:
+    """``GET /v1/tasks?status=&kind=&provider=&since=&until=&limit=&cursor=[&tenant=]``."""
+    ctx = ctx_of(request)
+    who = principal(request)
+    params = dict(request.query_params)
+    try:
+        query = search.parse_query(params, search_scope(who, params.get("tenant")))
+        page = await search.search(
+            ctx.client.store.redis, ctx.settings.namespace, ctx.settings.partitions, query
+        )
+    except BadQuery as exc:
+        raise ProtocolError("bad_query", exc.message, field=exc.field) from None
+    return json_response(page.as_dict())

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 
 from engine.client import Client
 from engine.core.events import TERMINAL
+from projections.registry import PROJECTIONS
+from projections.runner import run_projections
+from projections.settings import ProjectionSettings
+from projections.storage import ShardStore
+from projections.view import ViewConfig
 from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox import start_sandbox
@@ -59,3 +64,31 @@ async def scripted_run(engine: Engine) -> AsyncIterator[Run]:
         finally:
             await engine.workers.stop_all()
             await router.aclose()
+
+
+async def project(engine: Engine, timeout: float = 30.0) -> None:
+    """Run the projections until every view holds the whole log, then stop them."""
+    redis = engine.client.store.redis
+    settings = engine.settings
+    store = ShardStore(redis, settings.namespace, ViewConfig(partitions=settings.partitions))
+    stop = asyncio.Event()
+    runner = asyncio.create_task(run_projections(redis, settings, stop, ProjectionSettings()))
+    try:
+        async with asyncio.timeout(timeout):
+            while not await _caught_up(engine, store):
+                if runner.done():
+                    await runner  # raises what stopped it
+                await asyncio.sleep(0.05)
+    finally:
+        stop.set()
+        await runner
+
+
+async def _caught_up(engine: Engine, store: ShardStore) -> bool:
+    for p in range(engine.settings.partitions):
+        head = await engine.client.store.redis.xrevrange(engine.client.store.keys(p).log, count=1)
+        want = head[0][0].decode() if head else None
+        for name in PROJECTIONS:
+            if (await store.meta(p, name)).get("ckpt") != want:
+                return False
+    return True

@@ -12,7 +12,7 @@ import pytest
 from engine.runtime.cli import main
 from tests.conftest import Engine
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway
-from tests.gateway.scripted import scripted_run
+from tests.gateway.scripted import project, scripted_run
 
 pytestmark = pytest.mark.slow
 
@@ -36,8 +36,14 @@ async def test_story_shows_fallback_retries_and_dead_letter(
             by_query = await http.get(url, params={"format": "json"})
             by_accept = await http.get(url, headers={"Accept": "application/json"})
             dead = (await http.get(f"/v1/tasks/{run.dead}/events?format=json")).json()
+            await project(engine)
+            served = {"provider": "openai", "status": "succeeded"}
+            openai = await http.get("/v1/tasks", params=served)
+            served_by_openai = openai.json()["tasks"]
+            dead_search = (await http.get("/v1/tasks?status=dead_lettered")).json()["tasks"]
         async with httpx.AsyncClient(base_url=gateway.url, headers=bearer("tok-beta")) as http:
             theirs = await http.get(url, params={"format": "json"})
+            beta_sees = (await http.get("/v1/tasks")).json()["tasks"]
         fallback_log = await engine.log(task_id=run.fallback)
         dead_log = await engine.log(task_id=run.dead)
 
@@ -81,6 +87,14 @@ async def test_story_shows_fallback_retries_and_dead_letter(
     started = [e for e in dead["events"] if e["type"] == "TaskStarted"]
     assert len(started) == 5
     assert dead_cli == dead
+
+    # the search, from the task_state view the projections folded from the same run
+    assert [t["task_id"] for t in served_by_openai] == [run.fallback]
+    assert served_by_openai[0]["fallbacks"] == 1
+    assert [(t["task_id"], t["dead_reason"]) for t in dead_search] == [
+        (run.dead, "retries_exhausted")
+    ]
+    assert [t["task_id"] for t in beta_sees] == [run.plain[1]]
 
     assert "fallback gemini → openai" in printed
     assert run.fallback in printed
