@@ -32,9 +32,10 @@ from projections.runner import check_partitions, run_projections
 from projections.settings import ProjectionSettings, archive_dir
 from projections.stats import gather
 from projections.storage import ShardStore
+from projections.top import run_top
 from projections.view import ViewConfig
 
-COMMANDS = ("projections", "replay", "stats", "archive")
+COMMANDS = ("projections", "replay", "stats", "archive", "top")
 
 
 def register(subparsers: Any) -> list[str]:
@@ -75,6 +76,9 @@ def register(subparsers: Any) -> list[str]:
         "(default AIIS_PROJ_ARCHIVE_MIN_AGE_S)",
     )
     ar.add_argument("--segment-events", type=int, default=None, help="entries per segment file")
+    subparsers.add_parser(
+        "top", help="live view: queues, throughput, providers, failures (q quits)"
+    )
     get = subparsers.choices.get("get")  # engine.runtime.cli's `aiis get`: add its story
     if get is None:
         return list(COMMANDS)
@@ -92,6 +96,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         "replay": lambda r: _replay(r, settings, proj, args),
         "stats": lambda r: _stats(r, settings, proj, args),
         "archive": lambda r: _archive(r, settings, proj, args),
+        "top": lambda r: run_top(r, settings, _store(r, settings, proj)),
     }
     try:
         code = asyncio.run(_with_redis(settings, handlers[args.command]))
