@@ -12,7 +12,7 @@ import pytest
 from engine.runtime.cli import main
 from tests.conftest import Engine
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway
-from tests.gateway.scripted import project, scripted_run
+from tests.gateway.scripted import project, scripted_run, wait_terminal
 
 pytestmark = pytest.mark.slow
 
@@ -113,3 +113,25 @@ async def test_sse_is_still_the_default_answer(engine: Engine, make_gateway: Mak
     # the worker coalesces deltas into progress events: the characters are what was streamed
     assert story["chars"] == len("chunk0 chunk1 ") and story["status"] == "succeeded"
     assert story["attempts"][0]["chars"] == story["chars"] and story["deltas"] >= 1
+
+
+async def test_story_restores_pii_only_for_a_reader_of_the_task(
+    engine: Engine, make_gateway: MakeGateway
+) -> None:
+    """The owner's story shows its own value in the result (restored from the vault, as GET
+    does); the log holds a placeholder; another tenant gets a 404 that names no value."""
+    engine.start_worker()
+    gateway = await make_gateway(engine.settings, tokens=TOKENS_ENV)
+    async with httpx.AsyncClient(base_url=gateway.url, headers=bearer("tok-acme")) as http:
+        created = await http.post("/v1/tasks", json={"input": "ping ann@example.com"})
+        task_id = created.json()["task_id"]
+        await wait_terminal(engine.client, task_id)
+        mine = (await http.get(f"/v1/tasks/{task_id}/events?format=json")).json()
+    async with httpx.AsyncClient(base_url=gateway.url, headers=bearer("tok-beta")) as http:
+        theirs = await http.get(f"/v1/tasks/{task_id}/events?format=json")
+    assert mine["result"]["text"].endswith("ann@example.com")
+    assert theirs.status_code == 404 and "ann@" not in theirs.text
+    stored = await engine.client.get(task_id, for_caller=False)
+    assert (
+        stored.terminal is not None and "ann@example.com" not in stored.terminal.model_dump_json()
+    )
