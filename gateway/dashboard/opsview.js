@@ -98,6 +98,15 @@
     timeline.scrollIntoView({ block: "nearest" });
   }
   window.aiisOpenStory = openStory;
+  // a row of "Recent tasks" (the page's own table) opens its timeline too
+  const recent = document.getElementById("recent");
+  if (recent) {
+    recent.style.cursor = "pointer";
+    recent.addEventListener("click", (e) => {
+      const tr = e.target.closest("tr");
+      if (tr && tr.dataset.taskId) openStory(tr.dataset.taskId);
+    });
+  }
 
   // --- dead letters (operator tokens only) ---------------------------------------------------
   const dead = el("section", { class: "wide", id: "dlq-panel", hidden: "" });

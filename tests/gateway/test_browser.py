@@ -81,6 +81,11 @@ async def test_operator_panels_timeline_dead_letter_retry_and_tenant_view(
                 await expect(page.locator("#tl-summary")).to_contain_text("served by openai")
                 await page.screenshot(path=str(ARTIFACTS / "timeline-fallback.png"), full_page=True)
 
+                # a row of "Recent tasks" opens its timeline too
+                await page.locator(f'#recent tr[data-task-id="{run.dead}"]').click()
+                await expect(page.locator("#tl-id")).to_have_text(run.dead)
+                await expect(page.locator("#tl-summary")).to_contain_text("retries_exhausted")
+
                 await expect(page.locator("#dlq")).to_contain_text(run.dead)
                 await page.check(f'.dlq-pick[value="{run.dead}"]')
                 await page.click("#dlq-retry")
