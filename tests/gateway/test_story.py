@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from engine.runtime.cli import main
-from tests.conftest import Engine
+from tests.conftest import TOPOLOGIES, Engine
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway
 from tests.gateway.scripted import project, scripted_run, wait_terminal
 
@@ -101,8 +101,10 @@ async def test_story_shows_fallback_retries_and_dead_letter(
     assert "RateLimited" in printed
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 async def test_sse_is_still_the_default_answer(engine: Engine, make_gateway: MakeGateway) -> None:
-    """Without ?format=json or an Accept naming JSON the route still streams SSE."""
+    """Without ?format=json or an Accept naming JSON the route still streams SSE; the story is
+    read from the task's partition on a Redis Cluster too."""
     engine.start_worker()
     gateway = await make_gateway(engine.settings)
     task_id = await engine.client.submit("hi", params={"script": ["stream:2"]})
