@@ -87,6 +87,12 @@ async def _body(request: Request, limit: int, timeout_s: float) -> Any:
         raise ProtocolError("bad_json", f"not JSON: {exc}") from None
 
 
+async def json_body(request: Request) -> Any:
+    """The request's JSON body, under the gateway's size and time limits."""
+    ctx = ctx_of(request)
+    return await _body(request, ctx.gw.max_body_bytes, ctx.gw.body_timeout_s)
+
+
 async def create_task(request: Request) -> Response:
     """POST /v1/tasks → 202 {"task_id"}."""
     ctx = ctx_of(request)

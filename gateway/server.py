@@ -27,7 +27,7 @@ from engine.errors import EngineError
 from engine.operations.audit import AuditLog
 from engine.runtime.connection import connect_for
 from engine.settings import Settings
-from gateway import dashboard, http, sse
+from gateway import dashboard, deadletters, http, sse, tasks
 from gateway.auth import Authenticator, is_loopback, load_tokens, token_from
 from gateway.context import Context
 from gateway.errors import GatewayConfigError, ProtocolError
@@ -74,6 +74,10 @@ async def _dashboard(request: Request) -> Response:
     return Response(dashboard.page(), media_type="text/html; charset=utf-8")
 
 
+async def _opsview_js(request: Request) -> Response:
+    return Response(dashboard.opsview_js(), media_type="text/javascript; charset=utf-8")
+
+
 async def _ws(ws: WebSocket) -> None:
     ctx: Context = ws.app.state.ctx
     if ctx.shutting_down or ctx.connections >= ctx.gw.max_connections:
@@ -99,8 +103,13 @@ def build_app(ctx: Context, policy: Policy) -> Starlette:
         middleware=[Middleware(Guard, policy=lambda: policy, refused=refused)],
         routes=[
             Route("/", _dashboard),
+            Route("/opsview.js", _opsview_js),
+            Route("/v1/dlq", deadletters.list_dead, methods=["GET"]),
+            Route("/v1/dlq/retry", deadletters.retry, methods=["POST"]),
+            Route("/v1/dlq/purge", deadletters.purge, methods=["POST"]),
             WebSocketRoute("/v1/ws", _ws),
             Route("/v1/tasks", http.create_task, methods=["POST"]),
+            Route("/v1/tasks", tasks.list_tasks, methods=["GET"]),
             Route("/v1/tasks/{task_id}", http.get_task, methods=["GET"]),
             Route("/v1/tasks/{task_id}", http.cancel_task, methods=["DELETE"]),
             Route("/v1/tasks/{task_id}/events", sse.task_events, methods=["GET"]),

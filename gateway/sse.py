@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
 from engine.core.events import TERMINAL_CODES
-from gateway import since
+from gateway import since, tasks
 from gateway.context import Context
 from gateway.errors import ProtocolError
 from gateway.http import ctx_of, principal
@@ -64,6 +64,8 @@ async def _stream(ctx: Context, sub: Subscription, starts: dict[int, str]) -> As
 
 
 async def task_events(request: Request) -> Response:
+    if tasks.wants_json(request):  # the task's story, not its live stream
+        return await tasks.task_story(request)
     ctx = ctx_of(request)
     who = principal(request)
     task_id = request.path_params["task_id"]

@@ -19,11 +19,12 @@ import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from engine.client import Client
 from engine.operations.audit import Action, AuditLog
 from engine.runtime.commands import cli_identity
 from engine.runtime.connection import connect_for
 from engine.settings import Settings
-from projections import render
+from projections import render, story
 from projections.archive import MIN_AGE, archive_log
 from projections.registry import PROJECTIONS, select
 from projections.replay import estimate_events, replay, verify
@@ -31,9 +32,10 @@ from projections.runner import check_partitions, run_projections
 from projections.settings import ProjectionSettings, archive_dir
 from projections.stats import gather
 from projections.storage import ShardStore
+from projections.top import run_top
 from projections.view import ViewConfig
 
-COMMANDS = ("projections", "replay", "stats", "archive")
+COMMANDS = ("projections", "replay", "stats", "archive", "top")
 
 
 def register(subparsers: Any) -> list[str]:
@@ -74,16 +76,27 @@ def register(subparsers: Any) -> list[str]:
         "(default AIIS_PROJ_ARCHIVE_MIN_AGE_S)",
     )
     ar.add_argument("--segment-events", type=int, default=None, help="entries per segment file")
-    return list(COMMANDS)
+    subparsers.add_parser(
+        "top", help="live view: queues, throughput, providers, failures (q quits)"
+    )
+    get = subparsers.choices.get("get")  # engine.runtime.cli's `aiis get`: add its story
+    if get is None:
+        return list(COMMANDS)
+    get.add_argument("--events", action="store_true", help="the task's story: every event")
+    get.add_argument("--json", action="store_true", help="with --events: the story as JSON")
+    return [*COMMANDS, "get"]
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "get":
+        return asyncio.run(_get_events(settings, args.task_id, args.json))
     proj = ProjectionSettings()
     handlers: dict[str, Callable[[aioredis.Redis], Awaitable[int]]] = {
         "projections": lambda r: _projections(r, settings, proj, args),
         "replay": lambda r: _replay(r, settings, proj, args),
         "stats": lambda r: _stats(r, settings, proj, args),
         "archive": lambda r: _archive(r, settings, proj, args),
+        "top": lambda r: run_top(r, settings, _store(r, settings, proj)),
     }
     try:
         code = asyncio.run(_with_redis(settings, handlers[args.command]))
@@ -196,6 +209,16 @@ async def _stats(
         sys.stdout.buffer.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     else:
         render.stats(Console(), report)
+    return 0
+
+
+async def _get_events(settings: Settings, task_id: str, as_json: bool) -> int:
+    async with Client(connect_for(settings), settings) as client:
+        told = await story.load(client, task_id)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(told.as_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        story.render(Console(), told)
     return 0
 
 

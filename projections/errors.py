@@ -5,6 +5,7 @@ EngineError
     ├── ArchiveError       the archive directory is missing, corrupt or does not cover the
     │                      trimmed part of a log
     ├── UnknownProjection  ``--projection NAME`` names no projection
+    ├── BadQuery           a task search's filter or cursor is not valid (``field`` names it)
     └── Unapplicable       a view could not apply an event it decoded (the skip's log line;
                            never raised out of the fold)
 """
@@ -26,6 +27,15 @@ class UnknownProjection(ProjectionError):
     def __init__(self, name: str, known: list[str]) -> None:
         super().__init__(f"unknown projection {name!r} (known: {', '.join(known)})")
         self.name = name
+
+
+class BadQuery(ProjectionError):
+    """A task search parameter that cannot be used (``field``: which)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
 
 
 class Unapplicable(ProjectionError):

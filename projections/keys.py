@@ -10,6 +10,7 @@ single Redis Cluster slot. Readers merge the shards. Per partition and projectio
     <ns>:{pN}:proj:<name>:rebuild:meta   the same, while ``aiis replay`` builds; then renamed
     <ns>:{pN}:proj:archive           hash  archived_to (last archived id), segments, events
     <ns>:{pN}:proj:archive:lock      string, held by the one ``aiis archive`` working on it
+    <ns>:proj:search:secret          string, signs the task search's page cursors
 """
 
 from __future__ import annotations
@@ -62,3 +63,7 @@ def archive_key(namespace: str, partition: int) -> str:
 
 def archive_lock_key(namespace: str, partition: int) -> str:
     return f"{archive_key(namespace, partition)}:lock"
+
+
+def search_secret_key(namespace: str) -> str:
+    return f"{namespace}:proj:search:secret"

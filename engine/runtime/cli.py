@@ -181,7 +181,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return serving.worker(settings, args.processes, args.concurrency)
     if args.command == "submit":
         return asyncio.run(commands.submit(settings, args))
-    if args.command == "get":
+    if args.command == "get" and not getattr(args, "events", False):  # --events: projections.cli
         return asyncio.run(commands.get(settings, args.task_id))
     if args.command == "cancel":
         return asyncio.run(commands.cancel(settings, args.task_id))

@@ -9,3 +9,9 @@ from importlib import resources
 @cache
 def page() -> bytes:
     return (resources.files("gateway.dashboard") / "index.html").read_bytes()
+
+
+@cache
+def opsview_js() -> bytes:
+    """The operator panels (task search, timeline, dead letters), loaded by the page."""
+    return (resources.files("gateway.dashboard") / "opsview.js").read_bytes()

@@ -45,6 +45,9 @@ from gateway.grpc.gen import tasks_pb2 as pb
 from gateway.grpc.stream import FIELD_KEY, StreamCounters, serve_batches
 from gateway.protocol import parse_id
 from gateway.since import check_retained
+from gateway.tasks import search_scope
+from projections import search
+from projections.errors import BadQuery
 from projections.lookup import TERMINAL, task_record
 
 log = logging.getLogger("aiis.grpc")
@@ -308,6 +311,36 @@ class TaskService:
             if not who.may_read(view.tenant):
                 raise self.hidden(task_id)
         return convert.task_message(view)
+
+    async def ListTasks(
+        self, request: pb.ListTasksRequest, context: Context
+    ) -> pb.ListTasksResponse:
+        who = await self.principal(context)
+        params = {
+            "status": request.status,
+            "kind": request.kind,
+            "provider": request.provider,
+            "since": request.since,
+            "until": request.until,
+            "limit": str(request.limit) if request.limit else "",
+            "cursor": request.cursor,
+        }
+        try:
+            tenant = search_scope(who, request.tenant)
+        except ProtocolError:
+            await self.deny(context, who.tenant)
+        async with Errors(context):
+            settings = self.client.settings
+            try:
+                query = search.parse_query(params, tenant)
+                page = await search.search(
+                    self.client.store.redis, settings.namespace, settings.partitions, query
+                )
+            except BadQuery as exc:
+                context.set_trailing_metadata(((FIELD_KEY, exc.field),))
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
+        tasks = [convert.task_from_record(t["task_id"], t, None) for t in page.tasks]
+        return pb.ListTasksResponse(tasks=tasks, next_cursor=page.next_cursor or "")
 
     async def CancelTask(
         self, request: pb.CancelTaskRequest, context: Context

@@ -201,3 +201,31 @@ class Task(_message.Message):
     source: TaskSource
     record: _struct_pb2.Struct
     def __init__(self, task_id: _Optional[str] = ..., status: _Optional[_Union[TaskStatus, str]] = ..., tenant: _Optional[str] = ..., kind: _Optional[_Union[TaskKind, str]] = ..., priority: _Optional[_Union[Priority, str]] = ..., attempts: _Optional[int] = ..., created_ms: _Optional[int] = ..., deadline_ms: _Optional[int] = ..., terminal: _Optional[_Union[Event, _Mapping]] = ..., source: _Optional[_Union[TaskSource, str]] = ..., record: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ("status", "kind", "provider", "since", "until", "limit", "cursor", "tenant")
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    PROVIDER_FIELD_NUMBER: _ClassVar[int]
+    SINCE_FIELD_NUMBER: _ClassVar[int]
+    UNTIL_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    CURSOR_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    status: str
+    kind: str
+    provider: str
+    since: str
+    until: str
+    limit: int
+    cursor: str
+    tenant: str
+    def __init__(self, status: _Optional[str] = ..., kind: _Optional[str] = ..., provider: _Optional[str] = ..., since: _Optional[str] = ..., until: _Optional[str] = ..., limit: _Optional[int] = ..., cursor: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks", "next_cursor")
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_CURSOR_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[Task]
+    next_cursor: str
+    def __init__(self, tasks: _Optional[_Iterable[_Union[Task, _Mapping]]] = ..., next_cursor: _Optional[str] = ...) -> None: ...

@@ -60,6 +60,11 @@ class TaskServiceStub:
                 request_serializer=aiis_dot_v1_dot_tasks__pb2.WatchTaskRequest.SerializeToString,
                 response_deserializer=aiis_dot_v1_dot_tasks__pb2.Event.FromString,
                 _registered_method=True)
+        self.ListTasks = channel.unary_unary(
+                '/aiis.v1.TaskService/ListTasks',
+                request_serializer=aiis_dot_v1_dot_tasks__pb2.ListTasksRequest.SerializeToString,
+                response_deserializer=aiis_dot_v1_dot_tasks__pb2.ListTasksResponse.FromString,
+                _registered_method=True)
 
 
 class TaskServiceServicer:
@@ -110,6 +115,17 @@ class TaskServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListTasks(self, request, context):
+        """Search tasks in the task_state projection, newest first, one page at a time: the same
+        filters as HTTP `GET /v1/tasks`. A tenant token sees its own tenant only (naming another
+        is PERMISSION_DENIED); an operator token every tenant, or the one it names. A bad filter,
+        `until` before `since`, a `limit` out of 1..500 or an altered cursor is INVALID_ARGUMENT
+        (`aiis-field` names it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TaskServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +153,11 @@ def add_TaskServiceServicer_to_server(servicer, server):
                     servicer.WatchTask,
                     request_deserializer=aiis_dot_v1_dot_tasks__pb2.WatchTaskRequest.FromString,
                     response_serializer=aiis_dot_v1_dot_tasks__pb2.Event.SerializeToString,
+            ),
+            'ListTasks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListTasks,
+                    request_deserializer=aiis_dot_v1_dot_tasks__pb2.ListTasksRequest.FromString,
+                    response_serializer=aiis_dot_v1_dot_tasks__pb2.ListTasksResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -275,6 +296,33 @@ class TaskService:
             '/aiis.v1.TaskService/WatchTask',
             aiis_dot_v1_dot_tasks__pb2.WatchTaskRequest.SerializeToString,
             aiis_dot_v1_dot_tasks__pb2.Event.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListTasks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aiis.v1.TaskService/ListTasks',
+            aiis_dot_v1_dot_tasks__pb2.ListTasksRequest.SerializeToString,
+            aiis_dot_v1_dot_tasks__pb2.ListTasksResponse.FromString,
             options,
             channel_credentials,
             insecure,
