@@ -74,6 +74,10 @@ async def _dashboard(request: Request) -> Response:
     return Response(dashboard.page(), media_type="text/html; charset=utf-8")
 
 
+async def _charts_js(request: Request) -> Response:
+    return Response(dashboard.charts_script(), media_type="text/javascript; charset=utf-8")
+
+
 async def _ws(ws: WebSocket) -> None:
     ctx: Context = ws.app.state.ctx
     if ctx.shutting_down or ctx.connections >= ctx.gw.max_connections:
@@ -99,6 +103,7 @@ def build_app(ctx: Context, policy: Policy) -> Starlette:
         middleware=[Middleware(Guard, policy=lambda: policy, refused=refused)],
         routes=[
             Route("/", _dashboard),
+            Route("/charts.js", _charts_js),
             WebSocketRoute("/v1/ws", _ws),
             Route("/v1/tasks", http.create_task, methods=["POST"]),
             Route("/v1/tasks/{task_id}", http.get_task, methods=["GET"]),

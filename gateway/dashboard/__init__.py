@@ -1,4 +1,5 @@
-"""The dashboard: one static HTML page; everything live arrives over the WebSocket."""
+"""The dashboard: static files (the page and its charts script); everything live arrives over
+the WebSocket."""
 
 from __future__ import annotations
 
@@ -9,3 +10,9 @@ from importlib import resources
 @cache
 def page() -> bytes:
     return (resources.files("gateway.dashboard") / "index.html").read_bytes()
+
+
+@cache
+def charts_script() -> bytes:
+    """``charts.js``: the charts, drawn as SVG by our own code (no CDN: works offline)."""
+    return (resources.files("gateway.dashboard") / "charts.js").read_bytes()
