@@ -10,6 +10,11 @@ import asyncio
 from engine.client import Client
 from engine.runtime.workers import new_worker
 from engine.settings import Settings
+from projections.registry import PROJECTIONS
+from projections.runner import PartitionRunner
+from projections.settings import ProjectionSettings
+from projections.storage import ShardStore
+from projections.view import ViewConfig
 from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox import Sandbox
@@ -60,3 +65,19 @@ async def _until(client: Client, ids: list[str], status: str) -> None:
         for tid in ids:
             while (await client.get(tid)).status.value != status:  # noqa: ASYNC110 - polls Redis
                 await asyncio.sleep(0.02)
+
+
+async def project(settings: Settings) -> None:
+    """Fold the whole log into every view (the projections caught up), as ``aiis projections``
+    would."""
+    client = Client.from_url(settings.redis_url or "", settings)
+    config = ViewConfig.from_settings(
+        settings.partitions, settings.task_retention_s, ProjectionSettings()
+    )
+    store = ShardStore(client.store.redis, settings.namespace, config)
+    try:
+        for p in range(settings.partitions):
+            while await PartitionRunner(store, p, list(PROJECTIONS.values()), batch=500).step():
+                pass
+    finally:
+        await client.aclose()

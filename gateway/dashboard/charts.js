@@ -98,14 +98,14 @@
   }
 
   // series: [{name, values (per bucket, null = no value), total (shown in the legend), dash}]
-  function draw(id, c, series, marks) {
+  function draw(id, c, series, marks, ceiling) {
     const box = state.root.querySelector(`[data-chart="${id}"]`);
     const svg = box.querySelector("svg"), legend = box.querySelector("ul");
     svg.replaceChildren(); legend.replaceChildren();
     const n = c.n, span = n * c.step_ms;
     let max = 0;
     for (const s of series) for (const v of s.values) if (v !== null && v > max) max = v;
-    const top = max > 0 ? max * 1.1 : 1;
+    const top = ceiling || (max > 0 ? max * 1.1 : 1);
     const x = (i) => L + ((i + 0.5) / n) * (W - L - R);
     const y = (v) => T + (1 - v / top) * (H - T - B);
     for (const f of [0, 0.5, 1]) {  // grid and y labels
@@ -152,7 +152,7 @@
     note.textContent = `${c.n} × ${c.step_ms / 1000} s buckets`;
     const perS = 1000 / c.step_ms, perH = 3600000 / c.step_ms;
     draw("completed", c, Object.entries(c.completed).filter(([, v]) => sum(v) > 0).map(([name, v]) => (
-      { name, values: v.map((k) => k * perS), total: c.totals.completed[name], totalText: `${c.totals.completed[name]} tasks` })));
+      { name, values: v.map((k) => k * perS), total: c.totals.completed[name], totalText: `${c.totals.completed[name]} done` })));
     draw("depth", c, Object.entries(c.depth).map(([name, v]) => (
       { name, values: v, total: v[v.length - 1], totalText: `now ${v[v.length - 1]}` })));
     const lat = [];
@@ -165,7 +165,7 @@
     draw("errors", c, Object.entries(c.calls).map(([p, k]) => {
       const t = c.totals.calls[p];
       return { name: p, values: k.rate.map((r) => (r === null ? null : 100 * r)), total: t.fail, totalText: `${t.fail} failed / ${t.ok + t.fail} calls (%)` };
-    }), c.marks);
+    }), c.marks, 100);
     draw("cost_provider", c, Object.entries(c.usd_provider).map(([p, v]) => (
       { name: p, values: v.map((u) => u * perH), total: c.totals.usd_nanos_provider[p], totalText: "$" + (c.totals.usd_nanos_provider[p] / 1e9).toFixed(6) })));
     draw("cost_tenant", c, Object.entries(c.usd_tenant).map(([t, v]) => (

@@ -8,12 +8,8 @@ from typing import Any
 import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
-from projections.registry import PROJECTIONS
-from projections.runner import PartitionRunner
-from projections.settings import ProjectionSettings
-from projections.storage import ShardStore
-from projections.view import ViewConfig
 from tests.conftest import Engine
+from tests.faulty_run import project
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway, recv, request
 
 
@@ -24,17 +20,6 @@ async def _charts(ws: ClientConnection, window: str) -> dict[str, Any]:
         if msg["op"] == "stats" and (msg["stats"]["charts"] or {}).get("window") == window:
             charts: dict[str, Any] = msg["stats"]["charts"]
             return charts
-
-
-async def _project(engine: Engine) -> None:
-    settings = engine.settings
-    config = ViewConfig.from_settings(
-        settings.partitions, settings.task_retention_s, ProjectionSettings()
-    )
-    store = ShardStore(engine.client.store.redis, settings.namespace, config)
-    for p in range(settings.partitions):
-        while await PartitionRunner(store, p, list(PROJECTIONS.values()), batch=500).step():
-            pass
 
 
 async def test_each_subscriber_gets_its_window_and_a_tenant_only_its_cost(
@@ -48,7 +33,7 @@ async def test_each_subscriber_gets_its_window_and_a_tenant_only_its_cost(
     for tid in ids:
         async for _ in engine.client.watch(tid):
             pass
-    await _project(engine)
+    await project(engine.settings)
     gateway = await make_gateway(engine.settings, tokens=TOKENS_ENV, stats_interval_s=0.1)
     auth = "Authorization"
     async with (
