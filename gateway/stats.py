@@ -215,7 +215,9 @@ class Stats:
         }
 
     async def snapshot(self) -> dict[str, Any]:
-        """Everything, for every tenant; ``view`` cuts it down for one principal."""
+        """Everything, for every tenant; ``view`` cuts it down for one principal. ``ts`` is
+        when it was begun (a client's receive time minus it is the push's latency)."""
+        began = int(time.time() * 1000)
         report = await self._projections()
         providers: dict[str, Any] = {}
         for name, h in ((report or {}).get("providers") or {}).items():
@@ -227,7 +229,7 @@ class Stats:
                 "p95_ms": (h.get("latency_ms") or {}).get("p95"),
             }
         return {
-            "ts": int(time.time() * 1000),
+            "ts": began,
             "queues": await self._queues(),
             "rates": self._rates(),
             "throughput": (report or {}).get("throughput"),
