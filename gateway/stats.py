@@ -260,13 +260,13 @@ class Stats:
             await asyncio.sleep(self.gw.stats_interval_s)
             if not self.subscribers:
                 continue
-            try:
-                snap = await self.snapshot()
+            self.windows = {o: w for o, w in self.windows.items() if o in self.subscribers}
+            wanted = [self.windows.get(o, "") for o in self.subscribers]
+            try:  # the charts' reads overlap the snapshot's
+                snap, charts = await asyncio.gather(self.snapshot(), self.charts.read(wanted))
             except Exception as exc:  # Redis away: try again next tick
                 log.warning("stats snapshot failed: %s", exc)
                 continue
-            self.windows = {o: w for o, w in self.windows.items() if o in self.subscribers}
-            charts = await self.charts.read(self.windows.get(o, "") for o in self.subscribers)
             for outbox, who in list(self.subscribers.items()):
                 frame = self.view(snap, who)
                 frame["charts"] = self.charts.view(charts, self.windows.get(outbox, ""), who)
