@@ -1,12 +1,12 @@
-"""Replay throughput: N synthetic events into all four views, streaming.
+"""Replay throughput: N synthetic events into every view (five with charts), streaming.
 
     python bench/replay.py --events 1000000 [--source redis|archive] [--partitions 1]
 
 Generates a realistic task mix (requested, started, streamed deltas, retries, fallback notices,
 succeeded/failed/cancelled; 20 tenants, 3 providers, two days of event time) into a real
 embedded redis-server (or into archive segments with --source archive and an empty stream),
-then times `projections.replay.replay` — read, decode, fold into task_state, queue_length, cost
-and provider_health, write the rebuilt shards and swap them in. Prints events/s and peak RSS.
+then times `projections.replay.replay` — read, decode, fold into task_state, queue_length, cost,
+provider_health and charts, write the rebuilt shards and swap them in. Prints events/s and peak RSS.
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from gateway.errors import ProtocolError
 StreamId = tuple[int, int]
 Ref = str | int | None
 TargetKind = Literal["task", "tenant", "stats"]
+CHART_WINDOWS = ("15m", "1h", "24h")  # projections.series.WINDOWS, the dashboard's switch
 
 _ID = re.compile(r"^(\d{1,20})-(\d{1,20})$")
 _MAX_U64 = 2**64 - 1
@@ -101,10 +102,10 @@ def _target(msg: dict[str, Any]) -> Target:
         raise ProtocolError("bad_message", "name exactly one of task_id, tenant or stats")
     key = given[0]
     value = msg[key]
-    if key == "stats":
-        if value is not True:
-            raise ProtocolError("bad_message", "stats must be true")
-        return Target("stats", "")
+    if key == "stats":  # true, or the charts' window ("15m", "1h", "24h"; true: 15m)
+        if value is not True and value not in CHART_WINDOWS:
+            raise ProtocolError("bad_message", f"stats must be true or one of {CHART_WINDOWS}")
+        return Target("stats", "" if value is True else value)
     if not isinstance(value, str) or not 0 < len(value) <= 64:
         raise ProtocolError("bad_message", f"{key} must be a non-empty string (≤ 64 chars)")
     return Target("task" if key == "task_id" else "tenant", value)

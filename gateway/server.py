@@ -78,6 +78,10 @@ async def _opsview_js(request: Request) -> Response:
     return Response(dashboard.opsview_js(), media_type="text/javascript; charset=utf-8")
 
 
+async def _charts_js(request: Request) -> Response:
+    return Response(dashboard.charts_script(), media_type="text/javascript; charset=utf-8")
+
+
 async def _ws(ws: WebSocket) -> None:
     ctx: Context = ws.app.state.ctx
     if ctx.shutting_down or ctx.connections >= ctx.gw.max_connections:
@@ -107,6 +111,7 @@ def build_app(ctx: Context, policy: Policy) -> Starlette:
             Route("/v1/dlq", deadletters.list_dead, methods=["GET"]),
             Route("/v1/dlq/retry", deadletters.retry, methods=["POST"]),
             Route("/v1/dlq/purge", deadletters.purge, methods=["POST"]),
+            Route("/charts.js", _charts_js),
             WebSocketRoute("/v1/ws", _ws),
             Route("/v1/tasks", http.create_task, methods=["POST"]),
             Route("/v1/tasks", tasks.list_tasks, methods=["GET"]),

@@ -320,6 +320,7 @@ class Session:
         self._send(protocol.subscribed(target, command.ref))
         if target.kind == "stats":
             self.ctx.stats.subscribers[self.outbox] = who
+            self.ctx.stats.windows[self.outbox] = target.value  # the charts window ("": 15m)
             return
         sub = Subscription(target, self.outbox, self.ctx.gw.send_queue)
         self.subs[target] = sub

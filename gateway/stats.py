@@ -3,7 +3,9 @@
 Live from Redis: queue lengths (XLEN of every work stream, ZCARD of delayed retries, XLEN of
 the dead letters). From the projections' views (``projections.stats.gather``, when the
 projections run): throughput, cost today, provider health and breaker states. From the events
-this gateway fans out: events/s and completions/s of the last 10 s and the recent tasks.
+this gateway fans out: events/s and completions/s of the last 10 s and the recent tasks. The
+charts (``gateway.charts``): the series of the window each subscriber chose, from the
+``charts`` view.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from engine.core.keys import PRIORITIES
 from engine.core.store import Store, translate_errors
 from engine.errors import EventDecodeError, UnknownEventType
 from gateway.auth import Principal
+from gateway.charts import Charts
 from gateway.metrics import TaskMetrics
 from gateway.outbox import Item, Outbox
 from gateway.settings import GatewaySettings
@@ -73,6 +76,8 @@ class Stats:
         )
         self._views = ShardStore(store.redis, store.settings.namespace, config)
         self.tasks = TaskMetrics()
+        self.windows: dict[Outbox, str] = {}  # each subscriber's charts window ("": default)
+        self.charts = Charts(self._views, store.settings.partitions)
 
     # --- what the hub shows us ---------------------------------------------------------------
 
@@ -210,7 +215,9 @@ class Stats:
         }
 
     async def snapshot(self) -> dict[str, Any]:
-        """Everything, for every tenant; ``view`` cuts it down for one principal."""
+        """Everything, for every tenant; ``view`` cuts it down for one principal. ``ts`` is
+        when it was begun (a client's receive time minus it is the push's latency)."""
+        began = int(time.time() * 1000)
         report = await self._projections()
         providers: dict[str, Any] = {}
         for name, h in ((report or {}).get("providers") or {}).items():
@@ -222,7 +229,7 @@ class Stats:
                 "p95_ms": (h.get("latency_ms") or {}).get("p95"),
             }
         return {
-            "ts": int(time.time() * 1000),
+            "ts": began,
             "queues": await self._queues(),
             "rates": self._rates(),
             "throughput": (report or {}).get("throughput"),
@@ -253,10 +260,14 @@ class Stats:
             await asyncio.sleep(self.gw.stats_interval_s)
             if not self.subscribers:
                 continue
-            try:
-                snap = await self.snapshot()
+            self.windows = {o: w for o, w in self.windows.items() if o in self.subscribers}
+            wanted = [self.windows.get(o, "") for o in self.subscribers]
+            try:  # the charts' reads overlap the snapshot's
+                snap, charts = await asyncio.gather(self.snapshot(), self.charts.read(wanted))
             except Exception as exc:  # Redis away: try again next tick
                 log.warning("stats snapshot failed: %s", exc)
                 continue
             for outbox, who in list(self.subscribers.items()):
-                outbox.put(orjson.dumps({"op": "stats", "stats": self.view(snap, who)}).decode())
+                frame = self.view(snap, who)
+                frame["charts"] = self.charts.view(charts, self.windows.get(outbox, ""), who)
+                outbox.put(orjson.dumps({"op": "stats", "stats": frame}).decode())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from projections.errors import UnknownProjection
 from projections.view import Projection
-from projections.views import cost, provider_health, queue_length, task_state
+from projections.views import charts, cost, provider_health, queue_length, task_state
 
 PROJECTIONS: dict[str, Projection] = {
     p.name: p
@@ -13,6 +13,7 @@ PROJECTIONS: dict[str, Projection] = {
         queue_length.PROJECTION,
         cost.PROJECTION,
         provider_health.PROJECTION,
+        charts.PROJECTION,
     )
 }
 

@@ -1,0 +1,73 @@
+"""What the dashboard's charts add to a stats push: the series of each window read and merged
+(``projections.series``) over a day of history, against ``projections.stats.gather`` (what every
+push already did).
+
+    python bench/charts_push.py [--events 200000] [--reads 20]
+
+Seeds ``--events`` synthetic task events spread over the last 24 h (as ``bench/fanout.py``
+does) into an embedded redis-server, replays them into every view, then times ``--reads``
+reads of each window and of ``gather``; prints the median and the max in ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fanout import seed_charts
+from engine.runtime.connection import connect
+from engine.runtime.embedded import EmbeddedRedis
+from projections.registry import PROJECTIONS
+from projections.replay import replay
+from projections.series import WINDOWS, read, series
+from projections.settings import ProjectionSettings
+from projections.stats import gather
+from projections.storage import ShardStore
+from projections.view import ViewConfig
+
+
+async def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--reads", type=int, default=20)
+    args = ap.parse_args()
+    server = EmbeddedRedis(Path(tempfile.mkdtemp()), appendonly=False)
+    url = server.start()
+    try:
+        n = await seed_charts(url, "bench", args.events)
+        redis = connect(url)
+        config = ViewConfig.from_settings(2, 86_400.0, ProjectionSettings())
+        store = ShardStore(redis, "bench", config)
+        await replay(store, 2, list(PROJECTIONS.values()), None)
+        print(f"{n:,} events over the last 24 h folded into every view")
+        for window in WINDOWS:
+            times = []
+            for _ in range(args.reads):
+                now = int(time.time() * 1000)
+                t = time.perf_counter()
+                series(await read(store, 2, window, now), window, now)
+                times.append((time.perf_counter() - t) * 1000)
+            times.sort()
+            print(f"charts {window}: median {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f}")
+        times = []
+        for _ in range(args.reads):
+            day = dt.datetime.now(dt.UTC)
+            t = time.perf_counter()
+            await gather(store, 2, int(day.timestamp() * 1000), day.date().isoformat())
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        print(f"stats gather: median {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f}")
+        await redis.aclose()
+    finally:
+        server.stop()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
