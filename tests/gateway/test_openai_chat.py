@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 import httpx
 import openai
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from engine.core.events import TaskProgress, TaskSucceeded
 from tests.gateway.openai_fixtures import Stack, make_stack
@@ -167,3 +168,27 @@ async def test_tenants_are_isolated(stack: Stack) -> None:
             headers={"Authorization": "Bearer tok-beta"},
         )
         assert other.status_code == 404
+
+
+async def test_overhead_metric_counts_each_answered_request(stack: Stack) -> None:
+    """aiis_overhead_seconds (request duration minus provider time) has one observation per
+    answered request, labelled streamed or not, and its sum stays below the durations."""
+    async with _client(stack) as client:
+        await client.chat.completions.create(model="auto", messages=MESSAGES)  # type: ignore[arg-type]
+        stream = await client.chat.completions.create(
+            model="auto",
+            messages=MESSAGES,
+            stream=True,  # type: ignore[arg-type]
+        )
+        _ = [c async for c in stream]
+    async with httpx.AsyncClient(base_url=stack.gateway.url) as http:
+        text = (await http.get("/metrics", headers={"Authorization": "Bearer tok-ops"})).text
+    samples = {
+        (s.name, s.labels.get("stream")): s.value
+        for family in text_string_to_metric_families(text)
+        if family.name == "aiis_overhead_seconds"
+        for s in family.samples
+    }
+    assert samples[("aiis_overhead_seconds_count", "false")] == 1
+    assert samples[("aiis_overhead_seconds_count", "true")] == 1
+    assert 0 <= samples[("aiis_overhead_seconds_sum", "false")] < 5
