@@ -38,7 +38,7 @@ import orjson
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engine.runtime.embedded import EmbeddedRedis, free_port  # noqa: E402
+from engine.runtime.embedded import EmbeddedRedis, free_port
 
 BODY = {
     "model": "gpt-5-mini",
@@ -150,9 +150,7 @@ async def one(pool: Pool, out: Samples) -> None:
         out.in_flight -= 1
 
 
-async def load(
-    rate: float, seconds: float, gateway: str, sandbox: str
-) -> tuple[Samples, Samples]:
+async def load(rate: float, seconds: float, gateway: str, sandbox: str) -> tuple[Samples, Samples]:
     via, direct = Samples(), Samples()
     a = Pool(f"{gateway}/v1/chat/completions", "bench")
     b = Pool(f"{sandbox}/openai/v1/chat/completions", "sandbox-openai-key")
