@@ -140,7 +140,8 @@ class Completion(Response):
         self.started = started
         self.follower = Follower(ctx, task_id)
         self.gone = False
-        self.done = False
+        self.done = False  # the whole answer is queued for sending
+        self.begun = False  # the status line went out
         self.provider_ms = 0  # time the task spent waiting on provider calls
         self.created = int(time.time())
         self.cid = f"chatcmpl-{task_id}"
@@ -156,6 +157,10 @@ class Completion(Response):
                 await self._unary(send, event)
         except OSError:
             self.gone = True  # the client went away mid-send
+        except EngineError:
+            if self.done or self.begun:
+                raise  # the status line went out: all that is left is to drop the connection
+            await self._error(send, ProtocolError("unavailable", "Redis is unavailable", 503))
         finally:
             watcher.cancel()
             self.follower.close()
@@ -314,6 +319,7 @@ class Completion(Response):
         return bool(options is not None and options.include_usage)
 
     async def _begin(self, send: Send, first: bytes) -> None:
+        self.begun = True
         await send(
             {"type": "http.response.start", "status": 200, "headers": [*SSE_HEADERS, *self.ids]}
         )

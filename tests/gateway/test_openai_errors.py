@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import openai
 import pytest
 
+from engine.runtime.embedded import EmbeddedRedis
 from tests.gateway.openai_fixtures import Stack, make_stack
 
 pytestmark = pytest.mark.timeout(90)
@@ -119,3 +121,20 @@ async def _waiting_task(stack: Stack) -> str:
         while not (entries := await stack.client.store.entries(log, count=1)):  # noqa: ASYNC110
             await asyncio.sleep(0.02)
     return str(entries[0][1][b"task"].decode())
+
+
+async def test_redis_unreachable_is_a_503(tmp_path: Path) -> None:
+    """With its Redis gone, the gateway answers 503 service_unavailable in OpenAI's shape,
+    which the SDK raises as InternalServerError (after its retries)."""
+    server = EmbeddedRedis(tmp_path, appendonly=False)
+    url = server.start()
+    try:
+        async for stack in make_stack(url):
+            server.stop()
+            async with _client(stack, retries=1) as client:
+                with pytest.raises(openai.InternalServerError) as down:
+                    await client.chat.completions.create(model="auto", messages=USER)  # type: ignore[arg-type]
+            assert down.value.status_code == 503
+            assert down.value.code == "service_unavailable"
+    finally:
+        server.stop()
