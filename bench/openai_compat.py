@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -171,6 +172,22 @@ async def load(rate: float, seconds: float, gateway: str, sandbox: str) -> tuple
     return via, direct
 
 
+def overhead(gateway: str) -> str:
+    """``aiis_overhead_seconds`` as the gateway reports it (every process's, summed; the
+    counts since the gateway started)."""
+    text = httpx.get(f"{gateway}/metrics", timeout=10).text
+    total = count = 0.0
+    for family in text_string_to_metric_families(text):
+        if family.name == "aiis_overhead_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_sum"):
+                    total += sample.value
+                elif sample.name.endswith("_count"):
+                    count += sample.value
+    mean = total / count * 1000 if count else float("nan")
+    return f"aiis_overhead_seconds: mean {mean:.1f} ms over {count:.0f} requests"
+
+
 def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -258,6 +275,7 @@ def main() -> None:
                         f"{(pct(via.last, 0.5) - pct(direct.last, 0.5)) * 1000:>7.1f}ms "
                         f"{(pct(via.last, 0.99) - pct(direct.last, 0.99)) * 1000:>7.1f}ms"
                     )
+                    print(f"{count:>5} {rate:>6.0f} {'metric':>8} {overhead(gateway)}")
                     sys.stdout.flush()
             finally:
                 stop(proc)
