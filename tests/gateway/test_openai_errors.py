@@ -138,3 +138,16 @@ async def test_redis_unreachable_is_a_503(tmp_path: Path) -> None:
             assert down.value.code == "service_unavailable"
     finally:
         server.stop()
+
+
+async def test_pii_blocked_by_the_tenants_policy_is_a_403(redis_url: str) -> None:
+    """Under the ``block`` PII policy a message holding an e-mail address is refused with
+    PermissionDeniedError (pii_blocked, param messages), never submitted."""
+    async for stack in make_stack(redis_url, pii_policy="block"):
+        leaky = [{"role": "user", "content": "mail jane.doe@example.com the report"}]
+        async with _client(stack) as client:
+            with pytest.raises(openai.PermissionDeniedError) as blocked:
+                await client.chat.completions.create(model="auto", messages=leaky)  # type: ignore[arg-type]
+        assert blocked.value.code == "pii_blocked" and blocked.value.param == "messages"
+        assert "jane.doe" not in blocked.value.message
+        assert stack.sandbox.stats()["requests"] == {}
