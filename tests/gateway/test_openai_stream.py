@@ -12,7 +12,7 @@ import pytest
 
 from engine.core import outbox
 from engine.core.events import TaskCancelled, TaskProgress, TaskSucceeded
-from tests.conftest import Engine
+from tests.conftest import TOPOLOGIES, Engine, Topology
 from tests.gateway.openai_fixtures import Stack, make_stack
 from tests.gateway.test_processes import gateway_group
 
@@ -149,3 +149,32 @@ async def test_two_gateway_processes_serve_streams_and_unary_calls(redis_url: st
             for task_id, text in results:
                 done = (await stack.events(task_id))[-1]
                 assert isinstance(done, TaskSucceeded) and done.data.result.text == text
+
+
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
+async def test_streams_and_answers_on_every_topology(topology: Topology) -> None:
+    """On a standalone Redis and on a 3-master cluster with 4 partitions, streamed and
+    non-streamed completions (several, so several partitions) carry their task's text."""
+    overrides = {"redis_cluster": True, "partitions": 4} if topology.cluster else {}
+    async for stack in make_stack(topology.url, **overrides):
+        async with openai.AsyncOpenAI(api_key="tok-acme", base_url=stack.base_url) as client:
+
+            async def one(i: int) -> tuple[str, str]:
+                messages = [{"role": "user", "content": f"topology question {i}"}]
+                raw = await client.chat.completions.with_raw_response.create(
+                    model="auto",
+                    messages=messages,  # type: ignore[arg-type]
+                    stream=bool(i % 2),
+                )
+                if i % 2:
+                    text = "".join(
+                        [c.choices[0].delta.content or "" async for c in raw.parse() if c.choices]
+                    )
+                else:
+                    text = raw.parse().choices[0].message.content or ""  # type: ignore[union-attr]
+                return raw.headers["x-aiis-task-id"], text
+
+            results = await asyncio.gather(*(one(i) for i in range(8)))
+        for task_id, text in results:
+            done = (await stack.events(task_id))[-1]
+            assert isinstance(done, TaskSucceeded) and done.data.result.text == text
