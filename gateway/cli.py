@@ -13,11 +13,13 @@ from engine.settings import Settings
 from gateway.auth import hash_token
 from gateway.errors import GatewayConfigError, WatchError
 from gateway.grpc import GrpcSettings
+from gateway.openai import Catalog
 from gateway.processes import EXIT_CONFIG, run_processes
 from gateway.server import run_gateway
 from gateway.settings import GatewaySettings
 from gateway.watch import Watcher
 from projections.settings import ProjectionSettings
+from providers.config import ProviderSettings
 
 COMMANDS = ("gateway", "watch", "token")
 MAX_PROCESSES = 64
@@ -76,7 +78,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             grpc_settings = GrpcSettings()
             if processes > 1:
                 return run_processes(settings, gw, grpc_settings, processes, dict(os.environ))
-            asyncio.run(run_gateway(settings, None, gw, ProjectionSettings(), grpc_settings))
+            catalog = Catalog.from_settings(ProviderSettings())
+            asyncio.run(
+                run_gateway(
+                    settings, None, gw, ProjectionSettings(), grpc_settings, catalog=catalog
+                )
+            )
         except GatewayConfigError as exc:
             print(f"aiis gateway: error: {exc}", file=sys.stderr)
             # a child of `--processes N` that cannot start as configured: do not restart it

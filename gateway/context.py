@@ -11,11 +11,13 @@ from engine.operations.audit import AuditLog
 from engine.settings import Settings
 from gateway.auth import Authenticator
 from gateway.hub import Hub
+from gateway.metrics import Histogram, overhead_histogram
 from gateway.settings import GatewaySettings
 from gateway.stats import Stats
 from gateway.transport import SocketLimits
 
 if TYPE_CHECKING:
+    from gateway.openai.catalog import Catalog
     from gateway.processes import SharedMetrics
 
 
@@ -28,6 +30,7 @@ class Counters:
     submits: Counter[tuple[str, str]] = field(default_factory=Counter)  # (transport, outcome)
     errors: Counter[str] = field(default_factory=Counter)  # protocol/HTTP error codes
     rejected: Counter[str] = field(default_factory=Counter)  # refused connections by reason
+    overhead: Histogram = field(default_factory=overhead_histogram)  # OpenAI-compatible API
 
 
 @dataclass(slots=True)
@@ -48,3 +51,4 @@ class Context:
     limits: SocketLimits | None = None  # the HTTP server's socket cap and header timeout
     # `aiis gateway --processes N`: the siblings' /metrics snapshots (gateway.processes)
     shared_metrics: SharedMetrics | None = None
+    catalog: Catalog | None = None  # the models the OpenAI-compatible API routes

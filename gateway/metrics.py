@@ -30,6 +30,44 @@ if TYPE_CHECKING:
 
 DURATION_BUCKETS_S = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 MAX_SERIES = 1000  # label sets per family: kinds x providers x outcomes stay far below
+OVERHEAD_BUCKETS_S = (0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
+
+class Histogram:
+    """A labelled histogram this process fills (``aiis_overhead_seconds``)."""
+
+    def __init__(self, name: str, doc: str, label: str, buckets: tuple[float, ...]) -> None:
+        self.name, self.doc, self.label, self.buckets = name, doc, label, buckets
+        self.counts: dict[str, list[float]] = {}
+        self.sums: defaultdict[str, float] = defaultdict(float)
+
+    def observe(self, value: float, label: str) -> None:
+        counts = self.counts.get(label)
+        if counts is None:
+            if len(self.counts) >= MAX_SERIES:
+                return
+            counts = self.counts[label] = [0.0] * (len(self.buckets) + 1)
+        counts[bisect.bisect_left(self.buckets, value)] += 1
+        self.sums[label] += value
+
+    def family(self) -> HistogramMetricFamily:
+        hist = HistogramMetricFamily(self.name, self.doc, labels=[self.label])
+        for label, counts in sorted(self.counts.items()):
+            cumulative, running = [], 0.0
+            for bound, n in zip((*self.buckets, float("inf")), counts, strict=True):
+                running += n
+                cumulative.append((str(bound) if bound != float("inf") else "+Inf", running))
+            hist.add_metric([label], cumulative, self.sums[label])
+        return hist
+
+
+def overhead_histogram() -> Histogram:
+    return Histogram(
+        "aiis_overhead_seconds",
+        "OpenAI-compatible requests: duration minus the time spent waiting on provider calls",
+        "stream",
+        OVERHEAD_BUCKETS_S,
+    )
 
 
 class TaskMetrics:
@@ -316,6 +354,7 @@ def local_families(ctx: Context) -> list[Any]:
         rejected.add_metric([reason], n)
     fam.append(rejected)
     fam.extend(ctx.stats.tasks.families())
+    fam.append(c.overhead.family())
     skipped = CounterMetricFamily(
         "aiis_undecodable_events",
         "Log entries this process's readers skipped (engine.core.tolerant), by reader and reason",

@@ -27,7 +27,7 @@ from engine.errors import EngineError
 from engine.operations.audit import AuditLog
 from engine.runtime.connection import connect_for
 from engine.settings import Settings
-from gateway import dashboard, deadletters, http, sse, tasks
+from gateway import dashboard, deadletters, http, openai, sse, tasks
 from gateway.auth import Authenticator, is_loopback, load_tokens, token_from
 from gateway.context import Context
 from gateway.errors import GatewayConfigError, ProtocolError
@@ -121,6 +121,7 @@ def build_app(ctx: Context, policy: Policy) -> Starlette:
             Route("/healthz", http.healthz),
             Route("/readyz", http.readyz),
             Route("/metrics", http.metrics),
+            *openai.routes(),
         ],
         exception_handlers={
             ProtocolError: http.on_protocol_error,
@@ -143,8 +144,10 @@ class Gateway:
         proj: ProjectionSettings,
         host: str | None = None,
         port: int | None = None,
+        catalog: openai.Catalog | None = None,
     ) -> None:
         self.settings = settings
+        self.catalog = catalog
         self.gw = gw
         self.proj = proj
         self.host = host if host is not None else settings.gateway_host
@@ -186,6 +189,7 @@ class Gateway:
             await client.aclose()
             raise
         self.ctx = Context(self.settings, self.gw, client, hub, auth, stats)
+        self.ctx.catalog = self.catalog
         self.ctx.audit = AuditLog(
             client.store.redis, self.settings.namespace, max_len=self.settings.audit_max_len
         )
@@ -268,6 +272,7 @@ async def run_gateway(
     proj: ProjectionSettings,
     grpc_settings: GrpcSettings,
     announce: Callable[[str], None] = print,
+    catalog: openai.Catalog | None = None,
 ) -> None:
     """Serve until ``stop`` is set (None: until SIGTERM/SIGINT), then shut down cleanly."""
     if stop is None:
@@ -275,7 +280,7 @@ async def run_gateway(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-    gateway = Gateway(settings, gw, proj=proj)
+    gateway = Gateway(settings, gw, proj=proj, catalog=catalog)
     await gateway.start()
     assert gateway.ctx is not None
     if gateway.ctx.auth.open and not gw.process_index:  # once per group

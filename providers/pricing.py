@@ -56,6 +56,10 @@ class PriceTable:
             max((p.per_request for p in prices), default=0.0),
         )
 
+    def models(self) -> list[str]:
+        """Every model name the table prices."""
+        return list(self._prices)
+
     def lookup(self, model: str) -> Price | None:
         """Exact name, else the name without a ``models/`` prefix or a date/version suffix."""
         name = model.removeprefix("models/")

@@ -1,9 +1,10 @@
 """What a worker owes Redis: the outcome and progress of its calls, group-committed in order.
 
-Each call is a ``Running``; its ``Sink`` buffers streamed deltas (flushed every
-``PROGRESS_FLUSH_S``) and queues notices; the terminal op (success, failure, retry, dead letter,
-release) goes out after the call's last progress. The ``Outbox`` writes everything pending in
-one fenced script call per partition, retrying while Redis is away — outcomes are never dropped.
+Each call is a ``Running``; its ``Sink`` writes the first streamed delta at once and buffers
+the next ones (flushed every ``PROGRESS_FLUSH_S``) and queues notices; the terminal op
+(success, failure, retry, dead letter, release) goes out after the call's last progress. The
+``Outbox`` writes everything pending in one fenced script call per partition, retrying while
+Redis is away — outcomes are never dropped.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class Running:
     provider: str | None = None  # the provider of the last failure
     releasing: bool = False
     finished: bool = False  # its terminal op is queued
+    streamed: bool = False  # its first delta went out (the next ones are coalesced)
 
 
 Row = CommitOp
@@ -149,9 +151,16 @@ class Sink:
         self._run = run
 
     def delta(self, text: str) -> None:
-        if text and not self._run.lost:
-            self._run.buffer.append(text)
-            self._outbox.progress_due()
+        run = self._run
+        if text and not run.lost:
+            run.buffer.append(text)
+            if not run.streamed:
+                # the first token goes out at once (time to first token), the rest are
+                # coalesced for PROGRESS_FLUSH_S
+                run.streamed = True
+                self._outbox.flush_buffer(run)
+            else:
+                self._outbox.progress_due()
 
     def notice(self, kind: str, data: Mapping[str, Any]) -> None:
         if not self._run.lost:
