@@ -323,7 +323,7 @@ async def test_sigkill_of_aiis_intake_mid_batch_leaves_each_entry_exactly_one_ta
         "AIIS_REDIS_URL": redis_url,
         "AIIS_NAMESPACE": settings.namespace,
         "AIIS_PARTITIONS": "2",
-        "AIIS_INTAKE_BATCH": "40",
+        "AIIS_INTAKE_BATCH": "20",
         "AIIS_INTAKE_RECLAIM_S": "0.5",
     }
     argv = [sys.executable, "-m", "engine", "intake"]
@@ -331,7 +331,7 @@ async def test_sigkill_of_aiis_intake_mid_batch_leaves_each_entry_exactly_one_ta
     try:
         first = subprocess.Popen(argv, env=env, stderr=subprocess.DEVNULL)
         procs.append(first)
-        await _wait(lambda: _at_least(client, 60), timeout=60)
+        await _wait(lambda: _at_least(client, 20), timeout=60)
         first.send_signal(signal.SIGKILL)
         first.wait()
         assert len(await _requested(client)) < 600  # it died mid-way
@@ -353,3 +353,22 @@ async def test_sigkill_of_aiis_intake_mid_batch_leaves_each_entry_exactly_one_ta
 
 async def _at_least(client: Client, n: int) -> bool:
     return len(await _requested(client)) >= n
+
+
+def test_aiis_watch_shows_the_correlation_id() -> None:
+    """``aiis watch`` prints an intake task's correlation id on its TaskRequested line."""
+    from gateway.watch import describe
+
+    env = {"id": "1-0", "task_id": "ab" * 16, "tenant": "acme", "type": "TaskRequested"}
+    line = describe({**env, "data": {"correlation_id": "order-42", "intake_id": "5-0"}})
+    assert line.endswith("correlation order-42")
+
+
+def test_asyncapi_describes_the_intake_both_formats_and_the_rejected_stream() -> None:
+    """The AsyncAPI document names the intake channel with the plain and the FastStream
+    format, and the rejected stream."""
+    from projections import asyncapi
+
+    doc = orjson.dumps(asyncapi.build()).decode()
+    for name in ("IntakePlain", "IntakeFastStream", "IntakeRejected", "{intake}:rejected"):
+        assert name in doc
