@@ -372,3 +372,64 @@ def test_asyncapi_describes_the_intake_both_formats_and_the_rejected_stream() ->
     doc = orjson.dumps(asyncapi.build()).decode()
     for name in ("IntakePlain", "IntakeFastStream", "IntakeRejected", "{intake}:rejected"):
         assert name in doc
+
+
+async def test_the_stream_is_trimmed_below_what_the_group_still_needs(
+    real_client: Callable[..., Client],
+) -> None:
+    """Acknowledged entries are trimmed away; a pending one (and what follows it) is kept."""
+    client = real_client()
+    intake = Intake(client, client.settings, "c1")
+    await intake.prepare()
+    raw = client.store.redis
+    for i in range(300):
+        await raw.xadd(intake.stream, {"task": orjson.dumps({"input": f"t{i}"})})
+    read: Any = await raw.xreadgroup(INTAKE_GROUP, "c1", {intake.stream: ">"}, count=300)
+    entries = read[0][1]
+    await intake.admit(entries[:150])  # the rest stays pending
+    await intake.trim_once()
+    left = await client.store.entries(intake.stream)
+    assert len(left) < 300
+    assert [e[0] for e in left[-150:]] == [e[0] for e in entries[150:]]  # nothing pending lost
+    await intake.admit(entries[150:])
+    await raw.xadd(intake.stream, {"task": orjson.dumps({"input": "new"})})  # not yet read
+    await intake.trim_once()
+    left = await client.store.entries(intake.stream)
+    assert 1 <= len(left) < 150  # approximate trimming keeps at most a node's worth
+    assert left[-1][1] == {b"task": b'{"input":"new"}'}
+
+
+async def test_a_submitted_task_has_no_intake_fields(real_client: Callable[..., Client]) -> None:
+    """A task not from the intake writes TaskRequested without correlation_id and intake_id
+    (its bytes are as before the intake existed)."""
+    client = real_client()
+    await client.submit("plain submit")
+    (_, fields), *_ = await client.store.entries(client.store.keys(0).log)
+    data = orjson.loads(fields[b"data"])
+    assert "correlation_id" not in data and "intake_id" not in data
+
+
+async def test_redis_unreachable_is_logged_once_and_raised_for_a_retry(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """With Redis gone, admitting a batch raises ``RedisUnavailable`` (the entries stay
+    pending) and the outage is logged once however often it is retried."""
+    import socket
+
+    from engine.errors import RedisUnavailable
+    from engine.runtime.connection import connect
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{s.getsockname()[1]}/0"
+    settings = fast_settings(redis_url=dead)
+    client = Client(connect(dead), settings)
+    intake = Intake(client, settings, "c1")
+    entries = [(b"1-0", {b"task": b'{"input": "x"}'})]
+    for _ in range(3):
+        with pytest.raises(RedisUnavailable):
+            await intake.admit(entries)
+        intake.outage.failed(RedisUnavailable("down"))
+    logged = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
+    assert len(logged) == 1
+    await client.aclose()
