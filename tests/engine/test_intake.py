@@ -203,12 +203,12 @@ async def test_an_entry_admitted_twice_is_one_task(
 async def test_every_bad_entry_lands_in_the_rejected_stream_and_the_rest_go_on(
     real_client: Callable[..., Client], intake_app: Started
 ) -> None:
-    """Every bad-input case gets a rejected record with its code while the process keeps
-    admitting: a good entry after them is admitted, nothing of the bad ones reaches the log,
-    and every entry is acknowledged."""
+    """Every bad-input case gets a rejected record with its code while the process (two
+    consumers) keeps admitting: a good entry after them is admitted, nothing of the bad ones
+    reaches the log, and every entry is acknowledged."""
     client = real_client(max_request_bytes=4096)
     await client.store.prepare()
-    intake = await intake_app(client.settings)
+    intake = await intake_app(client.settings, consumers=2)
     raw = client.store.redis
     cases = [
         *((fields, code) for _, fields, code, _ in BAD_ENTRIES),
