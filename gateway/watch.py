@@ -31,6 +31,8 @@ def describe(env: dict[str, Any]) -> str:
     if env["type"] in ("TaskFailed", "TaskRetryScheduled"):
         err = data.get("error") or {}
         return f"{head}  {err.get('error_class')}: {err.get('message')}"
+    if env["type"] == "TaskRequested" and data.get("correlation_id"):
+        return f"{head}  correlation {data['correlation_id']}"
     if env["type"] == "TaskProgress":
         return f"{head}  {data.get('delta') or data.get('notice') or ''!r}"
     return head

@@ -13,12 +13,21 @@ import sys
 from typing import Any
 
 import orjson
-from faststream.redis import RedisBroker
+from faststream.redis import RedisBroker, StreamSub
 from faststream.specification import AsyncAPI
+from pydantic import BaseModel, ConfigDict, Field
 
 from engine.core.events import EVENT_TYPES, OPS_EVENTS
-from engine.core.keys import PartitionKeys, log_key_template, ops_key
+from engine.core.keys import (
+    INTAKE_GROUP,
+    PartitionKeys,
+    intake_key,
+    intake_rejected_key,
+    log_key_template,
+    ops_key,
+)
 from engine.core.mapper import CURRENT_VERSION
+from engine.core.task import TaskSpec
 from engine.settings import Settings
 
 TITLE = "ai-integration-service events"
@@ -27,6 +36,31 @@ VERSION = "1"
 NAMESPACE = str(Settings.model_fields["namespace"].default)
 LOG = PartitionKeys(NAMESPACE, 0).log
 OPS = ops_key(NAMESPACE)
+INTAKE = intake_key(NAMESPACE)
+
+
+class PlainIntakeEntry(BaseModel):
+    """A plain intake entry (redis-cli, ioredis, go-redis): stream fields, not JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str = Field(description="The task object of POST /v1/tasks, as JSON (TaskSpec)")
+    correlation_id: str | None = Field(None, max_length=128, description="Shown on TaskRequested")
+
+
+class IntakeRejected(BaseModel):
+    """An intake entry refused (stream fields); nothing of it reached the log."""
+
+    intake_id: str = Field(description="The refused entry's id in the intake stream")
+    correlation_id: str = Field(description="The entry's correlation id, or empty")
+    code: str = Field(
+        description="The HTTP API's code: bad_message, bad_json, too_large, invalid_task, "
+        "pii_blocked, template_error, bad_callback_url, budget_exceeded, queue_full, "
+        "tenant_not_allowed"
+    )
+    field: str
+    message: str
+
 
 _DOCS = {
     "TaskRequested": "A producer submitted a task; it is queued at its priority.",
@@ -68,6 +102,32 @@ def build() -> dict[str, Any]:
             description=f"{_DOCS.get(name, name)} Schema version v{CURRENT_VERSION[name]}.",
             schema=model,
         )
+    intake = StreamSub(INTAKE, group=INTAKE_GROUP, consumer="<host>-<pid>-<n>", batch=True)
+
+    @broker.subscriber(
+        stream=intake,
+        title="IntakePlain",
+        description=f"Producers XADD a task to {INTAKE} (AIIS_INTAKE_STREAM): the plain format, "
+        "fields `task` (JSON) and optional `correlation_id`. `aiis intake` admits each entry "
+        "once, through Client.submit's admission (docs/intake.md).",
+    )
+    async def plain(body: PlainIntakeEntry) -> None: ...
+
+    @broker.subscriber(
+        stream=StreamSub(INTAKE, group=INTAKE_GROUP, consumer="<host>-<pid>-<n>"),
+        title="IntakeFastStream",
+        description=f"The same stream, FastStream's own format: "
+        f"`RedisBroker.publish(task, stream={INTAKE!r}, correlation_id=...)`; the body is the "
+        "task object, the message's correlation id is the correlation id.",
+    )
+    async def faststream(body: TaskSpec) -> None: ...
+
+    broker.publisher(
+        stream=intake_rejected_key(INTAKE),
+        title="IntakeRejected",
+        description="Intake entries refused (capped at AIIS_INTAKE_REJECTED_MAX_LEN).",
+        schema=IntakeRejected,
+    )
     spec = AsyncAPI(
         broker,
         title=TITLE,

@@ -23,19 +23,26 @@ import redis.asyncio as aioredis
 from engine.core import mapper, tolerant
 from engine.core.blobs import Offloader, ResultRef
 from engine.core.events import (
+    OMITTED_WHEN_NONE,
     TERMINAL_CODES,
     TERMINAL_EVENTS,
-    TRACING_FIELDS,
     Event,
     Status,
     TaskRequestedData,
     TaskSucceeded,
 )
-from engine.core.keys import new_task_id, partition_for_key, partition_of, vault_key
+from engine.core.keys import (
+    correlation_key,
+    intake_task_id,
+    new_task_id,
+    partition_for_key,
+    partition_of,
+    vault_key,
+)
 from engine.core.ports import Admission
 from engine.core.script_args import SubmitItem
 from engine.core.store import StateWord, Store, id_before, translate_errors
-from engine.core.task import TaskSpec, input_json, validate_task
+from engine.core.task import IntakeRef, TaskSpec, input_json, validate_task
 from engine.errors import EngineError, EventDecodeError, InvalidTask, QueueFull, TaskNotFound
 from engine.settings import Settings
 
@@ -136,12 +143,20 @@ class Client:
             raw["deadline_s"] = deadline_s
         if traceparent is not None:
             raw["traceparent"] = traceparent
-        await self.admission.ensure_loaded()
-        return await self.submit_spec(validate_task(raw, self.admission.limits))
+        return await self.submit_task(raw)
 
-    async def submit_spec(self, spec: TaskSpec, *, retry_of: str | None = None) -> str:
+    async def submit_task(self, raw: dict[str, Any], *, intake: IntakeRef | None = None) -> str:
+        """``submit`` of a task object as ``POST /v1/tasks`` takes it: validated against the
+        deployment's limits, then ``submit_spec``. The intake admits each entry through here."""
+        await self.admission.ensure_loaded()
+        return await self.submit_spec(validate_task(raw, self.admission.limits), intake=intake)
+
+    async def submit_spec(
+        self, spec: TaskSpec, *, retry_of: str | None = None, intake: IntakeRef | None = None
+    ) -> str:
         """Submit a validated task (see ``submit``, and ``engine.core.ports.Admission`` for what
-        happens to it first)."""
+        happens to it first). ``intake``: the intake entry it comes from; without an
+        idempotency key the entry fixes the task id, so admitting it twice is one task."""
         began_us = time.time_ns() // 1000 if self._tracing else None
         admitted = await self.admission.admit(spec, resubmit=retry_of is not None)
         spec = admitted.spec
@@ -149,9 +164,13 @@ class Client:
         n = self.settings.partitions
         if spec.idempotency_key is not None:
             partition = partition_for_key(spec.tenant, spec.idempotency_key, n)
+            task_id = new_task_id(partition, n)
+        elif intake is not None:
+            task_id = intake_task_id(intake.stream, intake.intake_id)
+            partition = partition_of(task_id, n)
         else:
             partition = self._next_partition()
-        task_id = new_task_id(partition, n)
+            task_id = new_task_id(partition, n)
         held = await self.admission.reserve(spec, task_id)
         now = int(time.time() * 1000)
         deadline_ms = now + int((spec.deadline_s or self.settings.task_deadline_s) * 1000)
@@ -165,6 +184,8 @@ class Client:
             retry_of=retry_of,
             traceparent=spec.traceparent,
             submit_us=began_us,
+            correlation_id=intake.correlation_id if intake else None,
+            intake_id=intake.intake_id if intake else None,
         )
         record = {
             "tenant": spec.tenant,
@@ -176,20 +197,28 @@ class Client:
             "deadline": deadline_ms,
             "idem": spec.idempotency_key,
         }
+        corr_key = corr_ttl = ""
+        if intake is not None and intake.correlation_id:
+            corr_key = correlation_key(
+                self.store.keys(partition).tag, spec.tenant, intake.correlation_id
+            )
+            corr_ttl = str(int((deadline_ms - now) / 1000 + self.settings.task_retention_s) + 60)
         item = SubmitItem(
             task_id,
             spec.tenant,
             spec.priority,
             spec.idempotency_key or "",
             orjson.dumps(record).decode(),
-            # tracing's fields only when set: every other task's event stays as it was
+            # tracing's and the intake's fields only when set: other events stay as they were
             requested.model_dump_json(
-                exclude={k for k in TRACING_FIELDS if getattr(requested, k) is None}
+                exclude={k for k in OMITTED_WHEN_NONE if getattr(requested, k) is None}
             ),
             admitted.pii_mapping,
             vault_key(self.store.keys(partition).tag, task_id) if admitted.pii_mapping else "",
             str(self.admission.pii_ttl_s(deadline_ms)) if admitted.pii_mapping else "",
             admitted.callback_url,
+            corr_key,
+            corr_ttl,
         )
         future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         pending = _Pending(item, future, spec.priority, spec.tenant, held)
@@ -373,6 +402,30 @@ class Client:
                 yield event
                 if event.type in TERMINAL_EVENTS:
                     return
+
+    async def find_correlation(self, correlation_id: str, *, tenant: str = "default") -> str:
+        """The task an intake entry of ``tenant`` with ``correlation_id`` became, from the
+        correlation index (kept for the task's retention; no log scan). ``TaskNotFound`` when
+        no such entry was admitted (yet)."""
+        await self._deployment()
+        task_id = await self.store.correlated(tenant, correlation_id)
+        if task_id is None:
+            raise TaskNotFound(f"correlation {correlation_id[:128]!r}")
+        return task_id
+
+    async def watch_correlation(
+        self,
+        correlation_id: str,
+        *,
+        tenant: str = "default",
+        since: str | None = None,
+        block_ms: int = 1000,
+        stop: Callable[[], bool] | None = None,
+    ) -> AsyncGenerator[Event, None]:
+        """``watch`` of the task found by ``find_correlation``."""
+        task_id = await self.find_correlation(correlation_id, tenant=tenant)
+        async for event in self.watch(task_id, since, block_ms=block_ms, stop=stop):
+            yield event
 
     async def ping(self) -> None:
         with translate_errors():

@@ -102,6 +102,9 @@ class ResultInfo(_Strict):
 
 # TaskRequestedData fields written only when set (tracing), so untraced events keep their bytes
 TRACING_FIELDS = ("traceparent", "submit_us")
+# the same for a task admitted from the intake stream (engine/runtime/intake.py)
+INTAKE_FIELDS = ("correlation_id", "intake_id")
+OMITTED_WHEN_NONE = (*TRACING_FIELDS, *INTAKE_FIELDS)
 
 
 class TaskRequestedData(_Strict):
@@ -115,6 +118,9 @@ class TaskRequestedData(_Strict):
     traceparent: str | None = None  # W3C trace context the task's spans join
     # with tracing on: when the submit began (epoch µs), so the admission span has a start
     submit_us: int | None = None
+    # admitted from the intake stream: the producer's correlation id and the entry's id
+    correlation_id: str | None = None
+    intake_id: str | None = None
 
 
 class TaskStartedData(_Strict):

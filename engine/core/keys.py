@@ -8,12 +8,14 @@ Redis Cluster slot. A task lives in exactly one partition, chosen from its id
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 import zlib
 from dataclasses import dataclass
 from enum import StrEnum
 
 GROUP = "workers"
+INTAKE_GROUP = "admission"  # the consumer group of the intake stream (engine/runtime/intake.py)
 
 
 class Priority(StrEnum):
@@ -41,6 +43,13 @@ def new_task_id(partition: int, partitions: int) -> str:
         task_id = secrets.token_hex(16)
         if partition_of(task_id, partitions) == partition:
             return task_id
+
+
+def intake_task_id(stream: str, intake_id: str) -> str:
+    """The task id of the intake entry ``intake_id`` of ``stream`` (128 bits, hex): the same on
+    every delivery, so an entry admitted again after a crash finds its task already there
+    (submit.lua answers ``dup``) instead of creating a second one."""
+    return hashlib.sha256(f"{stream}\x1f{intake_id}".encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +195,24 @@ def blob_key(hash_tag_prefix: str, task_id: str, attempt: int) -> str:
     """String with a TTL: an offloaded result, ``<tag>:result:<task>:<attempt>``, in the task's
     slot (``hash_tag_prefix`` is ``PartitionKeys.tag``)."""
     return f"{_tag_prefix(hash_tag_prefix)}:result:{task_id}:{attempt}"
+
+
+def correlation_key(hash_tag_prefix: str, tenant: str, correlation_id: str) -> str:
+    """String with a TTL: the task id of the latest intake task of ``tenant`` carrying
+    ``correlation_id``, ``<tag>:corr:<tenant>\x1f<id>``, in the task's slot (submit.lua builds
+    the same name; ``hash_tag_prefix`` is ``PartitionKeys.tag``)."""
+    return f"{_tag_prefix(hash_tag_prefix)}:corr:{tenant}\x1f{correlation_id}"
+
+
+def intake_key(namespace: str) -> str:
+    """The intake stream producers XADD to (``AIIS_INTAKE_STREAM`` overrides it): a hash tag of
+    its own, so it and its rejected stream share one cluster slot."""
+    return f"{namespace}:{{intake}}"
+
+
+def intake_rejected_key(stream: str) -> str:
+    """Capped stream of the intake entries refused: ``<intake stream>:rejected``."""
+    return f"{stream}:rejected"
 
 
 def audit_key(namespace: str) -> str:

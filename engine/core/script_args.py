@@ -4,7 +4,7 @@ Every script gets ``now_ms, consumer, max_deliveries, dlq_max_len`` first (``Sto
 follows is built here, and the replies are parsed here, so an argument's position exists in one
 place per script (a test checks the strides against the scripts' ``ARGV[7 + i * n]``):
 
-- submit.lua: ``max_depth, n`` then n × ``SubmitItem`` (stride 10) → n × (status, value)
+- submit.lua: ``max_depth, n`` then n × ``SubmitItem`` (stride 12) → n × (status, value)
 - commit.lua: ``n`` then n × ``CommitOp`` (stride 7) → one applied flag (0/1) per op
 - fetch.lua: → ``cursor, n``, n × (priority, entry_id, task_id, attempt, record), ``dropped, dead``
 - renew.lua: ``n`` then n × ``RenewHeld`` (stride 4) → the 1-based indices lost
@@ -39,6 +39,8 @@ class SubmitItem(NamedTuple):
     pii_key: str  # keys.vault_key of the task; '' when no mapping
     pii_ttl_s: str  # '' when no mapping
     callback_url: str  # '' when none
+    correlation_key: str  # keys.correlation_key of an intake task's correlation id, '' when none
+    correlation_ttl_s: str  # '' when no correlation key
 
 
 def build_submit_args(max_depth: int, items: Sequence[SubmitItem]) -> list[Any]:

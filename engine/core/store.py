@@ -7,6 +7,7 @@ no ``redis.*`` exception escapes.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import time
@@ -28,7 +29,15 @@ from redis.exceptions import (
 )
 
 from engine.core.events import StateCode
-from engine.core.keys import GROUP, PRIORITIES, PartitionKeys, all_partitions, config_key, meta_key
+from engine.core.keys import (
+    GROUP,
+    PRIORITIES,
+    PartitionKeys,
+    all_partitions,
+    config_key,
+    correlation_key,
+    meta_key,
+)
 from engine.core.script_args import (
     CancelReply,
     CommitOp,
@@ -278,6 +287,15 @@ class Store:
         if raw_state is None:
             return None
         return StateWord.parse(raw_state), record
+
+    async def correlated(self, tenant: str, correlation_id: str) -> str | None:
+        """The task id the correlation index holds for ``tenant``'s ``correlation_id`` (one GET
+        per partition, concurrently; a reused id names its latest task in a partition), or
+        None."""
+        keys = [correlation_key(k.tag, tenant, correlation_id) for k in self.partitions]
+        with translate_errors():
+            found = await asyncio.gather(*(self.redis.get(k) for k in keys))
+        return next((_s(f) for f in found if f is not None), None)
 
     async def entries(
         self,

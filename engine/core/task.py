@@ -6,6 +6,7 @@ anything is written.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
 
 import orjson
@@ -50,6 +51,17 @@ class TaskSpec(BaseModel):
     deadline_s: float | None = Field(None, gt=0, le=7 * 86400)
     # the producer's trace: the task's spans join it (engine/operations/tracing.py)
     traceparent: Annotated[str | None, AfterValidator(_traceparent)] = None
+
+
+@dataclass(frozen=True, slots=True)
+class IntakeRef:
+    """Where a task admitted from the intake stream came from (engine/runtime/intake.py): the
+    stream, the entry's id and the producer's correlation id. Without an idempotency key the
+    entry names the task (``keys.intake_task_id``), so a redelivered entry is the same task."""
+
+    stream: str
+    intake_id: str
+    correlation_id: str | None = None
 
 
 def _field_of(err: Any) -> str:

@@ -46,8 +46,8 @@ def _param(text: str) -> tuple[str, Any]:
 # ``run(args, settings) -> int``.
 PLUGINS = ("projections.cli", "gateway.cli", "gateway.grpc.cli")
 # long-running component commands that `aiis serve` runs as children, when installed
-COMPONENTS = ("projections", "gateway", "ops")
-ENGINE_COMPONENTS = ("ops",)
+COMPONENTS = ("projections", "gateway", "ops", "intake")
+ENGINE_COMPONENTS = ("ops", "intake")
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a writer its reader left
 
 
@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.add_parser("purge", help="delete every dead-letter entry")
 
     sub.add_parser("ops", help="budgets' spend, alerts and task webhooks (a catch-up reader)")
+    intake = sub.add_parser("intake", help="admit the tasks producers XADD to the intake stream")
+    intake.add_argument("--consumers", type=int, default=1, help="consumers of the group")
     register_audit(sub)
     config = sub.add_parser(
         "config", help="live configuration: pii_policy, budgets, the deployment's limits"
@@ -189,6 +191,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return asyncio.run(commands.dlq(settings, args))
     if args.command == "ops":
         return commands.ops(settings)
+    if args.command == "intake":
+        from engine.runtime import intake  # noqa: PLC0415 - faststream only when used
+
+        return intake.run(settings, max(1, args.consumers))
     if args.command == "audit":
         return commands.audit(settings, args)
     if args.command == "config":

@@ -21,7 +21,7 @@ def _lua(name: str) -> str:
 
 
 def test_the_python_tuples_have_the_strides_the_scripts_read() -> None:
-    """submit.lua reads 10 values per task and commit.lua 7 per op: SubmitItem and CommitOp
+    """submit.lua reads 12 values per task and commit.lua 7 per op: SubmitItem and CommitOp
     have exactly those fields, so a field added on one side only fails here."""
     submit = re.search(r"ARGV\[7 \+ i \* (\d+)\]", _lua("submit"))
     commit = re.search(r"ARGV\[7 \+ i \* (\d+)\]", _lua("commit"))
@@ -34,7 +34,7 @@ def test_the_python_tuples_have_the_strides_the_scripts_read() -> None:
 def test_builders_flatten_in_the_scripts_order_and_parsers_type_the_replies() -> None:
     """build_*_args put the counts first, then every item's fields in order; parse_* type the
     raw replies."""
-    item = SubmitItem("t1", "acme", "normal", "", "{}", "{}", "", "", "", "")
+    item = SubmitItem("t1", "acme", "normal", "", "{}", "{}", "", "", "", "", "", "")
     assert build_submit_args(50, [item]) == [
         50,
         1,
@@ -44,6 +44,8 @@ def test_builders_flatten_in_the_scripts_order_and_parsers_type_the_replies() ->
         "",
         "{}",
         "{}",
+        "",
+        "",
         "",
         "",
         "",

@@ -17,6 +17,8 @@ import pytest
 
 from engine.client import Client
 from engine.core.events import TERMINAL_EVENTS
+from engine.core.keys import intake_key
+from engine.errors import TaskNotFound
 from engine.runtime.embedded import EmbeddedRedis, free_port
 from engine.settings import Settings
 from providers import keys as provider_keys
@@ -182,3 +184,38 @@ def test_serve_uses_a_sandbox_named_by_aiis_sandbox_url(tmp_path: Path) -> None:
     assert serve.returncode == 0, out
     assert f"sandbox at http://127.0.0.1:{port} (AIIS_SANDBOX_URL)" in out
     assert "started sandbox" not in out
+
+
+def test_serve_admits_the_intake_stream(tmp_path: Path) -> None:
+    """`aiis serve` runs `aiis intake`: an entry XADDed to the intake stream becomes a task
+    that succeeds, found by its correlation id."""
+    data = tmp_path / "data"
+    env = serve_env(data)
+    serve = start_serve(env, tmp_path, "--workers", "1")
+    try:
+        url = str(redis_info(data)["url"])
+
+        async def go() -> None:
+            client = Client.from_url(url, Settings(redis_url=url))
+            try:
+                await client.store.redis.xadd(
+                    intake_key("aiis"),
+                    {"task": orjson.dumps({"input": "via the intake"}), "correlation_id": "s-1"},
+                )
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        task_id = await client.find_correlation("s-1")
+                        break
+                    except TaskNotFound:
+                        assert time.monotonic() < deadline, "the entry was never admitted"
+                        await asyncio.sleep(0.1)
+                await wait_terminal(client, [task_id], timeout=60)
+                assert (await client.get(task_id)).status == "succeeded"
+            finally:
+                await client.aclose()
+
+        asyncio.run(go())
+    finally:
+        out = ctrl_c(serve)
+    assert serve.returncode == 0, out

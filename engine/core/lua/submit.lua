@@ -1,23 +1,27 @@
 -- Accept a batch of tasks: TaskRequested event + work entry + state, atomically per task.
 -- ARGV[5] = max queue depth per priority, ARGV[6] = n, then n × (task_id, tenant, priority,
 -- idempotency_key or '', record_json, requested_data_json, pii_mapping_json or '',
--- pii_key or '', pii_ttl_s, callback_url or '') — engine/core/script_args.py SubmitItem.
--- The PII mapping goes to its own key (keys.vault_key, in the task's slot), never into an event.
+-- pii_key or '', pii_ttl_s, callback_url or '', correlation_key or '', correlation_ttl_s) —
+-- engine/core/script_args.py SubmitItem.
+-- The PII mapping goes to its own key (keys.vault_key, in the task's slot), never into an event;
+-- an intake task's correlation id indexes it: correlation_key (in this slot) -> task id, with
+-- a TTL (keys.correlation_key; Client.find_correlation reads it).
 -- Returns n × (status, value): ('new', task_id) | ('dup', task_id) | ('full', depth).
 local max_depth = tonumber(ARGV[5])
 local n = tonumber(ARGV[6])
 -- a batch repeated after a lost reply finds its task ids already accepted
 local batch_ids = {}
-for i = 0, n - 1 do batch_ids[#batch_ids + 1] = ARGV[7 + i * 10] end
+for i = 0, n - 1 do batch_ids[#batch_ids + 1] = ARGV[7 + i * 12] end
 load_states(batch_ids)
 local depth = {}
 local out = {}
 local records = {}
 for i = 0, n - 1 do
-  local b = 7 + i * 10
+  local b = 7 + i * 12
   local id, tenant, prio, idem, rec, data =
     ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 5]
   local pii, pii_key, pii_ttl, cb = ARGV[b + 6], ARGV[b + 7], ARGV[b + 8], ARGV[b + 9]
+  local corr, corr_ttl = ARGV[b + 10], ARGV[b + 11]
   local existing = false
   if state_cache[id] then
     existing = id
@@ -42,6 +46,7 @@ for i = 0, n - 1 do
       if idem ~= '' then redis.call('HSET', K_IDEM, tenant .. '\31' .. idem, id) end
       if pii ~= '' then redis.call('SET', pii_key, pii, 'EX', pii_ttl) end
       if cb ~= '' then redis.call('HSET', K_CB, id, cb) end
+      if corr ~= '' then redis.call('SET', corr, id, 'EX', corr_ttl) end
       out[#out + 1] = 'new'
       out[#out + 1] = id
     end
