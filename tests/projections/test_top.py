@@ -37,6 +37,22 @@ def _read_until(fd: int, wanted: bytes, timeout: float, seen: bytearray) -> bool
     return wanted in seen
 
 
+def _drain_until_exit(
+    fd: int, child: subprocess.Popen[bytes], timeout: float, seen: bytearray
+) -> int | None:
+    """Keep reading the terminal until the child exits: a child whose screen output fills the
+    pty's buffer blocks in its write and could never read the quit key."""
+    deadline = time.monotonic() + timeout
+    while child.poll() is None and time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                seen += os.read(fd, 65536)
+            except OSError:  # the child closed the terminal
+                return child.wait(max(0.0, deadline - time.monotonic()))
+    return child.poll()
+
+
 async def test_top_refreshes_and_quits_on_q(engine: Engine) -> None:
     """Two refreshes of a screen naming the failed task, then ``q``: exit code 0; Ctrl-C
     quits as cleanly."""
@@ -80,7 +96,7 @@ async def _run_top(env: dict[str, str], quit_key: bytes, failed_id: str) -> None
         assert "Queues" in screen and "Providers" in screen and "Latest failures" in screen
         assert failed_id[:12] in screen
         os.write(master, quit_key)
-        code = await asyncio.to_thread(child.wait, 30)
+        code = await asyncio.to_thread(_drain_until_exit, master, child, 30.0, seen)
         assert code == 0, seen.decode(errors="replace")[-2000:]
     finally:
         if child.poll() is None:
