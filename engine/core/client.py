@@ -197,11 +197,10 @@ class Client:
             "deadline": deadline_ms,
             "idem": spec.idempotency_key,
         }
+        tag = self.store.keys(partition).tag
         corr_key = corr_ttl = ""
         if intake is not None and intake.correlation_id:
-            corr_key = correlation_key(
-                self.store.keys(partition).tag, spec.tenant, intake.correlation_id
-            )
+            corr_key = correlation_key(tag, spec.tenant, intake.correlation_id)
             corr_ttl = str(int((deadline_ms - now) / 1000 + self.settings.task_retention_s) + 60)
         item = SubmitItem(
             task_id,
@@ -214,7 +213,7 @@ class Client:
                 exclude={k for k in OMITTED_WHEN_NONE if getattr(requested, k) is None}
             ),
             admitted.pii_mapping,
-            vault_key(self.store.keys(partition).tag, task_id) if admitted.pii_mapping else "",
+            vault_key(tag, task_id) if admitted.pii_mapping else "",
             str(self.admission.pii_ttl_s(deadline_ms)) if admitted.pii_mapping else "",
             admitted.callback_url,
             corr_key,
