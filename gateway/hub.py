@@ -9,6 +9,11 @@ from ``since`` to its end, then the parked events are released. Every event is a
 most once per partition by comparing stream ids with the last one delivered, so the overlap
 between replay and live delivery is dropped and nothing between them is missed.
 
+The newest entries the loop dispatched (``recent_entries`` per partition) stay in memory: a
+replay that starts within them (the common case — an OpenAI request subscribing right after
+its submit, a WebSocket reconnecting) is served from there, synchronously, with no Redis
+command; the ring holds every dispatched entry after its ``floor``, so nothing is skipped.
+
 An entry the hub cannot decode (or of an unknown type) is counted, logged once and skipped
 (``engine.core.tolerant``); the loop never stops on one, and its cursor moves past it.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from engine.core import tolerant
@@ -84,6 +90,11 @@ class Hub:
         self.by_tenant: dict[str, set[Subscription]] = {}
         self.listeners: list[Listener] = []
         self.cursors: dict[int, str] = {}
+        # per partition: the newest dispatched entries, and the id after which the ring holds
+        # every one of them (entries up to the floor were dropped or came before the start)
+        self.recent: dict[int, deque[Item]] = {}
+        self.floor: dict[int, StreamId] = {}
+        self.replayed_from_memory = 0
         self.events_read = 0
         self.deliveries = 0
         self.decode_errors = 0
@@ -98,6 +109,8 @@ class Hub:
         for p, key in enumerate(self.logs):
             newest = await self.store.entries(key, count=1, reverse=True)
             self.cursors[p] = newest[0][0].decode() if newest else "0-0"
+            self.recent[p] = deque()
+            self.floor[p] = _sid(self.cursors[p])
         self.connected = True
         self._task = asyncio.create_task(self._run(), name="gateway-hub")
 
@@ -132,9 +145,19 @@ class Hub:
             self.connected, backoff = True, 0.1
             for partition, entries in batch:
                 for eid, fields in entries:
-                    self.dispatch(Item(partition, eid, fields))
+                    item = Item(partition, eid, fields)
+                    self.dispatch(item)
+                    self._remember(item)
                 self.cursors[partition] = entries[-1][0].decode()
             await asyncio.sleep(0)  # let writers run between batches
+
+    def _remember(self, item: Item) -> None:
+        ring = self.recent.get(item.partition)
+        if ring is None or self.gw.recent_entries == 0:
+            return
+        if len(ring) >= self.gw.recent_entries:
+            self.floor[item.partition] = ring.popleft().sid
+        ring.append(item)
 
     # --- fan-out ---------------------------------------------------------------------------
 
@@ -203,10 +226,16 @@ class Hub:
         sub.pending = []
         self.add(sub)
         try:
+            # first, synchronously, what the in-memory ring covers: nothing can arrive between
+            # the ring's newest entry and this subscription's registration
+            remote = []
             for partition, after in sorted(starts.items()):
-                await self._replay(sub, partition, after)
+                if not self._replay_recent(sub, partition, after):
+                    remote.append((partition, after))
+            for partition, after in remote:
                 if sub.finished or sub.outbox.overflowed:
                     break
+                await self._replay(sub, partition, after)
             parked, sub.pending = sub.pending, None
             for item in parked:
                 if sub.deliver(item):
@@ -215,6 +244,39 @@ class Hub:
             sub.pending = None
             if sub.finished or sub.outbox.overflowed:
                 self.remove(sub)
+
+    def _replay_recent(self, sub: Subscription, partition: int, after: str) -> bool:
+        """Replay ``partition`` after ``after`` from the ring; False when the ring does not
+        hold every entry after it (the log is read instead)."""
+        ring, floor = self.recent.get(partition), self.floor.get(partition)
+        if ring is None or floor is None:
+            return False
+        try:
+            since = _sid(after)
+        except ValueError:
+            return False
+        if since < floor:
+            return False
+        newer: list[Item] = []
+        for item in reversed(ring):
+            if item.sid <= since:
+                break
+            newer.append(item)
+        self.replayed_from_memory += 1
+        for item in reversed(newer):
+            if sub.finished or sub.outbox.overflowed:
+                break
+            if not sub.matches(item.fields):
+                continue
+            try:
+                item.check()
+            except EventDecodeError as exc:
+                self.decode_errors += 1
+                tolerant.skipped("hub", item.id, exc)
+                continue
+            if sub.deliver(item):
+                self.deliveries += 1
+        return True
 
     async def _replay(self, sub: Subscription, partition: int, after: str) -> None:
         key = self.logs[partition]
@@ -245,3 +307,9 @@ class Hub:
                         return
             cursor = entries[-1][0].decode()
             await sub.outbox.wait_room()
+
+
+def _sid(entry_id: str) -> StreamId:
+    """A stream id as the ``(ms, seq)`` the subscriptions compare (``ValueError`` if not one)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

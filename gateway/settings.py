@@ -56,6 +56,10 @@ class GatewaySettings(BaseSettings):
     read_count: int = Field(1000, ge=1, le=100_000)  # entries per XREAD
     read_block_ms: int = Field(1000, ge=1, le=60_000)
     replay_chunk: int = Field(1000, ge=1, le=100_000)  # entries per XRANGE during catch-up
+    # the newest entries of each partition the reader dispatched, kept in memory: a subscriber
+    # resuming within them (an OpenAI request right after its submit, a WebSocket reconnect)
+    # is replayed from memory, without a Redis round trip; 0 turns it off
+    recent_entries: int = Field(4096, ge=0, le=1_000_000)
 
     # dashboard and SSE
     stats_interval_s: float = Field(1.0, gt=0, le=3600)
