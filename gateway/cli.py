@@ -9,7 +9,7 @@ import secrets
 import sys
 from typing import Any
 
-from engine.runtime.workers import run_loop
+from engine.runtime.workers import quiet_gc, run_loop
 from engine.settings import Settings
 from gateway.auth import hash_token
 from gateway.errors import GatewayConfigError, WatchError
@@ -82,6 +82,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             catalog = Catalog.from_settings(ProviderSettings())
             # uvloop when installed (AIIS_EVENT_LOOP), as the worker: the gateway's per-request
             # socket work costs far less CPU on libuv (bench/openai_compat.py)
+            quiet_gc()
             run_loop(
                 run_gateway(
                     settings, None, gw, ProjectionSettings(), grpc_settings, catalog=catalog
