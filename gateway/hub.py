@@ -33,6 +33,7 @@ from engine.errors import EngineError, EventDecodeError
 from gateway.outbox import Item, Outbox
 from gateway.protocol import StreamId, Target
 from gateway.settings import GatewaySettings
+from gateway.since import log_bounds
 
 log = logging.getLogger("aiis.gateway")
 
@@ -91,7 +92,8 @@ class Hub:
         self.listeners: list[Listener] = []
         self.cursors: dict[int, str] = {}
         # per partition: the newest dispatched entries, and the id after which the ring holds
-        # every one of them (entries up to the floor were dropped or came before the start)
+        # every one of them (entries up to the floor were dropped, or generated before the
+        # start — even if trimmed since: the archive keeps a task's, the ring cannot)
         self.recent: dict[int, deque[Item]] = {}
         self.floor: dict[int, StreamId] = {}
         self.replayed_from_memory = 0
@@ -110,7 +112,10 @@ class Hub:
             newest = await self.store.entries(key, count=1, reverse=True)
             self.cursors[p] = newest[0][0].decode() if newest else "0-0"
             self.recent[p] = deque()
-            self.floor[p] = _sid(self.cursors[p])
+            # not the newest entry: a log trimmed empty (archived) generated ids up to here
+            _, last, _ = await log_bounds(self.store, p)
+            if last != "0-0":  # else no floor until the first entry read (see _remember)
+                self.floor[p] = _sid(last)
         self.connected = True
         self._task = asyncio.create_task(self._run(), name="gateway-hub")
 
@@ -157,6 +162,8 @@ class Hub:
             return
         if len(ring) >= self.gw.recent_entries:
             self.floor[item.partition] = ring.popleft().sid
+        elif item.partition not in self.floor:
+            self.floor[item.partition] = item.sid  # a log that did not exist at the start
         ring.append(item)
 
     # --- fan-out ---------------------------------------------------------------------------
@@ -264,19 +271,21 @@ class Hub:
             newer.append(item)
         self.replayed_from_memory += 1
         for item in reversed(newer):
-            if sub.finished or sub.outbox.overflowed:
+            if sub.matches(item.fields) and self._replayed(sub, item):
                 break
-            if not sub.matches(item.fields):
-                continue
-            try:
-                item.check()
-            except EventDecodeError as exc:
-                self.decode_errors += 1
-                tolerant.skipped("hub", item.id, exc)
-                continue
-            if sub.deliver(item):
-                self.deliveries += 1
         return True
+
+    def _replayed(self, sub: Subscription, item: Item) -> bool:
+        """Deliver one replayed entry that matches ``sub``; True once ``sub`` wants no more."""
+        try:
+            item.check()  # before ``deliver`` marks a terminal one as delivered
+        except EventDecodeError as exc:
+            self.decode_errors += 1
+            tolerant.skipped("hub", item.id, exc)
+            return False
+        if sub.deliver(item):
+            self.deliveries += 1
+        return sub.finished or sub.outbox.overflowed
 
     async def _replay(self, sub: Subscription, partition: int, after: str) -> None:
         key = self.logs[partition]
@@ -293,18 +302,8 @@ class Hub:
             if not entries:
                 return
             for eid, fields in entries:
-                if sub.matches(fields):
-                    item = Item(partition, eid, fields)
-                    try:
-                        item.check()  # before ``deliver`` marks a terminal one as delivered
-                    except EventDecodeError as exc:
-                        self.decode_errors += 1
-                        tolerant.skipped("hub", item.id, exc)
-                        continue
-                    if sub.deliver(item):
-                        self.deliveries += 1
-                    if sub.finished or sub.outbox.overflowed:
-                        return
+                if sub.matches(fields) and self._replayed(sub, Item(partition, eid, fields)):
+                    return
             cursor = entries[-1][0].decode()
             await sub.outbox.wait_room()
 
