@@ -19,6 +19,7 @@ from engine.admission.steps import hash_key
 from engine.core.events import TaskCancelled, TaskSucceeded
 from engine.core.keys import followers_key, partition_for_key
 from gateway.server import Gateway
+from tests.conftest import TOPOLOGIES, Topology
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway, request
 from tests.gateway.openai_fixtures import Stack, make_stack
 
@@ -108,21 +109,30 @@ async def _open(client: openai.AsyncOpenAI, key: str) -> tuple[str, Any]:
     return raw.headers["x-aiis-task-id"], raw.parse()
 
 
-async def _followers(stack: Stack, key: str) -> bytes | None:
-    """The followers counter of acme's ``key``."""
+async def _followers(stack: Stack, key: str) -> tuple[bytes | None, int]:
+    """The followers counter of acme's ``key`` and its TTL (s)."""
     stored = hash_key("acme", key)
     store = stack.client.store
     tag = store.keys(partition_for_key("acme", stored, stack.settings.partitions)).tag
-    value: bytes | None = await store.redis.get(followers_key(tag, "acme", stored))
-    return value
+    name = followers_key(tag, "acme", stored)
+    value: bytes | None = await store.redis.get(name)
+    return value, int(await store.redis.ttl(name))
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 async def test_the_creator_leaving_does_not_cancel_a_task_another_gateway_still_streams(
-    stack: Stack, make_gateway: MakeGateway
+    topology: Topology, make_gateway: MakeGateway
 ) -> None:
     """Request A creates the task through one gateway and closes its stream mid-answer while
-    request B, with the same key, follows it through another gateway process: the task is not
-    cancelled and B gets the whole answer; the followers counter is back at 0."""
+    request B, with the same key, follows it through another gateway: the task is not
+    cancelled and B gets the whole answer; the followers counter is back at 0 and expires. On a
+    standalone Redis and on a 3-master cluster with 4 partitions."""
+    overrides = {"redis_cluster": True, "partitions": 4} if topology.cluster else {}
+    async for stack in make_stack(topology.url, **overrides):
+        await _creator_leaves(stack, make_gateway)
+
+
+async def _creator_leaves(stack: Stack, make_gateway: MakeGateway) -> None:
     other = await make_gateway(stack.settings, tokens=TOKENS_ENV)
     async with (
         _client(stack.base_url) as a_client,
@@ -143,7 +153,8 @@ async def test_the_creator_leaving_does_not_cancel_a_task_another_gateway_still_
     done = events[-1]
     assert isinstance(done, TaskSucceeded)
     assert text == done.data.result.text and text.startswith("Sandbox reply")
-    assert await _followers(stack, "northern-1") == b"0"
+    count, ttl = await _followers(stack, "northern-1")
+    assert count == b"0" and 0 < ttl <= stack.settings.task_deadline_s + 60  # never kept for good
 
 
 async def test_the_last_follower_leaving_early_cancels_the_task(stack: Stack) -> None:
