@@ -318,7 +318,7 @@ class Client:
                         p.future.set_exception(QueueFull(p.priority, int(value), limit))
                     elif status == "conflict":
                         p.future.set_exception(IdempotencyConflict(value))
-                    else:  # 'dup' of its own id: this batch again, after a lost reply
+                    else:  # 'new', or 'dup': of its own id only when this batch ran before
                         p.future.set_result(Submitted(value, value == p.item[0]))
         finally:
             del self._flushers[partition]
