@@ -50,7 +50,7 @@ async def test_a_reused_key_with_other_messages_is_a_422_the_sdk_does_not_retry(
 ) -> None:
     """Same key, other messages or other parameters → ``UnprocessableEntityError`` (422,
     ``idempotency_conflict``, param ``Idempotency-Key``), sent once though the SDK may retry
-    twice; the same request still attaches to the task."""
+    twice; the same request still attaches to the task, streamed or not."""
     key = {"Idempotency-Key": "invoice-7"}
     async with _client(stack.base_url) as client:
         create = client.chat.completions.with_raw_response.create
@@ -65,7 +65,12 @@ async def test_a_reused_key_with_other_messages_is_a_422_the_sdk_does_not_retry(
             assert error.param == "Idempotency-Key" and error.type == "invalid_request_error"
             assert task_id in error.message
         again = await create(model="auto", messages=MESSAGES, extra_headers=key)  # type: ignore[arg-type]
-    assert again.headers["x-aiis-task-id"] == task_id
+        streamed = await create(model="auto", messages=MESSAGES, extra_headers=key, stream=True)  # type: ignore[arg-type]
+        text = "".join(
+            [c.choices[0].delta.content or "" async for c in streamed.parse() if c.choices]
+        )
+    assert again.headers["x-aiis-task-id"] == streamed.headers["x-aiis-task-id"] == task_id
+    assert text == first.parse().choices[0].message.content  # the same answer, streamed
     assert _counters(stack.gateway).submits[("openai", "idempotency_conflict")] == 2
     assert isinstance((await stack.events(task_id))[-1], TaskSucceeded)
 
