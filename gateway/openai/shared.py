@@ -55,10 +55,15 @@ class Shared:
         self.joined = False
         try:
             with translate_errors():
-                async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.decr(self.key)
-                    pipe.expire(self.key, self.ttl_s)  # a DECR of an expired key makes a new one
-                    left = int((await pipe.execute())[0])
+                left = int(await self.redis.decr(self.key))
+                if left < 0:
+                    # the counter had expired (a request outliving its TTL): DECR made a new
+                    # one at -1 without a TTL; give the 1 back (increments commute, so a join
+                    # in between is still counted) and let it expire again
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        pipe.incr(self.key)
+                        pipe.expire(self.key, self.ttl_s)
+                        left = int((await pipe.execute())[0])
         except EngineError:
             return False
         # left at 0 rather than deleted: a DEL racing a new request's INCR would lose it

@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 from engine.admission.steps import hash_key
 from engine.core.events import TaskCancelled, TaskSucceeded
 from engine.core.keys import followers_key, partition_for_key
+from gateway.openai.shared import Shared
 from gateway.server import Gateway
 from tests.conftest import TOPOLOGIES, Topology
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway, request
@@ -175,3 +176,25 @@ async def test_the_last_follower_leaving_early_cancels_the_task(stack: Stack) ->
         await stream_b.close()
     events = await stack.events(task_a)
     assert isinstance(events[-1], TaskCancelled)
+
+
+async def test_a_counter_that_expired_under_its_followers_is_not_left_behind(
+    stack: Stack,
+) -> None:
+    """A follower leaving after its counter expired (a request outliving the TTL) counts as the
+    last; the counter its DECR re-created is put back at 0 with a TTL, so the next requests
+    are counted right and nothing is kept for good."""
+    assert stack.gateway.ctx is not None
+    shared = Shared(stack.gateway.ctx, "acme", "long-1")
+    await shared.join()
+    assert await _followers(stack, "long-1") == (b"1", shared.ttl_s)
+    await stack.client.store.redis.delete(shared.key)  # what the TTL does
+    assert await shared.leave() is True
+    count, ttl = await _followers(stack, "long-1")
+    assert count == b"0" and 0 < ttl <= shared.ttl_s
+    again = Shared(stack.gateway.ctx, "acme", "long-1")
+    other = Shared(stack.gateway.ctx, "acme", "long-1")
+    await again.join()
+    await other.join()
+    assert await again.leave() is False  # `other` still follows
+    assert await other.leave() is True
