@@ -110,8 +110,8 @@ async def chat_completions(request: Request) -> Response:
                 status=413,
                 param="messages",
             )
-        noted = dict(ctx.hub.cursors)
         shared = await _join(ctx, who, task)
+        noted = dict(ctx.hub.cursors)  # right before the submit: the follower's fast path
         try:
             submitted = await submit_outcome(ctx, who, task, "openai")
         except BaseException:
