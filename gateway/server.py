@@ -246,7 +246,9 @@ class Gateway:
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             await self._serving
+        # the stats pushes, and shared tasks' delayed cancels (which then run to their end)
         background = [t for t in (self._stats_task, self._snapshot_task) if t is not None]
+        background += list(ctx.pending)
         for task in background:
             task.cancel()
         if background:

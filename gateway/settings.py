@@ -66,6 +66,9 @@ class GatewaySettings(BaseSettings):
     recent_tasks: int = Field(50, ge=1, le=10_000)  # per tenant, shown on the dashboard
     recent_tracked: int = Field(5000, ge=1, le=1_000_000)  # tasks remembered for that list
     sse_keepalive_s: float = Field(15.0, gt=0, le=3600)
+    # OpenAI route: a task shared through an Idempotency-Key whose last follower left early is
+    # cancelled this long after, unless a retry with the key joined it meanwhile
+    shared_cancel_grace_s: float = Field(2.0, ge=0, le=600)
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)
 
     # processes behind the same HTTP and gRPC ports (SO_REUSEPORT: the kernel spreads new

@@ -192,7 +192,12 @@ class Completion(Response):
             self.follower.close()
             last = self.shared is None or await self.shared.leave()
             if self.gone and not self.done and last:
-                await self._cancel()
+                if self.shared is None:
+                    await self._cancel()
+                else:  # a retry with the key may still come and attach: give it the grace
+                    later = asyncio.create_task(self._cancel_unless_joined(self.shared))
+                    self.ctx.pending.add(later)
+                    later.add_done_callback(self.ctx.pending.discard)
 
     async def _watch(self, receive: Receive) -> None:
         while True:
@@ -202,6 +207,11 @@ class Completion(Response):
                     self.gone = True
                     self.follower.outbox.close()
                 return
+
+    async def _cancel_unless_joined(self, shared: Shared) -> None:
+        await asyncio.sleep(self.ctx.gw.shared_cancel_grace_s)
+        if await shared.followers() <= 0:
+            await self._cancel()
 
     async def _cancel(self) -> None:
         ctx, who = self.ctx, self.who

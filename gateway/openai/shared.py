@@ -10,6 +10,10 @@ always counted before either can leave. The counter expires (``TTL_MARGIN_S`` af
 deadline a task gets by default): a gateway that crashes with followers counted leaves a task
 that runs to its end instead of one cancelled — nothing stays behind for good.
 
+The last follower leaving early does not cancel at once: a caller whose connection broke
+retries with the same key, so the task is cancelled ``AIIS_GATEWAY_SHARED_CANCEL_GRACE_S``
+(2 s) later unless a request joined it meanwhile (``Completion``).
+
 Requests without a key cannot be joined by another, so they are not counted (no Redis
 command): leaving early cancels their task at once.
 """
@@ -45,6 +49,15 @@ class Shared:
                 pipe.expire(self.key, self.ttl_s)
                 await pipe.execute()
         self.joined = True
+
+    async def followers(self) -> int:
+        """How many requests follow the task now (0 when Redis cannot tell: nobody known)."""
+        try:
+            with translate_errors():
+                raw = await self.redis.get(self.key)
+        except EngineError:
+            return 0
+        return int(raw or 0)
 
     async def leave(self) -> bool:
         """Count this request out; True when no request follows the task any more (so one

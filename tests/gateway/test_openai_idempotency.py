@@ -33,6 +33,14 @@ SLOW = [{"role": "user", "content": "Tell me about the northern lights please [[
 
 @pytest.fixture
 async def stack(redis_url: str) -> AsyncIterator[Stack]:
+    """A gateway that cancels a shared task its last follower left at once (no grace)."""
+    async for s in make_stack(redis_url, gateway={"shared_cancel_grace_s": 0}):
+        yield s
+
+
+@pytest.fixture
+async def patient_stack(redis_url: str) -> AsyncIterator[Stack]:
+    """A gateway with the default grace before such a cancel (2 s)."""
     async for s in make_stack(redis_url):
         yield s
 
@@ -176,6 +184,27 @@ async def test_the_last_follower_leaving_early_cancels_the_task(stack: Stack) ->
         await stream_b.close()
     events = await stack.events(task_a)
     assert isinstance(events[-1], TaskCancelled)
+
+
+async def test_a_retry_within_the_grace_attaches_to_the_task_its_only_follower_left(
+    patient_stack: Stack,
+) -> None:
+    """The only request following a task closes its stream mid-answer (a broken connection);
+    its caller retries with the same key within AIIS_GATEWAY_SHARED_CANCEL_GRACE_S: the retry
+    attaches to the still-running task and gets the whole answer — nothing was cancelled."""
+    stack = patient_stack
+    async with _client(stack.base_url) as client:
+        task_a, stream_a = await _open(client, "northern-3")
+        await _first_token(stream_a)
+        await stream_a.close()
+        await asyncio.sleep(0.2)  # the gateway saw the close; the grace (2 s) is running
+        task_b, stream_b = await _open(client, "northern-3")
+        assert task_b == task_a
+        text = "".join([c.choices[0].delta.content or "" async for c in stream_b if c.choices])
+    events = await stack.events(task_a)
+    assert isinstance(events[-1], TaskSucceeded)
+    assert not any(isinstance(e, TaskCancelled) for e in events)
+    assert text == events[-1].data.result.text
 
 
 async def test_a_counter_that_expired_under_its_followers_is_not_left_behind(
