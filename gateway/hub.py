@@ -94,7 +94,8 @@ class Hub:
         # per partition: the newest dispatched entries, and the id after which the ring holds
         # every one of them (entries up to the floor were dropped, or generated before the
         # start — even if trimmed since: the archive keeps a task's, the ring cannot)
-        self.recent: dict[int, deque[Item]] = {}
+        self.recent: dict[int, deque[tuple[Item, int]]] = {}  # (entry, its size)
+        self.recent_size: dict[int, int] = {}
         self.floor: dict[int, StreamId] = {}
         self.replayed_from_memory = 0
         self.events_read = 0
@@ -112,6 +113,7 @@ class Hub:
             newest = await self.store.entries(key, count=1, reverse=True)
             self.cursors[p] = newest[0][0].decode() if newest else "0-0"
             self.recent[p] = deque()
+            self.recent_size[p] = 0
             # not the newest entry: a log trimmed empty (archived) generated ids up to here
             _, last, _ = await log_bounds(self.store, p)
             if last != "0-0":  # else no floor until the first entry read (see _remember)
@@ -157,14 +159,21 @@ class Hub:
             await asyncio.sleep(0)  # let writers run between batches
 
     def _remember(self, item: Item) -> None:
-        ring = self.recent.get(item.partition)
+        p = item.partition
+        ring = self.recent.get(p)
         if ring is None or self.gw.recent_entries == 0:
             return
-        if len(ring) >= self.gw.recent_entries:
-            self.floor[item.partition] = ring.popleft().sid
-        elif item.partition not in self.floor:
-            self.floor[item.partition] = item.sid  # a log that did not exist at the start
-        ring.append(item)
+        if p not in self.floor:
+            self.floor[p] = item.sid  # a log that did not exist at the start
+        size = sum(len(k) + len(v) for k, v in item.fields.items())
+        ring.append((item, size))
+        self.recent_size[p] += size
+        while ring and (
+            len(ring) > self.gw.recent_entries or self.recent_size[p] > self.gw.recent_bytes
+        ):
+            dropped, dropped_size = ring.popleft()
+            self.recent_size[p] -= dropped_size
+            self.floor[p] = dropped.sid
 
     # --- fan-out ---------------------------------------------------------------------------
 
@@ -265,7 +274,7 @@ class Hub:
         if since < floor:
             return False
         newer: list[Item] = []
-        for item in reversed(ring):
+        for item, _ in reversed(ring):
             if item.sid <= since:
                 break
             newer.append(item)

@@ -58,8 +58,10 @@ class GatewaySettings(BaseSettings):
     replay_chunk: int = Field(1000, ge=1, le=100_000)  # entries per XRANGE during catch-up
     # the newest entries of each partition the reader dispatched, kept in memory: a subscriber
     # resuming within them (an OpenAI request right after its submit, a WebSocket reconnect)
-    # is replayed from memory, without a Redis round trip; 0 turns it off
+    # is replayed from memory, without a Redis round trip; 0 turns it off. Bounded in bytes
+    # too (the entries' field sizes), so large prompts cannot grow it past recent_bytes
     recent_entries: int = Field(4096, ge=0, le=1_000_000)
+    recent_bytes: int = Field(16 * 1024 * 1024, ge=0, le=16 * 1024 * 1024 * 1024)
 
     # dashboard and SSE
     stats_interval_s: float = Field(1.0, gt=0, le=3600)

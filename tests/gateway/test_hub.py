@@ -193,12 +193,15 @@ async def test_a_resume_within_the_recent_entries_is_served_from_memory_without_
         await hub.stop()
 
 
-async def test_a_resume_older_than_the_recent_entries_reads_the_log(engine: Engine) -> None:
-    """With room for only two entries per partition, a resume from the log's start is not in
-    memory: it is read from Redis, complete."""
+@pytest.mark.parametrize("room", [{"recent_entries": 2}, {"recent_bytes": 1500}])
+async def test_a_resume_older_than_the_recent_entries_reads_the_log(
+    engine: Engine, room: dict[str, int]
+) -> None:
+    """With room for only a few entries per partition (by count or by bytes), a resume from
+    the log's start is not in memory: it is read from Redis, complete."""
     store = engine.client.store
     n = engine.settings.partitions
-    hub = Hub(store, GatewaySettings(read_block_ms=50, recent_entries=2))
+    hub = Hub(store, GatewaySettings(read_block_ms=50, **room))
     await hub.start()
     try:
         for i in range(12):
@@ -213,6 +216,8 @@ async def test_a_resume_older_than_the_recent_entries_reads_the_log(engine: Engi
         for p in range(n):
             want |= {(p, eid.decode()) for eid, _ in await store.entries(store.keys(p).log)}
         assert sent == want and len(want) == 12
-        assert all(len(ring) <= 2 for ring in hub.recent.values())
+        assert all(len(ring) <= hub.gw.recent_entries for ring in hub.recent.values())
+        assert all(size <= hub.gw.recent_bytes for size in hub.recent_size.values())
+        assert all(sum(s for _, s in hub.recent[p]) == hub.recent_size[p] for p in range(n))
     finally:
         await hub.stop()
