@@ -27,7 +27,7 @@ from engine.errors import EngineError
 from engine.operations.audit import AuditLog
 from engine.runtime.connection import connect_for
 from engine.settings import Settings
-from gateway import dashboard, deadletters, heap, http, openai, sse, tasks
+from gateway import dashboard, deadletters, http, openai, sse, tasks
 from gateway.auth import Authenticator, is_loopback, load_tokens, token_from
 from gateway.context import Context
 from gateway.errors import GatewayConfigError, ProtocolError
@@ -309,7 +309,6 @@ async def run_gateway(
             raise
         if gw.process_index is None:
             announce(f"{who}: grpc {grpc_server.target}")
-    heap.settle(gw.gc_threshold)  # start-up's objects are built: freeze them (gateway/heap.py)
     try:
         await stop.wait()
     finally:

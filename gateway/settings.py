@@ -63,9 +63,6 @@ class GatewaySettings(BaseSettings):
     recent_tracked: int = Field(5000, ge=1, le=1_000_000)  # tasks remembered for that list
     sse_keepalive_s: float = Field(15.0, gt=0, le=3600)
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)
-    # young-generation GC threshold of a gateway process, frozen start-up heap (gateway/heap.py;
-    # 0: Python's default collector)
-    gc_threshold: int = Field(20_000, ge=0, le=10_000_000)
 
     # processes behind the same HTTP and gRPC ports (SO_REUSEPORT: the kernel spreads new
     # connections over them), each with its own log reader; see docs/gateway.md
