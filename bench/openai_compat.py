@@ -12,9 +12,12 @@ answer never delays the next start), alternating a streamed ``POST /v1/chat/comp
 with model ``gpt-5-mini`` through the gateway and the same streamed request straight to the
 sandbox's OpenAI endpoint, so both see the same machine load. For each it records the time to
 the first body bytes holding a token (first token) and to the last byte. Prints p50/p99 of
-each and their difference (what the service adds), errors and the peak in flight. On these
-2-core machines redis-server, the sandbox, the worker, the gateway and this load generator all
-share the cores: the added latency includes that contention.
+each and their difference (what the service adds), errors and the peak in flight, and the
+CPU each process spent per request pair (from /proc; the sandbox and this load generator serve
+both paths) with the cores that CPU needs at that rate. On these 2-core machines
+redis-server, the sandbox, the worker, the gateway and this load generator all share the
+cores: the added latency includes that contention, and where the cores needed exceed the
+machine's, no latency goal can hold on it.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -62,6 +66,38 @@ class Samples:
     errors: int = 0
     in_flight: int = 0
     peak: int = 0
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) a process and its reaped children used so far; 0 once gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return sum(int(f) for f in fields[11:15]) / TICK  # utime, stime, cutime, cstime
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[1]) == pid:
+                out.append(int(entry.name))
+    return out
+
+
+def cpu_snapshot(pids: dict[str, list[int]]) -> dict[str, float]:
+    snap = {name: sum(proc_cpu(p) for p in group) for name, group in pids.items()}
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    snap["load generator"] = usage.ru_utime + usage.ru_stime
+    return snap
 
 
 def pct(values: list[float], q: float) -> float:
@@ -259,8 +295,18 @@ def main() -> None:
             try:
                 wait_http(f"{gateway}/healthz", proc)
                 time.sleep(1.0 if count > 1 else 0.2)  # every child listening
+                assert redis.process is not None
+                pids = {
+                    "gateway": [proc.pid, *children_of(proc.pid)],
+                    "worker": [procs[1].pid],
+                    "sandbox": [procs[0].pid],
+                    "redis-server": [redis.process.pid],
+                }
                 for rate in rates:
+                    cpu0 = cpu_snapshot(pids)
                     via, direct = asyncio.run(load(rate, args.seconds, gateway, sandbox))
+                    cpu1 = cpu_snapshot(pids)
+                    pairs = max(1, int(rate * args.seconds))
                     for name, s in (("gateway", via), ("direct", direct)):
                         print(
                             f"{count:>5} {rate:>6.0f} {name:>8} {len(s.last):>6} {s.errors:>4} "
@@ -276,6 +322,13 @@ def main() -> None:
                         f"{(pct(via.last, 0.99) - pct(direct.last, 0.99)) * 1000:>7.1f}ms"
                     )
                     print(f"{count:>5} {rate:>6.0f} {'metric':>8} {overhead(gateway)}")
+                    spent = {k: cpu1[k] - cpu0[k] for k in cpu0}
+                    parts = "  ".join(f"{k} {v / pairs * 1000:.2f}" for k, v in spent.items())
+                    needed = sum(spent.values()) / pairs * rate
+                    print(
+                        f"{count:>5} {rate:>6.0f} {'cpu':>8} ms per request pair: {parts}; "
+                        f"cores needed at {rate:.0f} req/s: {needed:.2f} of {os.cpu_count()}"
+                    )
                     sys.stdout.flush()
             finally:
                 stop(proc)

@@ -3,12 +3,20 @@
 
 from engine.client import Client, TaskView
 from engine.core.events import TERMINAL, Status
-from engine.errors import EngineError, InvalidTask, QueueFull, RedisUnavailable, TaskNotFound
+from engine.errors import (
+    EngineError,
+    IdempotencyConflict,
+    InvalidTask,
+    QueueFull,
+    RedisUnavailable,
+    TaskNotFound,
+)
 
 __all__ = [
     "TERMINAL",
     "Client",
     "EngineError",
+    "IdempotencyConflict",
     "InvalidTask",
     "QueueFull",
     "RedisUnavailable",

@@ -11,6 +11,8 @@ EngineError
 │       └── ExtraVariables
 ├── QueueFull            back-pressure: the priority's queue is at its depth limit
 ├── BudgetExceeded       the tenant has spent its daily budget; submits wait for the reset
+├── IdempotencyConflict  the idempotency key already names a task submitted with another
+│                        request (kind, input or params differ); ``task_id`` is that task
 ├── TaskNotFound
 ├── MalformedTask        a task record is missing or unreadable (the worker dead-letters it)
 ├── RedisUnavailable     cannot reach Redis, or it refuses for now (failover, resharding);
@@ -132,6 +134,19 @@ class BudgetExceeded(EngineError):
         self.budget_usd = budget_usd
         self.held_usd = held_usd
         self.resets_at = resets_at
+
+
+class IdempotencyConflict(EngineError):
+    """The tenant's idempotency key already names a task whose request differs from this one
+    (kind, input or params); nothing was written. ``task_id`` is the task the key names."""
+
+    def __init__(self, task_id: str) -> None:
+        super().__init__(
+            f"idempotency key reused with a different request: it already names task {task_id}, "
+            "submitted with another kind, input or params; use a new key for a new request"
+        )
+        self.task_id = task_id
+        self.field = "idempotency_key"
 
 
 class TaskNotFound(EngineError):

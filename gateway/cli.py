@@ -9,6 +9,7 @@ import secrets
 import sys
 from typing import Any
 
+from engine.runtime.workers import quiet_gc, run_loop
 from engine.settings import Settings
 from gateway.auth import hash_token
 from gateway.errors import GatewayConfigError, WatchError
@@ -79,10 +80,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             if processes > 1:
                 return run_processes(settings, gw, grpc_settings, processes, dict(os.environ))
             catalog = Catalog.from_settings(ProviderSettings())
-            asyncio.run(
+            # uvloop when installed (AIIS_EVENT_LOOP), as the worker: the gateway's per-request
+            # socket work costs far less CPU on libuv (bench/openai_compat.py)
+            quiet_gc()
+            run_loop(
                 run_gateway(
                     settings, None, gw, ProjectionSettings(), grpc_settings, catalog=catalog
-                )
+                ),
+                settings.event_loop,
             )
         except GatewayConfigError as exc:
             print(f"aiis gateway: error: {exc}", file=sys.stderr)

@@ -52,3 +52,4 @@ class Context:
     # `aiis gateway --processes N`: the siblings' /metrics snapshots (gateway.processes)
     shared_metrics: SharedMetrics | None = None
     catalog: Catalog | None = None  # the models the OpenAI-compatible API routes
+    pending: set[Any] = field(default_factory=set)  # background tasks kept alive until done

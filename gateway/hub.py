@@ -9,6 +9,11 @@ from ``since`` to its end, then the parked events are released. Every event is a
 most once per partition by comparing stream ids with the last one delivered, so the overlap
 between replay and live delivery is dropped and nothing between them is missed.
 
+The newest entries the loop dispatched (``recent_entries`` per partition) stay in memory: a
+replay that starts within them (the common case — an OpenAI request subscribing right after
+its submit, a WebSocket reconnecting) is served from there, synchronously, with no Redis
+command; the ring holds every dispatched entry after its ``floor``, so nothing is skipped.
+
 An entry the hub cannot decode (or of an unknown type) is counted, logged once and skipped
 (``engine.core.tolerant``); the loop never stops on one, and its cursor moves past it.
 """
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from engine.core import tolerant
@@ -27,6 +33,7 @@ from engine.errors import EngineError, EventDecodeError
 from gateway.outbox import Item, Outbox
 from gateway.protocol import StreamId, Target
 from gateway.settings import GatewaySettings
+from gateway.since import log_bounds
 
 log = logging.getLogger("aiis.gateway")
 
@@ -84,6 +91,13 @@ class Hub:
         self.by_tenant: dict[str, set[Subscription]] = {}
         self.listeners: list[Listener] = []
         self.cursors: dict[int, str] = {}
+        # per partition: the newest dispatched entries, and the id after which the ring holds
+        # every one of them (entries up to the floor were dropped, or generated before the
+        # start — even if trimmed since: the archive keeps a task's, the ring cannot)
+        self.recent: dict[int, deque[tuple[Item, int]]] = {}  # (entry, its size)
+        self.recent_size: dict[int, int] = {}
+        self.floor: dict[int, StreamId] = {}
+        self.replayed_from_memory = 0
         self.events_read = 0
         self.deliveries = 0
         self.decode_errors = 0
@@ -98,6 +112,12 @@ class Hub:
         for p, key in enumerate(self.logs):
             newest = await self.store.entries(key, count=1, reverse=True)
             self.cursors[p] = newest[0][0].decode() if newest else "0-0"
+            self.recent[p] = deque()
+            self.recent_size[p] = 0
+            # not the newest entry: a log trimmed empty (archived) generated ids up to here
+            _, last, _ = await log_bounds(self.store, p)
+            if last != "0-0":  # else no floor until the first entry read (see _remember)
+                self.floor[p] = _sid(last)
         self.connected = True
         self._task = asyncio.create_task(self._run(), name="gateway-hub")
 
@@ -132,9 +152,28 @@ class Hub:
             self.connected, backoff = True, 0.1
             for partition, entries in batch:
                 for eid, fields in entries:
-                    self.dispatch(Item(partition, eid, fields))
+                    item = Item(partition, eid, fields)
+                    self.dispatch(item)
+                    self._remember(item)
                 self.cursors[partition] = entries[-1][0].decode()
             await asyncio.sleep(0)  # let writers run between batches
+
+    def _remember(self, item: Item) -> None:
+        p = item.partition
+        ring = self.recent.get(p)
+        if ring is None or self.gw.recent_entries == 0:
+            return
+        if p not in self.floor:
+            self.floor[p] = item.sid  # a log that did not exist at the start
+        size = sum(len(k) + len(v) for k, v in item.fields.items())
+        ring.append((item, size))
+        self.recent_size[p] += size
+        while ring and (
+            len(ring) > self.gw.recent_entries or self.recent_size[p] > self.gw.recent_bytes
+        ):
+            dropped, dropped_size = ring.popleft()
+            self.recent_size[p] -= dropped_size
+            self.floor[p] = dropped.sid
 
     # --- fan-out ---------------------------------------------------------------------------
 
@@ -203,10 +242,16 @@ class Hub:
         sub.pending = []
         self.add(sub)
         try:
+            # first, synchronously, what the in-memory ring covers: nothing can arrive between
+            # the ring's newest entry and this subscription's registration
+            remote = []
             for partition, after in sorted(starts.items()):
-                await self._replay(sub, partition, after)
+                if not self._replay_recent(sub, partition, after):
+                    remote.append((partition, after))
+            for partition, after in remote:
                 if sub.finished or sub.outbox.overflowed:
                     break
+                await self._replay(sub, partition, after)
             parked, sub.pending = sub.pending, None
             for item in parked:
                 if sub.deliver(item):
@@ -215,6 +260,41 @@ class Hub:
             sub.pending = None
             if sub.finished or sub.outbox.overflowed:
                 self.remove(sub)
+
+    def _replay_recent(self, sub: Subscription, partition: int, after: str) -> bool:
+        """Replay ``partition`` after ``after`` from the ring; False when the ring does not
+        hold every entry after it (the log is read instead)."""
+        ring, floor = self.recent.get(partition), self.floor.get(partition)
+        if ring is None or floor is None:
+            return False
+        try:
+            since = _sid(after)
+        except ValueError:
+            return False
+        if since < floor:
+            return False
+        newer: list[Item] = []
+        for item, _ in reversed(ring):
+            if item.sid <= since:
+                break
+            newer.append(item)
+        self.replayed_from_memory += 1
+        for item in reversed(newer):
+            if sub.matches(item.fields) and self._replayed(sub, item):
+                break
+        return True
+
+    def _replayed(self, sub: Subscription, item: Item) -> bool:
+        """Deliver one replayed entry that matches ``sub``; True once ``sub`` wants no more."""
+        try:
+            item.check()  # before ``deliver`` marks a terminal one as delivered
+        except EventDecodeError as exc:
+            self.decode_errors += 1
+            tolerant.skipped("hub", item.id, exc)
+            return False
+        if sub.deliver(item):
+            self.deliveries += 1
+        return sub.finished or sub.outbox.overflowed
 
     async def _replay(self, sub: Subscription, partition: int, after: str) -> None:
         key = self.logs[partition]
@@ -231,17 +311,13 @@ class Hub:
             if not entries:
                 return
             for eid, fields in entries:
-                if sub.matches(fields):
-                    item = Item(partition, eid, fields)
-                    try:
-                        item.check()  # before ``deliver`` marks a terminal one as delivered
-                    except EventDecodeError as exc:
-                        self.decode_errors += 1
-                        tolerant.skipped("hub", item.id, exc)
-                        continue
-                    if sub.deliver(item):
-                        self.deliveries += 1
-                    if sub.finished or sub.outbox.overflowed:
-                        return
+                if sub.matches(fields) and self._replayed(sub, Item(partition, eid, fields)):
+                    return
             cursor = entries[-1][0].decode()
             await sub.outbox.wait_room()
+
+
+def _sid(entry_id: str) -> StreamId:
+    """A stream id as the ``(ms, seq)`` the subscriptions compare (``ValueError`` if not one)."""
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import re
@@ -26,6 +27,7 @@ from engine.client import Client
 from engine.errors import EngineError
 from engine.operations.audit import AuditLog
 from engine.runtime.connection import connect_for
+from engine.runtime.workers import loop_name
 from engine.settings import Settings
 from gateway import dashboard, deadletters, http, openai, sse, tasks
 from gateway.auth import Authenticator, is_loopback, load_tokens, token_from
@@ -244,7 +246,9 @@ class Gateway:
         if self._server is not None and self._serving is not None:
             self._server.should_exit = True
             await self._serving
+        # the stats pushes, and shared tasks' delayed cancels (which then run to their end)
         background = [t for t in (self._stats_task, self._snapshot_task) if t is not None]
+        background += list(ctx.pending)
         for task in background:
             task.cancel()
         if background:
@@ -290,7 +294,8 @@ async def run_gateway(
         )
     who = "aiis gateway" if gw.process_index is None else f"aiis gateway[{gw.process_index}]"
     if gw.process_index is not None:
-        announce(f"{who}: process {os.getpid()}")
+        frozen = gc.get_freeze_count()  # engine.runtime.workers.quiet_gc ran
+        announce(f"{who}: process {os.getpid()} (event loop {loop_name()}, gc frozen {frozen})")
     else:
         announce(f"{who}: dashboard {gateway.url}/  websocket {gateway.ws_url}")
     grpc_server = None

@@ -15,11 +15,13 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from engine.admission.sanitize import Limits
+from engine.core.client import Submitted
 from engine.core.task import validate_task
 from engine.errors import (
     BadCallbackUrl,
     BudgetExceeded,
     EngineError,
+    IdempotencyConflict,
     InvalidTask,
     PiiBlocked,
     QueueFull,
@@ -110,19 +112,29 @@ def precheck(task: dict[str, Any]) -> None:
 
 async def submit_task(ctx: Context, who: Principal, task: dict[str, Any], transport: str) -> str:
     """Validate and submit ``task`` as ``who``; ``ProtocolError`` with the HTTP status."""
+    return (await submit_outcome(ctx, who, task, transport)).task_id
+
+
+async def submit_outcome(
+    ctx: Context, who: Principal, task: dict[str, Any], transport: str
+) -> Submitted:
+    """``submit_task``, telling whether the task was created or an idempotency key attached
+    the request to an earlier one."""
     try:
-        task_id = await _submit_task(ctx, who, task, transport)
+        submitted = await _submit_task(ctx, who, task, transport)
     except ProtocolError as exc:
         if exc.code != "unavailable":
             tenant = who.tenant if not who.operator else str(task.get("tenant", "default"))
             await audit(ctx, who, Action.SUBMIT, tenant, None, "denied", code=exc.code)
         raise
     tenant = who.tenant if not who.operator else str(task.get("tenant", "default"))
-    await audit(ctx, who, Action.SUBMIT, tenant, task_id, transport=transport)
-    return task_id
+    await audit(ctx, who, Action.SUBMIT, tenant, submitted.task_id, transport=transport)
+    return submitted
 
 
-async def _submit_task(ctx: Context, who: Principal, task: dict[str, Any], transport: str) -> str:
+async def _submit_task(
+    ctx: Context, who: Principal, task: dict[str, Any], transport: str
+) -> Submitted:
     raw = dict(task)
     tenant = raw.get("tenant")
     if not who.operator:
@@ -135,7 +147,7 @@ async def _submit_task(ctx: Context, who: Principal, task: dict[str, Any], trans
     try:
         precheck(raw)
         spec = validate_task(raw, ctx.settings)
-        task_id = await ctx.client.submit_spec(spec)
+        submitted = await ctx.client.submit_outcome(spec)
     except InvalidTask as exc:
         ctx.counters.submits[(transport, "invalid")] += 1
         code = next(c for kind, c in INVALID_CODES if isinstance(exc, kind))
@@ -148,11 +160,17 @@ async def _submit_task(ctx: Context, who: Principal, task: dict[str, Any], trans
     except QueueFull as exc:
         ctx.counters.submits[(transport, "queue_full")] += 1
         raise ProtocolError("queue_full", str(exc), status=429, retry_after_s=1) from None
+    except IdempotencyConflict as exc:
+        # the IETF Idempotency-Key draft: a key reused with another payload is a 422
+        ctx.counters.submits[(transport, "idempotency_conflict")] += 1
+        raise ProtocolError(
+            "idempotency_conflict", str(exc), status=422, field=exc.field, task_id=exc.task_id
+        ) from None
     except RedisUnavailable as exc:
         ctx.counters.submits[(transport, "unavailable")] += 1
         raise ProtocolError("unavailable", "Redis is unavailable; retry", status=503) from exc
     ctx.counters.submits[(transport, "accepted")] += 1
-    return task_id
+    return submitted
 
 
 async def authorize_task(ctx: Context, who: Principal, task_id: str) -> Any:

@@ -56,12 +56,21 @@ class GatewaySettings(BaseSettings):
     read_count: int = Field(1000, ge=1, le=100_000)  # entries per XREAD
     read_block_ms: int = Field(1000, ge=1, le=60_000)
     replay_chunk: int = Field(1000, ge=1, le=100_000)  # entries per XRANGE during catch-up
+    # the newest entries of each partition the reader dispatched, kept in memory: a subscriber
+    # resuming within them (an OpenAI request right after its submit, a WebSocket reconnect)
+    # is replayed from memory, without a Redis round trip; 0 turns it off. Bounded in bytes
+    # too (the entries' field sizes), so large prompts cannot grow it past recent_bytes
+    recent_entries: int = Field(4096, ge=0, le=1_000_000)
+    recent_bytes: int = Field(16 * 1024 * 1024, ge=0, le=16 * 1024 * 1024 * 1024)
 
     # dashboard and SSE
     stats_interval_s: float = Field(1.0, gt=0, le=3600)
     recent_tasks: int = Field(50, ge=1, le=10_000)  # per tenant, shown on the dashboard
     recent_tracked: int = Field(5000, ge=1, le=1_000_000)  # tasks remembered for that list
     sse_keepalive_s: float = Field(15.0, gt=0, le=3600)
+    # OpenAI route: a task shared through an Idempotency-Key whose last follower left early is
+    # cancelled this long after, unless a retry with the key joined it meanwhile
+    shared_cancel_grace_s: float = Field(2.0, ge=0, le=600)
     shutdown_grace_s: float = Field(5.0, ge=0, le=600)
 
     # processes behind the same HTTP and gRPC ports (SO_REUSEPORT: the kernel spreads new

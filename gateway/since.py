@@ -26,7 +26,7 @@ def _when(sid: str) -> str:
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-async def _log_bounds(store: Store, partition: int) -> tuple[str | None, str, str | None]:
+async def log_bounds(store: Store, partition: int) -> tuple[str | None, str, str | None]:
     """(first retained id, last generated id, max deleted id — None before Redis 7)."""
     key = store.keys(partition).log
     try:
@@ -55,7 +55,7 @@ async def check_retained(
     sid = parse_id(since)
     if sid is None:
         raise ProtocolError("bad_since", f"since {since[:40]!r} is not an event id (<ms>-<seq>)")
-    first, last, deleted = await _log_bounds(store, partition)
+    first, last, deleted = await log_bounds(store, partition)
     last_id = parse_id(last) or (0, 0)
     if sid > last_id:
         raise ProtocolError(

@@ -56,7 +56,7 @@ class IntakeRejected(BaseModel):
     code: str = Field(
         description="The HTTP API's code: bad_message, bad_json, too_large, invalid_task, "
         "pii_blocked, template_error, bad_callback_url, budget_exceeded, queue_full, "
-        "tenant_not_allowed"
+        "idempotency_conflict, tenant_not_allowed"
     )
     field: str
     message: str

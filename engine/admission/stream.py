@@ -25,6 +25,7 @@ from engine.errors import (
     BadCallbackUrl,
     BudgetExceeded,
     EngineError,
+    IdempotencyConflict,
     InvalidTask,
     PiiBlocked,
     QueueFull,
@@ -45,6 +46,7 @@ ERROR_CODES: tuple[tuple[type[EngineError], str], ...] = (
     (InvalidTask, "invalid_task"),
     (BudgetExceeded, "budget_exceeded"),
     (QueueFull, "queue_full"),
+    (IdempotencyConflict, "idempotency_conflict"),
 )
 
 
@@ -91,7 +93,7 @@ def entry_ms(intake_id: str) -> int:
 def rejection_for(entry: IntakeEntry, exc: EngineError) -> Rejection:
     """The rejection of ``entry`` refused by admission with ``exc`` (a code of ``ERROR_CODES``)."""
     code = next((c for kind, c in ERROR_CODES if isinstance(exc, kind)), "invalid_task")
-    field = exc.field if isinstance(exc, InvalidTask) else "task"
+    field = exc.field if isinstance(exc, InvalidTask | IdempotencyConflict) else "task"
     return Rejection(entry.intake_id, entry.correlation_id, code, field, str(exc))
 
 

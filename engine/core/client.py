@@ -15,7 +15,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import orjson
 import redis.asyncio as aioredis
@@ -42,8 +42,15 @@ from engine.core.keys import (
 from engine.core.ports import Admission
 from engine.core.script_args import SubmitItem
 from engine.core.store import StateWord, Store, id_before, translate_errors
-from engine.core.task import IntakeRef, TaskSpec, input_json, validate_task
-from engine.errors import EngineError, EventDecodeError, InvalidTask, QueueFull, TaskNotFound
+from engine.core.task import IntakeRef, TaskSpec, fingerprint, input_json, validate_task
+from engine.errors import (
+    EngineError,
+    EventDecodeError,
+    IdempotencyConflict,
+    InvalidTask,
+    QueueFull,
+    TaskNotFound,
+)
 from engine.settings import Settings
 
 MAX_BATCH = 256
@@ -79,10 +86,18 @@ class TaskView:
         }
 
 
+class Submitted(NamedTuple):
+    """What a submit did: the task id, and whether this submit created the task (False: its
+    idempotency key already named a task, which it now shares with the earlier request)."""
+
+    task_id: str
+    created: bool
+
+
 @dataclass(slots=True)
 class _Pending:
     item: SubmitItem
-    future: asyncio.Future[str]
+    future: asyncio.Future[Submitted]
     priority: str
     tenant: str = ""
     held: bool = False  # a budget reservation to give back unless the task is queued
@@ -130,8 +145,10 @@ class Client:
     ) -> str:
         """Accept a task and return its id at once. Raises ``InvalidTask`` (and its kinds
         ``PiiBlocked``, ``TemplateError``, ``BadCallbackUrl``), ``BudgetExceeded`` or
-        ``QueueFull``. ``callback_url`` is the same as ``params["callback_url"]``;
-        ``traceparent`` (W3C) makes the task's trace a part of the caller's."""
+        ``QueueFull``; ``IdempotencyConflict`` when ``idempotency_key`` already names a task
+        with another kind, input or params. ``callback_url`` is the same as
+        ``params["callback_url"]``; ``traceparent`` (W3C) makes the task's trace a part of the
+        caller's."""
         raw: dict[str, Any] = {"kind": kind, "input": input, "priority": priority, "tenant": tenant}
         if idempotency_key is not None:
             raw["idempotency_key"] = idempotency_key
@@ -157,7 +174,17 @@ class Client:
         """Submit a validated task (see ``submit``, and ``engine.core.ports.Admission`` for what
         happens to it first). ``intake``: the intake entry it comes from; without an
         idempotency key the entry fixes the task id, so admitting it twice is one task."""
+        submitted = await self.submit_outcome(spec, retry_of=retry_of, intake=intake)
+        return submitted.task_id
+
+    async def submit_outcome(
+        self, spec: TaskSpec, *, retry_of: str | None = None, intake: IntakeRef | None = None
+    ) -> Submitted:
+        """``submit_spec``, telling whether this submit created the task or its idempotency
+        key attached it to an earlier one."""
         began_us = time.time_ns() // 1000 if self._tracing else None
+        # the request as its caller sent it: admission may redact or render the input
+        fp = fingerprint(spec) if spec.idempotency_key is not None else None
         admitted = await self.admission.admit(spec, resubmit=retry_of is not None)
         spec = admitted.spec
         await self._deployment()
@@ -197,6 +224,8 @@ class Client:
             "deadline": deadline_ms,
             "idem": spec.idempotency_key,
         }
+        if fp is not None:
+            record["fp"] = fp  # submit.lua compares it on a repeated key
         tag = self.store.keys(partition).tag
         corr_key = corr_ttl = ""
         if intake is not None and intake.correlation_id:
@@ -219,7 +248,7 @@ class Client:
             corr_key,
             corr_ttl,
         )
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Submitted] = asyncio.get_running_loop().create_future()
         pending = _Pending(item, future, spec.priority, spec.tenant, held)
         self._pending.setdefault(partition, []).append(pending)
         if partition not in self._flushers:
@@ -278,7 +307,7 @@ class Client:
                             p.future.set_exception(exc)
                     continue
                 for p, (status, value) in zip(batch, results, strict=True):
-                    if p.held and value != p.item[0]:  # refused or a duplicate: not queued
+                    if p.held and value != p.item[0]:  # refused, a duplicate or a conflict
                         try:
                             await self.admission.release(p.tenant, p.item[0])
                         except EngineError as exc:  # the hold expires with its key instead
@@ -287,8 +316,10 @@ class Client:
                         continue
                     if status == "full":
                         p.future.set_exception(QueueFull(p.priority, int(value), limit))
-                    else:
-                        p.future.set_result(value)
+                    elif status == "conflict":
+                        p.future.set_exception(IdempotencyConflict(value))
+                    else:  # 'new', or 'dup': of its own id only when this batch ran before
+                        p.future.set_result(Submitted(value, value == p.item[0]))
         finally:
             del self._flushers[partition]
 

@@ -204,6 +204,14 @@ def correlation_key(hash_tag_prefix: str, tenant: str, correlation_id: str) -> s
     return f"{_tag_prefix(hash_tag_prefix)}:corr:{tenant}\x1f{correlation_id}"
 
 
+def followers_key(hash_tag_prefix: str, tenant: str, stored_key: str) -> str:
+    """Counter with a TTL: how many OpenAI-compatible requests carrying one idempotency key
+    follow its task right now, across gateway processes (gateway/openai/shared.py),
+    ``<tag>:followers:<tenant>\x1f<key>``; ``stored_key`` is the key as the task stores it
+    (hashed), ``hash_tag_prefix`` the tag of the partition that stores it (the task's slot)."""
+    return f"{_tag_prefix(hash_tag_prefix)}:followers:{tenant}\x1f{stored_key}"
+
+
 def intake_key(namespace: str) -> str:
     """The intake stream producers XADD to (``AIIS_INTAKE_STREAM`` overrides it): a hash tag of
     its own, so it and its rejected stream share one cluster slot."""

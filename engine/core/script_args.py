@@ -48,7 +48,8 @@ def build_submit_args(max_depth: int, items: Sequence[SubmitItem]) -> list[Any]:
 
 
 def parse_submit_reply(raw: Sequence[Any]) -> list[tuple[str, str]]:
-    """``[(status, value), …]`` per item: ('new', id) | ('dup', id) | ('full', depth)."""
+    """``[(status, value), …]`` per item: ('new', id) | ('dup', id) | ('conflict', id: the
+    task the idempotency key names, submitted with another request) | ('full', depth)."""
     return [(_s(raw[i]), _s(raw[i + 1])) for i in range(0, len(raw), 2)]
 
 

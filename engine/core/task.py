@@ -5,6 +5,7 @@ anything is written.
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Protocol
@@ -119,3 +120,16 @@ def input_json(spec: TaskSpec) -> str | list[dict[str, str]]:
     if isinstance(spec.input, str):
         return spec.input
     return [m.model_dump() for m in spec.input]
+
+
+def fingerprint(spec: TaskSpec) -> str:
+    """What an idempotency key's request is compared by (submit.lua): a digest of the task's
+    kind, input and params as the caller sent them (before admission redacts or renders them),
+    salted with the tenant and the key, so no text is stored and a short prompt cannot be
+    looked up from it. Priority, deadline and traceparent are not part of the request."""
+    body = orjson.dumps(
+        {"kind": spec.kind, "input": input_json(spec), "params": spec.params},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    salt = f"{spec.tenant}\x1f{spec.idempotency_key or ''}\x1f".encode()
+    return hashlib.sha256(salt + body).hexdigest()

@@ -20,7 +20,7 @@ from engine.runtime.autoscale import Autoscaler, ScalePolicy, parse_range
 from engine.runtime.connection import connect_for, connect_sync_for
 from engine.runtime.embedded import EmbeddedRedis, free_port
 from engine.runtime.supervisor import HEALTHY_S, Child, Pool, Supervisor
-from engine.runtime.workers import redis_url, run_loop, run_worker
+from engine.runtime.workers import quiet_gc, redis_url, run_loop, run_worker
 from engine.settings import Settings
 
 
@@ -195,6 +195,7 @@ def serve(
 
 def worker(settings: Settings, processes: int, concurrency: int | None) -> int:
     if processes <= 1:
+        quiet_gc()
         run_loop(run_worker(settings, concurrency), settings.event_loop)
         return 0
     asyncio.run(_check_redis(redis_url(settings), settings))

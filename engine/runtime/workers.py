@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import getpass
 import importlib
 import logging
@@ -30,6 +31,23 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("aiis")
 T = TypeVar("T")
+
+
+# the cyclic collector's young-generation threshold for long-running services (CPython's is
+# 700): fewer, larger young collections, each still a fraction of a millisecond
+GC_YOUNG_THRESHOLD = 20_000
+
+
+def quiet_gc() -> None:
+    """Before a service's loop starts: move everything alive (imported modules, pydantic
+    models, settings) into the collector's permanent generation, so a full collection under
+    load no longer walks it, and collect the young generation less often. Measured at 100
+    streamed chat completions/s: gen-2 pauses of 210–260 ms in the worker and gateway before,
+    none above a few ms after (docs/benchmarks.md). Cycles are still collected."""
+    gc.collect()
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, older, oldest)
 
 
 def run_loop(main: Coroutine[Any, Any, T], choice: str = "auto") -> T:

@@ -32,6 +32,7 @@ from engine.errors import (
     BudgetExceeded,
     ConfigError,
     EngineError,
+    IdempotencyConflict,
     InvalidTask,
     QueueFull,
     RedisUnavailable,
@@ -65,6 +66,8 @@ STATUS_OF: tuple[tuple[type[EngineError], grpc.StatusCode], ...] = (
     (TaskNotFound, grpc.StatusCode.NOT_FOUND),
     (RedisUnavailable, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    # the key already names another request's task: retrying it cannot succeed
+    (IdempotencyConflict, grpc.StatusCode.ALREADY_EXISTS),
 )
 
 
@@ -73,6 +76,8 @@ def status_for(exc: EngineError) -> tuple[grpc.StatusCode, str, str]:
     code = next((c for cls, c in STATUS_OF if isinstance(exc, cls)), grpc.StatusCode.INTERNAL)
     if isinstance(exc, InvalidTask):
         return code, f"{exc.field}: {exc.message}", exc.field
+    if isinstance(exc, IdempotencyConflict):
+        return code, str(exc), exc.field
     if isinstance(exc, RedisUnavailable):
         log.warning("gRPC call failed: %s", exc)  # the address stays in the log, not the reply
         return code, "the engine is unavailable (Redis unreachable); retry", ""

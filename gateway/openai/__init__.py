@@ -3,7 +3,8 @@
 bearer tokens as the SDK's ``api_key``. Each request is one task (``x-aiis-task-id``).
 
 ``schema`` (the request, checked) → ``catalog`` (which models we route) → ``chat`` (submit,
-follow the task with ``follow``, answer) → ``failures`` (OpenAI's error shape and statuses).
+follow the task with ``follow``, answer; ``shared`` counts the requests that share a task
+through an ``Idempotency-Key``) → ``failures`` (OpenAI's error shape and statuses).
 """
 
 from __future__ import annotations

@@ -6,7 +6,10 @@ task's live events through the hub (``follow``): a ``chat.completion`` after the
 event, or ``chat.completion.chunk`` frames as the ``TaskProgress`` deltas arrive. A streamed
 answer's status line waits for the first delta (or the end), so a task that fails before
 any token gets its real status code; one that fails after the first token ends with an
-``error`` frame. A client that goes away before the answer is complete cancels its task.
+``error`` frame. A client that goes away before the answer is complete cancels its task —
+unless other requests with its ``Idempotency-Key`` still follow that task (``shared``): the
+last of them to leave early cancels it. A key reused with other messages or parameters is
+refused (422 ``idempotency_conflict``, by the engine).
 """
 
 from __future__ import annotations
@@ -25,14 +28,17 @@ from engine.core.events import TERMINAL_CODES, Event, TaskSucceeded
 from engine.core.mapper import decode
 from engine.errors import EngineError, EventDecodeError
 from engine.operations.audit import Action
+from gateway.auth import Principal
+from gateway.context import Context
 from gateway.errors import ProtocolError
 from gateway.http import _body, ctx_of, principal
 from gateway.openai.catalog import Catalog
 from gateway.openai.failures import error_response, openai_error, task_failure
 from gateway.openai.follow import Follower
 from gateway.openai.schema import ChatRequest, param_of, parse_request, task_input, task_params
+from gateway.openai.shared import Shared
 from gateway.outbox import Item
-from gateway.session import audit, submit_task
+from gateway.session import audit, submit_outcome
 
 PRIORITIES = ("high", "normal", "low")
 SSE_HEADERS = [
@@ -104,8 +110,14 @@ async def chat_completions(request: Request) -> Response:
                 status=413,
                 param="messages",
             )
-        noted = dict(ctx.hub.cursors)
-        task_id = await submit_task(ctx, who, task, "openai")
+        shared = await _join(ctx, who, task)
+        noted = dict(ctx.hub.cursors)  # right before the submit: the follower's fast path
+        try:
+            submitted = await submit_outcome(ctx, who, task, "openai")
+        except BaseException:
+            if shared is not None:
+                await shared.leave()
+            raise
     except ProtocolError as exc:
         field = exc.extra.pop("field", None)
         if field is not None:
@@ -115,7 +127,19 @@ async def chat_completions(request: Request) -> Response:
     except EngineError:
         ctx.counters.errors["unavailable"] += 1
         return error_response(ProtocolError("unavailable", "Redis is unavailable", status=503))
-    return Completion(ctx, who, chat, task_id, noted, "idempotency_key" in task, started)
+    task_id, created = submitted
+    return Completion(ctx, who, chat, task_id, noted, not created, started, shared)
+
+
+async def _join(ctx: Context, who: Principal, task: dict[str, Any]) -> Shared | None:
+    """Count the request among its key's followers before it submits (None: no key)."""
+    key = task.get("idempotency_key")
+    if key is None:
+        return None
+    tenant = str(task.get("tenant", "default")) if who.operator else who.tenant
+    shared = Shared(ctx, tenant, key)
+    await shared.join()
+    return shared
 
 
 class Completion(Response):
@@ -130,13 +154,15 @@ class Completion(Response):
         noted: dict[int, str],
         attached: bool,
         started: float,
+        shared: Shared | None = None,
     ) -> None:
         self.ctx = ctx
         self.who = who
         self.chat = chat
         self.task_id = task_id
         self.noted = noted
-        self.attached = attached  # Idempotency-Key: the task may be older than this request
+        self.attached = attached  # Idempotency-Key: the task is older than this request
+        self.shared = shared  # the key's followers, this request among them
         self.started = started
         self.follower = Follower(ctx, task_id)
         self.gone = False
@@ -164,8 +190,14 @@ class Completion(Response):
         finally:
             watcher.cancel()
             self.follower.close()
-            if self.gone and not self.done:
-                await self._cancel()
+            last = self.shared is None or await self.shared.leave()
+            if self.gone and not self.done and last:
+                if self.shared is None:
+                    await self._cancel()
+                else:  # a retry with the key may still come and attach: give it the grace
+                    later = asyncio.create_task(self._cancel_unless_joined(self.shared))
+                    self.ctx.pending.add(later)
+                    later.add_done_callback(self.ctx.pending.discard)
 
     async def _watch(self, receive: Receive) -> None:
         while True:
@@ -175,6 +207,11 @@ class Completion(Response):
                     self.gone = True
                     self.follower.outbox.close()
                 return
+
+    async def _cancel_unless_joined(self, shared: Shared) -> None:
+        await asyncio.sleep(self.ctx.gw.shared_cancel_grace_s)
+        if await shared.followers() <= 0:
+            await self._cancel()
 
     async def _cancel(self) -> None:
         ctx, who = self.ctx, self.who

@@ -8,6 +8,7 @@ code}}``, with the status code the SDKs act on (they retry 408/409/429/5xx, neve
 | 403 | another tenant (``x-aiis-tenant``), or the tenant's PII policy blocks the input |
 | 404 | a model we do not route (``model_not_found``) |
 | 413 | the body or the prompt is over the deployment's limit |
+| 422 | the ``Idempotency-Key`` already names a request with other messages or parameters |
 | 429 | queue full, budget spent (``Retry-After`` = until the reset), every provider
 |     | rate-limited (``Retry-After``) |
 | 500 | our own failure, or the task was cancelled by someone else |
@@ -44,6 +45,7 @@ KNOWN: dict[str, tuple[int, str, str | None]] = {
     "body_timeout": (408, "invalid_request_error", "body_timeout"),
     "too_large": (413, "invalid_request_error", "request_too_large"),
     "unsupported_media_type": (415, "invalid_request_error", "unsupported_media_type"),
+    "idempotency_conflict": (422, "invalid_request_error", "idempotency_conflict"),
     "queue_full": (429, "rate_limit_error", "queue_full"),
     "budget_exceeded": (429, "insufficient_quota", "budget_exceeded"),
     "rate_limited": (429, "rate_limit_error", "rate_limit_exceeded"),

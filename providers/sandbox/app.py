@@ -148,7 +148,7 @@ class SandboxApp:
             )
             for frame in head:
                 yield frame
-                await asyncio.sleep(0)
+                await asyncio.sleep(call.pace_s)
             if fault == "cut":
                 raise Abort
             if fault == "stall":

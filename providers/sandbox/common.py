@@ -49,6 +49,7 @@ class Call:
     output_tokens: int = 0
     cached_tokens: int = 0
     reasoning_tokens: int = 0
+    pace_s: float = 0.0  # between the frames of a streamed answer ([[pace:N]])
     extra: dict[str, object] = field(default_factory=dict)
 
     def finish(self) -> Call:
@@ -57,6 +58,7 @@ class Call:
         self.input_tokens = tokens(self.input_text)
         self.cached_tokens = min(numbers.get("cached", 0), self.input_tokens)
         self.reasoning_tokens = numbers.get("reasoning", 0)
+        self.pace_s = min(numbers.get("pace", 0), 5000) / 1000
         self.output_tokens = tokens(self.reply) + self.reasoning_tokens
         return self
 

@@ -5,6 +5,7 @@ Markers (anywhere in the prompt, a chat message or an image query):
     [[fault:NAME]]            every provider fails with NAME
     [[fault:NAME@PROVIDER]]   only PROVIDER does (e.g. [[fault:rate_limit@gemini]])
     [[cached:N]] [[reasoning:N]]   report N cached input / reasoning tokens in the usage
+    [[pace:N]]                a streamed answer waits N ms (at most 5,000) between its frames
 Header: ``x-sandbox-fault: NAME``.
 """
 
@@ -38,7 +39,7 @@ FAULTS = frozenset(
 RANDOM_FAULTS = ("rate_limit", "unavailable", "server_error", "reset", "cut", "malformed")
 
 _FAULT = re.compile(r"\[\[fault:([a-z0-9_]+)(?:@([a-z]+))?\]\]")
-_NUMBER = re.compile(r"\[\[(cached|reasoning):(\d+)\]\]")
+_NUMBER = re.compile(r"\[\[(cached|reasoning|pace):(\d+)\]\]")
 MARKER = re.compile(r"\[\[[a-z]+:[^\]]*\]\]")
 
 

@@ -200,6 +200,27 @@ async def test_an_entry_admitted_twice_is_one_task(
     assert (await raw.xpending(intake.stream, INTAKE_GROUP))["pending"] == 0
 
 
+async def test_a_reused_idempotency_key_with_another_input_is_rejected(
+    real_client: Callable[..., Client],
+) -> None:
+    """An entry whose idempotency key already names a task of another input lands in the
+    rejected stream as ``idempotency_conflict`` naming the field; one with the same input
+    attaches to that task: one task in all."""
+    client = real_client()
+    intake = Intake(client, client.settings, "c1")
+    await intake.prepare()
+    raw = client.store.redis
+    for prompt in ("hello", "hello", "goodbye"):
+        task = {"input": prompt, "idempotency_key": "order-9"}
+        await raw.xadd(intake.stream, {"task": orjson.dumps(task), "correlation_id": prompt})
+    read: Any = await raw.xreadgroup(INTAKE_GROUP, "c1", {intake.stream: ">"}, count=10)
+    await intake.admit(read[0][1])
+    assert len(await _requested(client)) == 1
+    (rejected,) = await _rejected(client, client.settings)
+    assert rejected["code"] == "idempotency_conflict"
+    assert (rejected["field"], rejected["correlation_id"]) == ("idempotency_key", "goodbye")
+
+
 async def test_every_bad_entry_lands_in_the_rejected_stream_and_the_rest_go_on(
     real_client: Callable[..., Client], intake_app: Started
 ) -> None:

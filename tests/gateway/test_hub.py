@@ -137,3 +137,87 @@ async def test_a_gateway_without_aiis_partitions_reads_every_partition_there_is(
                         got.add(msg["event"]["task_id"])
     finally:
         await producer.aclose()
+
+
+async def _hub_caught_up(hub: Hub, partitions: int) -> None:
+    """Wait until the running hub has dispatched every partition's newest entry."""
+    async with asyncio.timeout(10):
+        while True:
+            newest = {}
+            for p in range(partitions):
+                top = await hub.store.entries(hub.logs[p], count=1, reverse=True)
+                newest[p] = top[0][0].decode() if top else "0-0"
+            if all(hub.cursors.get(p) == newest[p] for p in newest):
+                return
+            await asyncio.sleep(0.02)
+
+
+async def _drain(outbox: Outbox) -> list[tuple[int, str]]:
+    """(partition, entry id) of each queued event: ids repeat across partitions' logs."""
+    sent = []
+    while len(outbox):
+        msg = await outbox.get()
+        assert isinstance(msg, Item)
+        sent.append((msg.partition, msg.id))
+    return sent
+
+
+async def test_a_resume_within_the_recent_entries_is_served_from_memory_without_a_gap(
+    engine: Engine,
+) -> None:
+    """The running hub keeps the entries it dispatched: a subscriber resuming after one of
+    them is replayed from memory (no XRANGE), gets every later event once and in order, and
+    keeps receiving live events after its replay."""
+    store = engine.client.store
+    n = engine.settings.partitions
+    hub = Hub(store, GatewaySettings(read_block_ms=50))
+    await hub.start()
+    try:
+        for i in range(8):
+            await engine.client.submit(f"m{i}")
+        await _hub_caught_up(hub, n)
+        log0 = [eid.decode() for eid, _ in await store.entries(store.keys(0).log)]
+        assert len(log0) >= 2
+        since = {p: hub.cursors[p] for p in range(n)}
+        since[0] = log0[0]  # partition 0 resumes after its first entry
+        outbox = Outbox(1000, 2**24, lambda: None)
+        sub = Subscription(Target("tenant", "default"), outbox, 1000)
+        await hub.subscribe(sub, since)
+        assert hub.replayed_from_memory == n
+        assert await _drain(outbox) == [(0, eid) for eid in log0[1:]]
+        later = [await engine.client.submit(f"live{i}") for i in range(4)]
+        await _hub_caught_up(hub, n)
+        sent = await _drain(outbox)
+        assert len(sent) == len(later) and len(set(sent)) == len(sent)
+    finally:
+        await hub.stop()
+
+
+@pytest.mark.parametrize("room", [{"recent_entries": 2}, {"recent_bytes": 1500}])
+async def test_a_resume_older_than_the_recent_entries_reads_the_log(
+    engine: Engine, room: dict[str, int]
+) -> None:
+    """With room for only a few entries per partition (by count or by bytes), a resume from
+    the log's start is not in memory: it is read from Redis, complete."""
+    store = engine.client.store
+    n = engine.settings.partitions
+    hub = Hub(store, GatewaySettings(read_block_ms=50, **room))
+    await hub.start()
+    try:
+        for i in range(12):
+            await engine.client.submit(f"o{i}")
+        await _hub_caught_up(hub, n)
+        outbox = Outbox(1000, 2**24, lambda: None)
+        sub = Subscription(Target("tenant", "default"), outbox, 1000)
+        await hub.subscribe(sub, dict.fromkeys(range(n), "0-0"))
+        assert hub.replayed_from_memory == 0
+        sent = set(await _drain(outbox))
+        want = set()
+        for p in range(n):
+            want |= {(p, eid.decode()) for eid, _ in await store.entries(store.keys(p).log)}
+        assert sent == want and len(want) == 12
+        assert all(len(ring) <= hub.gw.recent_entries for ring in hub.recent.values())
+        assert all(size <= hub.gw.recent_bytes for size in hub.recent_size.values())
+        assert all(sum(s for _, s in hub.recent[p]) == hub.recent_size[p] for p in range(n))
+    finally:
+        await hub.stop()

@@ -157,6 +157,12 @@ async def test_metrics_report_every_process_and_grpc_serves_on_the_shared_port(
     shared port all succeed."""
     engine.start_worker()
     async with gateway_group(engine) as group:
+        # each process serves on uvloop with its start-up objects frozen (quiet_gc)
+        started = [line for line in group.lines if re.search(r"gateway\[\d+\]: process", line)]
+        assert len(started) == 2
+        for line in started:
+            found = re.search(r"event loop (\w+), gc frozen (\d+)", line)
+            assert found is not None and found[1] == "uvloop" and int(found[2]) > 0, line
         channels = [grpc.aio.insecure_channel(group.grpc_target) for _ in range(6)]
         try:
             replies = await asyncio.gather(

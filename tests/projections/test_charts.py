@@ -16,7 +16,7 @@ from engine.runtime.cli import main
 from engine.settings import Settings
 from projections.registry import PROJECTIONS
 from projections.replay import verify
-from projections.runner import PartitionRunner, run_projections
+from projections.runner import PartitionRunner
 from projections.series import WINDOWS, read, series
 from projections.settings import ProjectionSettings
 from projections.storage import ShardStore
@@ -24,22 +24,12 @@ from projections.view import ViewConfig
 from projections.views import charts
 from providers.sandbox import start_sandbox
 from tests.conftest import TOPOLOGIES, Topology
-from tests.faulty_run import faulty_run
+from tests.faulty_run import catch_up, faulty_run
 
 from .conftest import Log, error, requested, succeeded
 
 ALL = list(PROJECTIONS.values())
 T0 = 1_700_000_000_000  # a multiple of 10 min
-
-
-async def _caught_up(redis: aioredis.Redis, store: ShardStore, settings: Settings) -> bool:
-    for p in range(settings.partitions):
-        head = await redis.xrevrange(f"{settings.namespace}:{{p{p}}}:log", count=1)
-        want = head[0][0].decode() if head else None
-        for name in PROJECTIONS:
-            if (await store.meta(p, name)).get("ckpt") != want:
-                return False
-    return True
 
 
 @pytest.mark.slow
@@ -59,15 +49,7 @@ async def test_series_totals_equal_stats_after_a_faulty_run(
     percentiles; `aiis replay --verify` holds with the charts view."""
     async with start_sandbox() as sandbox:
         await faulty_run(settings, sandbox)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_projections(redis, settings, stop, proj))
-    try:
-        async with asyncio.timeout(30):
-            while not await _caught_up(redis, store, settings):  # noqa: ASYNC110 - polls Redis
-                await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await runner
+    await catch_up(redis, store, settings, proj)
     monkeypatch.setenv("AIIS_REDIS_URL", topology.url)
     monkeypatch.setenv("AIIS_REDIS_CLUSTER", "true" if topology.cluster else "false")
     monkeypatch.setenv("AIIS_NAMESPACE", settings.namespace)

@@ -24,7 +24,6 @@ from gateway.settings import GatewaySettings
 from projections.fold import Position, apply_batch
 from projections.registry import PROJECTIONS
 from projections.replay import verify
-from projections.runner import run_projections
 from projections.settings import ProjectionSettings
 from projections.source import history
 from projections.stats import gather
@@ -33,47 +32,21 @@ from projections.views.cost import day_name, to_nanos
 from providers.config import ProviderSettings
 from providers.factory import build_processor
 from providers.sandbox import Sandbox, start_sandbox
+from tests.faulty_run import catch_up, until_status, worker_at_sandbox
 
 from .conftest import Log, requested, succeeded
 
 TASKS = 14
 
 
-async def _caught_up(redis: aioredis.Redis, store: ShardStore, settings: Settings) -> bool:
-    for p in range(settings.partitions):
-        head = await redis.xrevrange(f"{settings.namespace}:{{p{p}}}:log", count=1)
-        want = head[0][0].decode() if head else None
-        for name in PROJECTIONS:
-            if (await store.meta(p, name)).get("ckpt") != want:
-                return False
-    return True
-
-
 async def _run(settings: Settings, sandbox: Sandbox, tasks: int) -> list[str]:
     """``tasks`` text tasks through a real worker calling the real router at the sandbox."""
-    client = Client.from_url(settings.redis_url or "", settings)
-    await client.store.prepare()
-    provider_settings = ProviderSettings(
-        AIIS_PROVIDERS_PREFIX=settings.namespace,
-        AIIS_TEXT_CHAIN="gemini,openai",
-        AIIS_CALL_TIMEOUT_S=5.0,
-    )
-    router = build_processor(client.store.redis, provider_settings, sandbox.url)
-    worker = new_worker(client.store, router, concurrency=4)
-    run = asyncio.create_task(worker.run())
-    ids = [
-        await client.submit(kind="text", input=f"health {i}", tenant="acme") for i in range(tasks)
-    ]
-    try:
-        async with asyncio.timeout(60):
-            for tid in ids:
-                while (await client.get(tid)).status.value != "succeeded":  # noqa: ASYNC110 - polls Redis
-                    await asyncio.sleep(0.02)
-    finally:
-        worker.stop()
-        await run
-        await router.aclose()
-        await client.aclose()
+    async with worker_at_sandbox(settings, sandbox) as client:
+        ids = [
+            await client.submit(kind="text", input=f"health {i}", tenant="acme")
+            for i in range(tasks)
+        ]
+        await until_status(client, ids, "succeeded")
     return ids
 
 
@@ -110,15 +83,7 @@ async def test_health_agrees_with_what_the_sandbox_received(
     # the breaker (threshold 5) opened: gemini was not called for every task
     assert 5 <= gemini_calls < TASKS
 
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_projections(redis, settings, stop, proj))
-    try:
-        async with asyncio.timeout(30):
-            while not await _caught_up(redis, store, settings):  # noqa: ASYNC110 - polls Redis
-                await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await runner
+    await catch_up(redis, store, settings, proj)
     now = int(time.time() * 1000)
     report = await gather(store, settings.partitions, now, day_name(now // 86_400_000))
     gemini, openai = report["providers"]["gemini"], report["providers"]["openai"]
@@ -243,15 +208,7 @@ async def test_a_failed_call_that_reported_usage_is_billed(
     assert billed["usage"]["input_tokens"] > 0 and billed["cost_usd"] > 0
     succeeded = next(d for t, d in await _task_events(redis, settings, tid) if t == "TaskSucceeded")
 
-    stop = asyncio.Event()
-    runner = asyncio.create_task(run_projections(redis, settings, stop, proj))
-    try:
-        async with asyncio.timeout(30):
-            while not await _caught_up(redis, store, settings):  # noqa: ASYNC110 - polls Redis
-                await asyncio.sleep(0.05)
-    finally:
-        stop.set()
-        await runner
+    await catch_up(redis, store, settings, proj)
     now = int(time.time() * 1000)
     day = day_name(now // 86_400_000)
     report = await gather(store, settings.partitions, now, day)
