@@ -1,12 +1,12 @@
 """What the dashboard's charts add to a stats push: the series of each window read and merged
 (``projections.series``) over a day of history, against ``projections.stats.gather`` (what every
-push already did).
+push read before) and ``projections.dashboard.read`` (what it reads now).
 
     python bench/charts_push.py [--events 200000] [--reads 20]
 
 Seeds ``--events`` synthetic task events spread over the last 24 h (as ``bench/fanout.py``
 does) into an embedded redis-server, replays them into every view, then times ``--reads``
-reads of each window and of ``gather``; prints the median and the max in ms.
+reads of each window, of ``gather`` and of the push's read; prints the median and the max in ms.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fanout import seed_charts
 from engine.runtime.connection import connect
 from engine.runtime.embedded import EmbeddedRedis
+from projections import dashboard
 from projections.registry import PROJECTIONS
 from projections.replay import replay
 from projections.series import WINDOWS, read, series
@@ -64,6 +65,14 @@ async def main() -> None:
             times.append((time.perf_counter() - t) * 1000)
         times.sort()
         print(f"stats gather: median {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f}")
+        times = []
+        for _ in range(args.reads):
+            day = dt.datetime.now(dt.UTC)
+            t = time.perf_counter()
+            await dashboard.read(store, 2, int(day.timestamp() * 1000), day.date().isoformat())
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        print(f"push read (dashboard): median {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f}")
         await redis.aclose()
     finally:
         server.stop()

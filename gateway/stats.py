@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import time
 from collections import OrderedDict, deque
+from itertools import islice
 from typing import Any
 
 import orjson
@@ -30,6 +31,7 @@ from gateway.charts import Charts
 from gateway.metrics import TaskMetrics
 from gateway.outbox import Item, Outbox
 from gateway.settings import GatewaySettings
+from projections import dashboard
 from projections.settings import ProjectionSettings
 from projections.stats import gather
 from projections.storage import ShardStore
@@ -191,10 +193,12 @@ class Stats:
         """``projections.stats.gather`` now, or None when the views cannot be read."""
         return await self._projections()
 
-    async def _projections(self) -> dict[str, Any] | None:
+    async def _projections(self, *, whole: bool = True) -> dict[str, Any] | None:
+        """The whole ``aiis stats`` report, or (``whole=False``) only what the push shows of it,
+        read in one round trip (``projections.dashboard``)."""
         now = dt.datetime.now(dt.UTC)
         try:
-            return await gather(
+            return await (gather if whole else dashboard.read)(
                 self._views,
                 self.store.settings.partitions,
                 int(now.timestamp() * 1000),
@@ -218,7 +222,8 @@ class Stats:
         """Everything, for every tenant; ``view`` cuts it down for one principal. ``ts`` is
         when it was begun (a client's receive time minus it is the push's latency)."""
         began = int(time.time() * 1000)
-        report = await self._projections()
+        # the views and the queue lengths: two pipelines, one round trip's wait
+        report, queues = await asyncio.gather(self._projections(whole=False), self._queues())
         providers: dict[str, Any] = {}
         for name, h in ((report or {}).get("providers") or {}).items():
             providers[name] = {
@@ -230,7 +235,7 @@ class Stats:
             }
         return {
             "ts": began,
-            "queues": await self._queues(),
+            "queues": queues,
             "rates": self._rates(),
             "throughput": (report or {}).get("throughput"),
             "cost_today": (report or {}).get("cost_today"),
@@ -246,11 +251,11 @@ class Stats:
         else:
             mine = (cost.get("by_tenant") or {}).get(who.tenant) or {}
             cost_out = {"usd": mine.get("usd", 0.0), "scope": who.tenant}
-        rows = [r for r in reversed(self.recent.values()) if who.may_read(r["tenant"])]
+        rows = (r for r in reversed(self.recent.values()) if who.may_read(r["tenant"]))
         return {
             **{k: v for k, v in snap.items() if k != "cost_today"},
             "cost_today": cost_out,
-            "recent": rows[: self.gw.recent_tasks],
+            "recent": list(islice(rows, self.gw.recent_tasks)),
             "tenant": who.tenant,
         }
 
@@ -267,7 +272,15 @@ class Stats:
             except Exception as exc:  # Redis away: try again next tick
                 log.warning("stats snapshot failed: %s", exc)
                 continue
+            # a frame depends only on the tenant and the window: built and encoded once for all
+            # the subscribers that share them, not once per subscriber
+            frames: dict[tuple[str, str], str] = {}
             for outbox, who in list(self.subscribers.items()):
-                frame = self.view(snap, who)
-                frame["charts"] = self.charts.view(charts, self.windows.get(outbox, ""), who)
-                outbox.put(orjson.dumps({"op": "stats", "stats": frame}).decode())
+                window = self.windows.get(outbox, "")
+                encoded = frames.get((who.tenant, window))
+                if encoded is None:
+                    frame = self.view(snap, who)
+                    frame["charts"] = self.charts.view(charts, window, who)
+                    encoded = orjson.dumps({"op": "stats", "stats": frame}).decode()
+                    frames[who.tenant, window] = encoded
+                outbox.put(encoded)
