@@ -83,6 +83,19 @@ async def until_status(client: Client, ids: list[str], status: str) -> None:
                 await asyncio.sleep(0.02)
 
 
+async def finished_and_projected(
+    engine_client: Client, settings: Settings, tenants: list[str]
+) -> list[str]:
+    """One task per entry of ``tenants`` through the running worker, each to its end, then
+    every view folded up to date; returns the task ids."""
+    ids = [await engine_client.submit("c", tenant=t) for t in tenants]
+    for tid in ids:
+        async for _ in engine_client.watch(tid):
+            pass
+    await project(settings)
+    return ids
+
+
 async def project(settings: Settings) -> None:
     """Fold the whole log into every view (the projections caught up), as ``aiis projections``
     would."""

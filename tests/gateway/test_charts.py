@@ -9,7 +9,7 @@ import httpx
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import Engine
-from tests.faulty_run import project
+from tests.faulty_run import finished_and_projected
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway, recv, request
 
 
@@ -29,11 +29,7 @@ async def test_each_subscriber_gets_its_window_and_a_tenant_only_its_cost(
     completion; acme's cost is its own tenant's only (no per-provider total), the operator's
     every tenant's; acme switches to 15 min; an unknown window is refused."""
     engine.start_worker()
-    ids = [await engine.client.submit("c", tenant=t) for t in ("acme", "acme", "beta", "beta")]
-    for tid in ids:
-        async for _ in engine.client.watch(tid):
-            pass
-    await project(engine.settings)
+    await finished_and_projected(engine.client, engine.settings, ["acme", "acme", "beta", "beta"])
     gateway = await make_gateway(engine.settings, tokens=TOKENS_ENV, stats_interval_s=0.1)
     auth = "Authorization"
     async with (

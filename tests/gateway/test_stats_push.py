@@ -10,7 +10,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 
 from tests.conftest import Engine
-from tests.faulty_run import project
+from tests.faulty_run import finished_and_projected
 from tests.gateway.conftest import TOKENS_ENV, MakeGateway, request
 
 
@@ -35,11 +35,7 @@ async def test_tenants_on_one_window_see_only_their_own(
     acme's tasks and cost, beta's only beta's, and the two operators get the same frame with
     everyone's."""
     engine.start_worker()
-    ids = [await engine.client.submit("c", tenant=t) for t in ("acme", "acme", "beta")]
-    for tid in ids:
-        async for _ in engine.client.watch(tid):
-            pass
-    await project(engine.settings)
+    await finished_and_projected(engine.client, engine.settings, ["acme", "acme", "beta"])
     gateway = await make_gateway(engine.settings, tokens=TOKENS_ENV, stats_interval_s=0.1)
     auth = "Authorization"
 
