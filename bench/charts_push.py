@@ -17,6 +17,7 @@ import datetime as dt
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -34,6 +35,17 @@ from projections.storage import ShardStore
 from projections.view import ViewConfig
 
 
+async def timed(label: str, reads: int, run: Callable[[], Awaitable[None]]) -> None:
+    """Run ``run`` ``reads`` times; print the median and the maximum in ms."""
+    times = []
+    for _ in range(reads):
+        t = time.perf_counter()
+        await run()
+        times.append((time.perf_counter() - t) * 1000)
+    times.sort()
+    print(f"{label}: median {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f}")
+
+
 async def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
@@ -49,30 +61,23 @@ async def main() -> None:
         await replay(store, 2, list(PROJECTIONS.values()), None)
         print(f"{n:,} events over the last 24 h folded into every view")
         for window in WINDOWS:
-            times = []
-            for _ in range(args.reads):
+
+            async def charts_read(window: str = window) -> None:
                 now = int(time.time() * 1000)
-                t = time.perf_counter()
                 series(await read(store, 2, window, now), window, now)
-                times.append((time.perf_counter() - t) * 1000)
-            times.sort()
-            print(f"charts {window}: median {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f}")
-        times = []
-        for _ in range(args.reads):
+
+            await timed(f"charts {window}", args.reads, charts_read)
+
+        async def stats_gather() -> None:
             day = dt.datetime.now(dt.UTC)
-            t = time.perf_counter()
             await gather(store, 2, int(day.timestamp() * 1000), day.date().isoformat())
-            times.append((time.perf_counter() - t) * 1000)
-        times.sort()
-        print(f"stats gather: median {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f}")
-        times = []
-        for _ in range(args.reads):
+
+        async def push_read() -> None:
             day = dt.datetime.now(dt.UTC)
-            t = time.perf_counter()
             await dashboard.read(store, 2, int(day.timestamp() * 1000), day.date().isoformat())
-            times.append((time.perf_counter() - t) * 1000)
-        times.sort()
-        print(f"push read (dashboard): median {times[len(times) // 2]:.1f} ms, max {times[-1]:.1f}")
+
+        await timed("stats gather", args.reads, stats_gather)
+        await timed("push read (dashboard)", args.reads, push_read)
         await redis.aclose()
     finally:
         server.stop()

@@ -31,7 +31,7 @@ from engine.core.logreader import LogReader
 from engine.core.store import Store
 from engine.errors import EngineError, EventDecodeError
 from gateway.outbox import Item, Outbox
-from gateway.protocol import StreamId, Target
+from gateway.protocol import StreamId, Target, parse_id
 from gateway.settings import GatewaySettings
 from gateway.since import log_bounds
 
@@ -116,8 +116,9 @@ class Hub:
             self.recent_size[p] = 0
             # not the newest entry: a log trimmed empty (archived) generated ids up to here
             _, last, _ = await log_bounds(self.store, p)
-            if last != "0-0":  # else no floor until the first entry read (see _remember)
-                self.floor[p] = _sid(last)
+            floor = parse_id(last)
+            if floor is not None and floor != (0, 0):  # else: from the first entry read
+                self.floor[p] = floor
         self.connected = True
         self._task = asyncio.create_task(self._run(), name="gateway-hub")
 
@@ -267,11 +268,8 @@ class Hub:
         ring, floor = self.recent.get(partition), self.floor.get(partition)
         if ring is None or floor is None:
             return False
-        try:
-            since = _sid(after)
-        except ValueError:
-            return False
-        if since < floor:
+        since = parse_id(after)
+        if since is None or since < floor:
             return False
         newer: list[Item] = []
         for item, _ in reversed(ring):
@@ -315,9 +313,3 @@ class Hub:
                     return
             cursor = entries[-1][0].decode()
             await sub.outbox.wait_room()
-
-
-def _sid(entry_id: str) -> StreamId:
-    """A stream id as the ``(ms, seq)`` the subscriptions compare (``ValueError`` if not one)."""
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

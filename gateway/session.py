@@ -15,19 +15,17 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from engine.admission.sanitize import Limits
+from engine.admission.stream import error_code
 from engine.core.client import Submitted
 from engine.core.task import validate_task
 from engine.errors import (
-    BadCallbackUrl,
     BudgetExceeded,
     EngineError,
     IdempotencyConflict,
     InvalidTask,
-    PiiBlocked,
     QueueFull,
     RedisUnavailable,
     TaskNotFound,
-    TemplateError,
 )
 from engine.operations.audit import Action
 from gateway import protocol, since
@@ -47,15 +45,6 @@ SLOW_REASON = "send buffer full: reconnect and subscribe with since=<last event 
 def not_found(task_id: str) -> ProtocolError:
     # the same answer for "no such task" and "another tenant's task": ids cannot be probed
     return ProtocolError("not_found", f"no task {task_id[:64]!r}", status=404)
-
-
-# InvalidTask kinds with their own wire code (most specific first); all are HTTP 400
-INVALID_CODES: tuple[tuple[type[InvalidTask], str], ...] = (
-    (PiiBlocked, "pii_blocked"),
-    (BadCallbackUrl, "bad_callback_url"),
-    (TemplateError, "template_error"),
-    (InvalidTask, "invalid_task"),
-)
 
 
 async def audit(
@@ -110,6 +99,12 @@ def precheck(task: dict[str, Any]) -> None:
         )
 
 
+def task_tenant(who: Principal, task: dict[str, Any]) -> str:
+    """The tenant ``who`` submits ``task`` as: the token's, or an operator's choice in the task
+    (``default`` when it names none)."""
+    return str(task.get("tenant", "default")) if who.operator else who.tenant
+
+
 async def submit_task(ctx: Context, who: Principal, task: dict[str, Any], transport: str) -> str:
     """Validate and submit ``task`` as ``who``; ``ProtocolError`` with the HTTP status."""
     return (await submit_outcome(ctx, who, task, transport)).task_id
@@ -124,11 +119,12 @@ async def submit_outcome(
         submitted = await _submit_task(ctx, who, task, transport)
     except ProtocolError as exc:
         if exc.code != "unavailable":
-            tenant = who.tenant if not who.operator else str(task.get("tenant", "default"))
+            tenant = task_tenant(who, task)
             await audit(ctx, who, Action.SUBMIT, tenant, None, "denied", code=exc.code)
         raise
-    tenant = who.tenant if not who.operator else str(task.get("tenant", "default"))
-    await audit(ctx, who, Action.SUBMIT, tenant, submitted.task_id, transport=transport)
+    await audit(
+        ctx, who, Action.SUBMIT, task_tenant(who, task), submitted.task_id, transport=transport
+    )
     return submitted
 
 
@@ -150,8 +146,7 @@ async def _submit_task(
         submitted = await ctx.client.submit_outcome(spec)
     except InvalidTask as exc:
         ctx.counters.submits[(transport, "invalid")] += 1
-        code = next(c for kind, c in INVALID_CODES if isinstance(exc, kind))
-        raise ProtocolError(code, str(exc), field=exc.field) from None
+        raise ProtocolError(error_code(exc), str(exc), field=exc.field) from None
     except BudgetExceeded as exc:
         ctx.counters.submits[(transport, "budget_exceeded")] += 1
         raise ProtocolError(

@@ -38,7 +38,8 @@ FASTSTREAM_DATA = b"__data__"  # faststream.redis.message.DATA_KEY
 FASTSTREAM_MAGIC = b"\x89BIN\r\n\x1a\n"  # BinaryMessageFormatV1.IDENTITY_HEADER
 MAX_CORRELATION_CHARS = 128
 
-# the wire codes of the HTTP API (gateway/session.py, gateway/http.py), most specific first
+# the wire codes of admission refusals, most specific first: the rejected stream here and the
+# HTTP/WebSocket API (gateway/session.py) both answer with them
 ERROR_CODES: tuple[tuple[type[EngineError], str], ...] = (
     (PiiBlocked, "pii_blocked"),
     (BadCallbackUrl, "bad_callback_url"),
@@ -90,9 +91,14 @@ def entry_ms(intake_id: str) -> int:
     return int(head) if head.isdigit() else 0
 
 
+def error_code(exc: EngineError) -> str:
+    """The wire code of an admission refusal (``ERROR_CODES``; ``invalid_task`` otherwise)."""
+    return next((c for kind, c in ERROR_CODES if isinstance(exc, kind)), "invalid_task")
+
+
 def rejection_for(entry: IntakeEntry, exc: EngineError) -> Rejection:
     """The rejection of ``entry`` refused by admission with ``exc`` (a code of ``ERROR_CODES``)."""
-    code = next((c for kind, c in ERROR_CODES if isinstance(exc, kind)), "invalid_task")
+    code = error_code(exc)
     field = exc.field if isinstance(exc, InvalidTask | IdempotencyConflict) else "task"
     return Rejection(entry.intake_id, entry.correlation_id, code, field, str(exc))
 

@@ -38,7 +38,7 @@ from gateway.openai.follow import Follower
 from gateway.openai.schema import ChatRequest, param_of, parse_request, task_input, task_params
 from gateway.openai.shared import Shared
 from gateway.outbox import Item
-from gateway.session import audit, submit_outcome
+from gateway.session import audit, submit_outcome, task_tenant
 
 PRIORITIES = ("high", "normal", "low")
 SSE_HEADERS = [
@@ -136,8 +136,7 @@ async def _join(ctx: Context, who: Principal, task: dict[str, Any]) -> Shared | 
     key = task.get("idempotency_key")
     if key is None:
         return None
-    tenant = str(task.get("tenant", "default")) if who.operator else who.tenant
-    shared = Shared(ctx, tenant, key)
+    shared = Shared(ctx, task_tenant(who, task), key)
     await shared.join()
     return shared
 

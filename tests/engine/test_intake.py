@@ -183,13 +183,10 @@ async def test_an_entry_admitted_twice_is_one_task(
     """A batch admitted again (a crash between TaskRequested and XACK redelivers it) makes no
     second task: without an idempotency key the entry id names the task."""
     client = real_client()
-    intake = Intake(client, client.settings, "c1")
-    await intake.prepare()
     raw = client.store.redis
-    for i in range(5):
-        await raw.xadd(intake.stream, {"task": orjson.dumps({"input": f"t{i}"})})
-    read: Any = await raw.xreadgroup(INTAKE_GROUP, "c1", {intake.stream: ">"}, count=10)
-    entries = read[0][1]
+    intake, entries = await _read_added(
+        client, [{"task": orjson.dumps({"input": f"t{i}"})} for i in range(5)]
+    )
     await intake.admit(entries)
     await intake.admit(entries)  # the redelivery
     requested = await _requested(client)
@@ -207,14 +204,17 @@ async def test_a_reused_idempotency_key_with_another_input_is_rejected(
     rejected stream as ``idempotency_conflict`` naming the field; one with the same input
     attaches to that task: one task in all."""
     client = real_client()
-    intake = Intake(client, client.settings, "c1")
-    await intake.prepare()
-    raw = client.store.redis
-    for prompt in ("hello", "hello", "goodbye"):
-        task = {"input": prompt, "idempotency_key": "order-9"}
-        await raw.xadd(intake.stream, {"task": orjson.dumps(task), "correlation_id": prompt})
-    read: Any = await raw.xreadgroup(INTAKE_GROUP, "c1", {intake.stream: ">"}, count=10)
-    await intake.admit(read[0][1])
+    intake, entries = await _read_added(
+        client,
+        [
+            {
+                "task": orjson.dumps({"input": prompt, "idempotency_key": "order-9"}),
+                "correlation_id": prompt,
+            }
+            for prompt in ("hello", "hello", "goodbye")
+        ],
+    )
+    await intake.admit(entries)
     assert len(await _requested(client)) == 1
     (rejected,) = await _rejected(client, client.settings)
     assert rejected["code"] == "idempotency_conflict"
@@ -400,20 +400,17 @@ async def test_the_stream_is_trimmed_below_what_the_group_still_needs(
 ) -> None:
     """Acknowledged entries are trimmed away; a pending one (and what follows it) is kept."""
     client = real_client()
-    intake = Intake(client, client.settings, "c1")
-    await intake.prepare()
-    raw = client.store.redis
-    for i in range(300):
-        await raw.xadd(intake.stream, {"task": orjson.dumps({"input": f"t{i}"})})
-    read: Any = await raw.xreadgroup(INTAKE_GROUP, "c1", {intake.stream: ">"}, count=300)
-    entries = read[0][1]
+    intake, entries = await _read_added(
+        client, [{"task": orjson.dumps({"input": f"t{i}"})} for i in range(300)]
+    )
     await intake.admit(entries[:150])  # the rest stays pending
     await intake.trim_once()
     left = await client.store.entries(intake.stream)
     assert len(left) < 300
     assert [e[0] for e in left[-150:]] == [e[0] for e in entries[150:]]  # nothing pending lost
     await intake.admit(entries[150:])
-    await raw.xadd(intake.stream, {"task": orjson.dumps({"input": "new"})})  # not yet read
+    # one more, not yet read
+    await client.store.redis.xadd(intake.stream, {"task": orjson.dumps({"input": "new"})})
     await intake.trim_once()
     left = await client.store.entries(intake.stream)
     assert 1 <= len(left) < 150  # approximate trimming keeps at most a node's worth
@@ -454,3 +451,17 @@ async def test_redis_unreachable_is_logged_once_and_raised_for_a_retry(
     logged = [r for r in caplog.records if "Redis unavailable" in r.getMessage()]
     assert len(logged) == 1
     await client.aclose()
+
+
+async def _read_added(
+    client: Client, added: list[dict[bytes | str, bytes | str]]
+) -> tuple[Intake, list[Any]]:
+    """An ``Intake`` of consumer c1 (prepared), ``added`` XADDed to its stream and read back by
+    the group as a redelivery would hand them over: (intake, entries)."""
+    intake = Intake(client, client.settings, "c1")
+    await intake.prepare()
+    raw = client.store.redis
+    for fields in added:
+        await raw.xadd(intake.stream, fields)  # type: ignore[arg-type]
+    read: Any = await raw.xreadgroup(INTAKE_GROUP, "c1", {intake.stream: ">"}, count=len(added))
+    return intake, read[0][1]
