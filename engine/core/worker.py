@@ -162,6 +162,8 @@ class Worker:
                     if entries:
                         got = await self.store.adopt(partition, self.consumer, entries)
                         self._launch(partition, got.started)
+                        # the calls go out before the next fetch script (time to first token)
+                        await asyncio.sleep(0)
                 else:  # a blocking read could hand us more than the free slots
                     await self._sleep(0.025)
             except RedisUnavailable as exc:

@@ -89,6 +89,7 @@ class Connection(asyncio.Protocol):
         self.goaway = False
         self._flush_soon = False
         self._unflushed = 0  # flush_soon calls since the last write
+        self._in_turn = False  # this loop turn wrote its first frames already
         self._writable: asyncio.Future[None] | None = None
         self._window: asyncio.Future[None] | None = None
 
@@ -195,15 +196,24 @@ class Connection(asyncio.Protocol):
             self.transport.write(data)
 
     def flush_soon(self) -> None:
-        """Write at the end of this loop turn, so requests started together share one write;
-        but at once every ``FLUSH_EVERY`` frames, so that in a burst of thousands the first
-        request does not wait until the last one is built."""
+        """Write the first frames of a loop turn at once (a lone request does not wait for the
+        turn to end: time to first token), the next ones of the same turn in one write at its
+        end, so requests started together share it; but at once every ``FLUSH_EVERY`` frames,
+        so that in a burst of thousands the first request does not wait until the last one
+        is built."""
         self._unflushed += 1
-        if self._unflushed >= FLUSH_EVERY:
+        if not self._in_turn:
+            self._in_turn = True
+            self.loop.call_soon(self._end_turn)
+            self.flush()
+        elif self._unflushed >= FLUSH_EVERY:
             self.flush()
         elif not self._flush_soon:
             self._flush_soon = True
             self.loop.call_soon(self.flush)
+
+    def _end_turn(self) -> None:
+        self._in_turn = False
 
     def _wake_window(self) -> None:
         if self._window is not None and not self._window.done():

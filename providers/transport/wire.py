@@ -291,6 +291,9 @@ class SSEDecoder:
             raise NetworkError(f"{self.provider}: oversized stream event", provider=self.provider)
 
 
+EAGER_EVENTS = 4  # a role chunk, the first tokens: past them, events are read back to back
+
+
 async def sse_events(
     response: httpx.Response, idle_timeout: float, provider: str
 ) -> AsyncIterator[SSEEvent]:
@@ -300,12 +303,19 @@ async def sse_events(
     await between events: the idle timer runs while the generator is suspended."""
     loop = asyncio.get_running_loop()
     decoder = SSEDecoder(provider)
+    eager = EAGER_EVENTS
     try:
         async with asyncio.timeout(idle_timeout) as idle:
             async for chunk in response.aiter_bytes():
                 idle.reschedule(loop.time() + idle_timeout)
                 for event in decoder.feed(chunk):
                     yield event
+                    if eager:
+                        # the answer's start may arrive in one burst, already buffered: once
+                        # the consumer has taken each of the first events, hand the loop over,
+                        # so the first token's commit goes out before the rest is parsed
+                        eager -= 1
+                        await asyncio.sleep(0)
     except TimeoutError as exc:
         raise ProviderTimeout(
             f"{provider}: stream idle for more than {idle_timeout:g}s", provider=provider

@@ -303,8 +303,9 @@ def test_the_transport_runs_on_uvloop() -> None:
 
 
 async def test_a_burst_is_written_in_pieces_not_after_its_last_request() -> None:
-    """Frames queued in one loop turn share a write, but at most FLUSH_EVERY of them: in a
-    burst of thousands of calls the first is on the wire before the last is built."""
+    """A loop turn's first frames are written at once (a lone request does not wait for the
+    turn to end); the next ones of the turn share a write, but at most FLUSH_EVERY of them: in
+    a burst of thousands of calls the first is on the wire before the last is built."""
     writes: list[bytes] = []
 
     class Wire:
@@ -327,12 +328,18 @@ async def test_a_burst_is_written_in_pieces_not_after_its_last_request() -> None
     conn.connection_made(Wire())  # type: ignore[arg-type]
     conn.start()
     assert len(writes) == 1  # the preface and our settings
+    conn.h2.ping(b"12345678")
+    conn.flush_soon()
+    assert len(writes) == 2  # the turn's first frames: at once
     for _ in range(FLUSH_EVERY - 1):
         conn.h2.ping(b"12345678")
         conn.flush_soon()
-    assert len(writes) == 1  # coalesced so far
+    assert len(writes) == 2  # the rest of the turn: coalesced so far
     conn.h2.ping(b"12345678")
     conn.flush_soon()
-    assert len(writes) == 2  # the FLUSH_EVERY-th goes out at once, with the ones before it
+    assert len(writes) == 3  # the FLUSH_EVERY-th goes out at once, with the ones before it
     await asyncio.sleep(0)  # the end-of-turn flush finds nothing left
-    assert len(writes) == 2
+    assert len(writes) == 3
+    conn.h2.ping(b"12345678")
+    conn.flush_soon()
+    assert len(writes) == 4  # a new turn: its first frames at once again

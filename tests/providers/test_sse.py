@@ -1,13 +1,16 @@
-"""The sans-I/O SSE decoder: framing variants, split reads, bounds."""
+"""The sans-I/O SSE decoder: framing variants, split reads, bounds; and the reader's turns."""
 
 from __future__ import annotations
 
+import asyncio
+
+import httpx
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from providers.errors import NetworkError
-from providers.transport.wire import MAX_EVENT_BYTES, SSEDecoder, SSEEvent
+from providers.transport.wire import EAGER_EVENTS, MAX_EVENT_BYTES, SSEDecoder, SSEEvent, sse_events
 
 STREAM = (
     b'event: message_start\ndata: {"a": 1}\n\n: comment\n\ndata: x\ndata: y\n\n'
@@ -44,3 +47,25 @@ def test_oversized_line_without_newline_is_refused() -> None:
     with pytest.raises(NetworkError):
         for _ in range(MAX_EVENT_BYTES // 65536 + 2):
             decoder.feed(b"x" * 65536)
+
+
+async def test_a_burst_lets_the_first_tokens_commit_go_out_before_the_rest_is_parsed() -> None:
+    """A whole answer in one read: once the consumer took the first event, whatever it woke
+    (the worker's outbox, writing the first token) runs before the next events are handed
+    over, not after the last one."""
+    burst = b"".join(b"data: %d\n\n" % i for i in range(12))
+
+    async def body() -> object:
+        yield burst
+
+    response = httpx.Response(200, content=body())
+    order: list[str] = []
+    woken = False
+    async for event in sse_events(response, 5.0, "p"):
+        order.append(event.data.decode())
+        if not woken:
+            woken = True
+            asyncio.get_running_loop().call_soon(order.append, "commit")
+    assert order[:3] == ["0", "commit", "1"]
+    assert order[3:] == [str(i) for i in range(2, 12)]
+    assert EAGER_EVENTS < 12  # past the first events, a burst is read back to back
