@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import functools
 import os
+import resource
 import shutil
 import signal
 import statistics
@@ -41,6 +42,7 @@ from grpc_submit import (  # type: ignore[import-not-found]
     unary_py,
     wait_serving,
 )
+from openai_compat import children_of, proc_cpu  # type: ignore[import-not-found]
 
 from engine.client import Client
 from engine.runtime.embedded import EmbeddedRedis, free_port
@@ -73,10 +75,28 @@ async def all_serving(target: str, proc: subprocess.Popen[bytes], processes: int
     await asyncio.sleep(1.0 + 0.5 * processes)
 
 
-async def run(args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:
+def cpu_now(gateway: subprocess.Popen[bytes], redis: EmbeddedRedis) -> dict[str, float]:
+    """CPU seconds so far: the gateway's processes, redis-server, the load generator (this
+    script and the h2load runs it waited for)."""
+    assert redis.process is not None
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # h2load, once reaped
+    return {
+        "gateway": sum(proc_cpu(p) for p in (gateway.pid, *children_of(gateway.pid))),
+        "redis": proc_cpu(redis.process.pid),
+        "client": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+    }
+
+
+Rates = dict[str, dict[int, list[float]]]
+Cores = dict[str, dict[int, list[dict[str, float]]]]
+
+
+async def run(args: argparse.Namespace) -> tuple[Rates, Cores]:
     n, conc = args.tasks, args.concurrency
     has_h2load = shutil.which("h2load") is not None
-    rates: dict[str, dict[int, list[float]]] = {"unary/h2load": {}, "unary/py": {}}
+    rates: Rates = {"unary/h2load": {}, "unary/py": {}}
+    cores: Cores = {"unary/h2load": {}, "unary/py": {}}
     with tempfile.TemporaryDirectory() as tmp:
         body = h2load_body(Path(tmp))
         redis = EmbeddedRedis(Path(tmp), appendonly=False)
@@ -101,13 +121,17 @@ async def run(args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:
                     for _ in range(args.rounds):
                         for mode, phase in modes.items():
                             before = await queued(view)
+                            cpu0 = cpu_now(gateway, redis)
                             t0 = time.perf_counter()
                             await phase()
-                            rate = n / (time.perf_counter() - t0)
+                            took = time.perf_counter() - t0
+                            cpu1 = cpu_now(gateway, redis)
                             made = await queued(view) - before
                             if made != n:
                                 raise SystemExit(f"{mode}: {made} tasks made, not {n}")
-                            rates[mode].setdefault(processes, []).append(rate)
+                            rates[mode].setdefault(processes, []).append(n / took)
+                            busy = {k: (cpu1[k] - cpu0[k]) / took for k in cpu0}
+                            cores[mode].setdefault(processes, []).append(busy)
                 finally:
                     await view.aclose()
                     gateway.send_signal(signal.SIGTERM)
@@ -116,10 +140,10 @@ async def run(args: argparse.Namespace) -> dict[str, dict[int, list[float]]]:
             redis.stop()
     if not has_h2load:
         print("unary/h2load: skipped (h2load not installed: apt-get install nghttp2-client)")
-    return rates
+    return rates, cores
 
 
-def report(args: argparse.Namespace, rates: dict[str, dict[int, list[float]]]) -> None:
+def report(args: argparse.Namespace, rates: Rates, cores: Cores) -> None:
     print(
         f"{args.tasks} unary SubmitTask calls, {args.concurrency} callers, median of "
         f"{args.rounds} rounds, {os.cpu_count()} CPUs"
@@ -133,6 +157,15 @@ def report(args: argparse.Namespace, rates: dict[str, dict[int, list[float]]]) -
         if 1 in medians and 2 in medians:
             ratio = f"  2 vs 1: {medians[2] / medians[1]:.2f}x"
         print(f"{mode:13s} {cells}{ratio}")
+        for count, runs in cores[mode].items():
+            busy = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            total = sum(busy.values())
+            parts = ", ".join(f"{k} {v:.2f}" for k, v in busy.items())
+            line = f"{'':13s} {count} process(es): cores busy {parts}; total {total:.2f}"
+            if count == 1:
+                # the same CPU per task on all the cores: the most any process count can give
+                line += f"; ceiling on {os.cpu_count()} cores: {(os.cpu_count() or 1) / total:.2f}x"
+            print(line)
 
 
 def main() -> None:
@@ -144,7 +177,7 @@ def main() -> None:
         "--processes", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2]
     )
     args = parser.parse_args()
-    report(args, asyncio.run(run(args)))
+    report(args, *asyncio.run(run(args)))
 
 
 if __name__ == "__main__":

@@ -179,9 +179,16 @@ def batches(tasks: int, size: int) -> list[pb.SubmitTasksRequest]:
     return [pb.SubmitTasksRequest(tasks=[request()] * n) for n in sizes]
 
 
+def own_channel(target: str) -> grpc.aio.Channel:
+    """A channel with its own connection: gRPC shares one connection among the channels to
+    a target by default (the global subchannel pool), which put every caller on one gateway
+    process behind SO_REUSEPORT."""
+    return grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1)])
+
+
 async def unary_py(target: str, tasks: int, concurrency: int) -> None:
     """``tasks`` unary SubmitTask calls from ``concurrency`` callers, one channel each."""
-    opened = [grpc.aio.insecure_channel(target) for _ in range(concurrency)]
+    opened = [own_channel(target) for _ in range(concurrency)]
     stubs = [tasks_pb2_grpc.TaskServiceStub(c) for c in opened]
     message = request()
     left = tasks
@@ -202,7 +209,7 @@ async def unary_py(target: str, tasks: int, concurrency: int) -> None:
 async def stream_py(target: str, tasks: int, concurrency: int, batch: int) -> None:
     """``tasks`` submits over ``concurrency`` SubmitTasks streams (one channel each), in
     messages of ``batch`` tasks."""
-    opened = [grpc.aio.insecure_channel(target) for _ in range(concurrency)]
+    opened = [own_channel(target) for _ in range(concurrency)]
     shares = [tasks // concurrency + (i < tasks % concurrency) for i in range(concurrency)]
 
     async def one(channel: grpc.aio.Channel, n: int) -> None:
