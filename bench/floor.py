@@ -37,10 +37,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_compat import (  # type: ignore[import-not-found]
     BODY,
     ROOT,
-    Pool,
     Samples,
     cpu_snapshot,
-    one,
+    load,
     pct,
     stop,
     wait_http,
@@ -192,31 +191,6 @@ async def worker(redis_url: str, sandbox: str) -> None:
                 job = asyncio.create_task(run(eid, fields[b"t"]))
                 tasks.add(job)
                 job.add_done_callback(tasks.discard)
-
-
-async def load(
-    rate: float, seconds: float, skeleton: str | None, sandbox: str
-) -> tuple[Samples, Samples]:
-    """Open loop at ``rate``: the same request through the skeleton (when given) and straight
-    to the sandbox, interleaved."""
-    via, direct = Samples(), Samples()
-    pools = [(Pool(f"{sandbox}/openai/v1/chat/completions", "sandbox-openai-key"), direct)]
-    if skeleton is not None:
-        pools.append((Pool(f"{skeleton}/v1/chat/completions", "bench"), via))
-    for _ in range(3):
-        for pool, _ in pools:
-            await one(pool, Samples())
-    tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks += [asyncio.create_task(one(pool, out)) for pool, out in pools]
-    await asyncio.gather(*tasks)
-    for pool, _ in pools:
-        pool.close()
-    return via, direct
 
 
 def row(rate: float, name: str, s: Samples) -> str:

@@ -187,24 +187,28 @@ async def one(pool: Pool, out: Samples) -> None:
         out.in_flight -= 1
 
 
-async def load(rate: float, seconds: float, gateway: str, sandbox: str) -> tuple[Samples, Samples]:
+async def load(
+    rate: float, seconds: float, gateway: str | None, sandbox: str
+) -> tuple[Samples, Samples]:
+    """Open loop at ``rate``: the same streamed request through ``gateway`` (when given) and
+    straight to the sandbox, interleaved; (via the gateway, direct)."""
     via, direct = Samples(), Samples()
-    a = Pool(f"{gateway}/v1/chat/completions", "bench")
-    b = Pool(f"{sandbox}/openai/v1/chat/completions", "sandbox-openai-key")
+    pools = [(Pool(f"{sandbox}/openai/v1/chat/completions", "sandbox-openai-key"), direct)]
+    if gateway is not None:
+        pools.insert(0, (Pool(f"{gateway}/v1/chat/completions", "bench"), via))
     for _ in range(3):  # warm up: connections, the worker's provider connection
-        await one(a, Samples())
-        await one(b, Samples())
+        for pool, _ in pools:
+            await one(pool, Samples())
     tasks = []
     start = time.perf_counter()
     for i in range(int(rate * seconds)):
         delay = start + i / rate - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(a, via)))
-        tasks.append(asyncio.create_task(one(b, direct)))
+        tasks += [asyncio.create_task(one(pool, out)) for pool, out in pools]
     await asyncio.gather(*tasks)
-    a.close()
-    b.close()
+    for pool, _ in pools:
+        pool.close()
     return via, direct
 
 
