@@ -2,6 +2,7 @@
 
 GatewayError
 ├── GatewayConfigError   bad token configuration, or no tokens on a non-loopback address
+├── HeadRefused          a request head the HTTP protocol refuses (too large, not one Host): 400
 ├── ProtocolError        a client request cannot be served; ``code`` goes on the wire
 └── WatchError           ``aiis watch`` cannot follow the gateway (refused, closed, gave up)
 """
@@ -17,6 +18,11 @@ class GatewayError(Exception):
 
 class GatewayConfigError(GatewayError):
     pass
+
+
+class HeadRefused(GatewayError):
+    """Raised from an HTTP parser callback (``gateway/transport.py``): httptools reports it as
+    a parser error, and uvicorn answers 400 and closes the connection."""
 
 
 class ProtocolError(GatewayError):

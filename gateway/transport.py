@@ -19,6 +19,8 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 from websockets.http11 import Request
 
+from gateway.errors import HeadRefused
+
 ABORT_EXTENSION = "aiis.abort"
 
 
@@ -56,14 +58,23 @@ _BUSY = b"HTTP/1.1 503 Service Unavailable\r\nconnection: close\r\ncontent-lengt
 _SLOW = b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
 
 
+MAX_HEAD_BYTES = 16 * 1024  # request line + headers: h11's bound, which uvicorn's h11 side used
+
+
 def guarded_http(limits: SocketLimits) -> type[HttpToolsProtocol]:
     """uvicorn's httptools protocol with ``limits``: a connection over ``max_sockets`` gets a
     503 and is closed; one whose request headers are not complete ``header_timeout_s`` after
     it opened (or after its previous response: keep-alive) gets a 408 and is closed
-    (slowloris)."""
+    (slowloris). And what h11 enforced and llhttp does not: a request line and headers over
+    ``MAX_HEAD_BYTES`` (llhttp has no bound, and uvicorn grows the URL by concatenation), or
+    a request without exactly one ``Host``, get a 400."""
 
     class GuardedHttpProtocol(HttpToolsProtocol):
         _header_timer: asyncio.TimerHandle | None = None
+        _head_bytes = 0
+        _hosts = 0
+        _in_message = False  # a request's bytes are arriving
+        _head_done = False  # ... and its headers are complete (its body may still come)
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             limits.connections = self.connections
@@ -80,15 +91,42 @@ def guarded_http(limits: SocketLimits) -> type[HttpToolsProtocol]:
             self._disarm()
             super().connection_lost(exc)
 
+        def on_message_begin(self) -> None:
+            self._head_bytes, self._hosts = 0, 0
+            self._in_message, self._head_done = True, False
+            super().on_message_begin()
+
+        def on_url(self, url: bytes) -> None:
+            self._count(len(url))
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._count(len(name) + len(value) + 4)
+            if name.lower() == b"host":
+                self._hosts += 1
+            super().on_header(name, value)
+
         def on_headers_complete(self) -> None:
+            if self._hosts > 1 or (self._hosts == 0 and self.parser.get_http_version() != "1.0"):
+                raise HeadRefused("a request needs exactly one Host header (HTTP/1.1)")
+            self._head_done = True
             self._disarm()  # the headers are in (a WebSocket upgrade too)
             super().on_headers_complete()
 
+        def on_message_complete(self) -> None:
+            self._in_message = False
+            super().on_message_complete()
+
         def on_response_complete(self) -> None:
+            queued = bool(self.pipeline)  # super() starts a pipelined request: its headers are in
             super().on_response_complete()
-            # a pipelined request already has its headers; otherwise the next ones must come
-            if not self.transport.is_closing() and not self.pipeline:
+            if not self.transport.is_closing() and not queued:
                 self._arm()
+
+        def _count(self, size: int) -> None:
+            self._head_bytes += size
+            if self._head_bytes > MAX_HEAD_BYTES:
+                raise HeadRefused(f"request line and headers over {MAX_HEAD_BYTES} bytes")
 
         def _arm(self) -> None:
             self._disarm()
@@ -102,6 +140,11 @@ def guarded_http(limits: SocketLimits) -> type[HttpToolsProtocol]:
         def _too_slow(self) -> None:
             self._header_timer = None
             if self.transport.is_closing():
+                return
+            if self.cycle is not None and not self.cycle.response_complete:
+                return  # a response is under way: its end arms the timer again
+            if self._in_message and self._head_done:
+                self._arm()  # answered early, its body still arriving: the body timeout's case
                 return
             limits.header_timeouts += 1
             self.transport.write(_SLOW)

@@ -289,6 +289,130 @@ async def test_the_header_timeout_spares_websockets_and_long_responses(
     assert metric(text, "aiis_gateway_header_timeouts_total") == 0
 
 
+def _send_and_read(sock: socket.socket, payload: bytes) -> bytes:
+    """Send ``payload`` in 64 KiB pieces (stopping once the server closed), then read to the end."""
+    view = memoryview(payload)
+    try:
+        while view:
+            sock.sendall(view[:65536])
+            view = view[65536:]
+    except OSError:  # the server answered and closed mid-send
+        pass
+    return _read_until_closed(sock)
+
+
+async def test_an_oversized_request_head_is_refused_and_others_are_served(
+    engine: Engine, gateways: Make
+) -> None:
+    """A request line or headers over MAX_HEAD_BYTES (16 KiB, h11's bound) get a 400 and the
+    connection is closed before it is read further: a 4 MiB URL or header cannot hold the
+    gateway's memory or its loop, and the next client is served."""
+    gateway = await gateways(engine.settings)
+    host = f"Host: 127.0.0.1:{gateway.port}\r\n".encode()
+    huge = b"a" * (4 << 20)
+    for head in (
+        b"GET /healthz?" + huge + b" HTTP/1.1\r\n" + host + b"\r\n",
+        b"GET /healthz HTTP/1.1\r\n" + host + b"X-Big: " + huge + b"\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n" + host + b"X-a: b\r\n" * 5000 + b"\r\n",
+    ):
+        sock = _raw(gateway)
+        answer = await asyncio.to_thread(_send_and_read, sock, head)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 400"), answer[:80]
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        assert (await client.get("/healthz", headers={"X-Fine": "a" * 8000})).status_code == 200
+
+
+async def test_a_request_needs_exactly_one_host(engine: Engine, gateways: Make) -> None:
+    """Two Host headers (the guard and the app could read different ones) or none on HTTP/1.1
+    get a 400, as h11 answered. HTTP/1.0 may omit it: the parser lets it through, and the
+    open mode's Host rule refuses it (403)."""
+    gateway = await gateways(engine.settings)
+    host = f"Host: 127.0.0.1:{gateway.port}\r\n".encode()
+    for head, status in (
+        (b"GET /healthz HTTP/1.1\r\n" + host + b"Host: evil.example\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.1\r\nX-a: b\r\n\r\n", b"400"),
+        (b"GET /healthz HTTP/1.0\r\n\r\n", b"403"),
+        (b"GET /healthz HTTP/1.1\r\n" + host + b"Connection: close\r\n\r\n", b"200"),
+    ):
+        sock = _raw(gateway)
+        answer = await asyncio.to_thread(_send_and_read, sock, head)
+        sock.close()
+        assert answer.startswith(b"HTTP/1.1 " + status), (head, answer[:80])
+
+
+async def test_a_pipelined_request_is_not_cut_by_the_header_timeout(
+    engine: Engine, gateways: Make
+) -> None:
+    """Two requests sent at once on one connection: the second (an SSE stream) starts when the
+    first is answered, with its headers already in, and runs past header_timeout_s without
+    a 408 written into it."""
+    gateway = await gateways(engine.settings, header_timeout_s=0.3, sse_keepalive_s=0.2)
+    task_id = await engine.client.submit("waits in the queue")
+    host = f"Host: 127.0.0.1:{gateway.port}\r\n".encode()
+    sock = _raw(gateway)
+    sock.sendall(
+        b"GET /healthz HTTP/1.1\r\n" + host + b"\r\n"
+        b"GET /v1/tasks/" + task_id.encode() + b"/events HTTP/1.1\r\n" + host + b"\r\n"
+    )
+
+    def read_for(seconds: float) -> bytes:
+        data, end = b"", time.monotonic() + seconds
+        while time.monotonic() < end:
+            data += sock.recv(65536)
+        return data
+
+    try:
+        got = await asyncio.to_thread(read_for, 1.2)
+    finally:
+        sock.close()
+    assert got.count(b"HTTP/1.1 200") == 2, got[:300]
+    assert b"408" not in got and got.count(b"keepalive") >= 3, got[-300:]
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        text = (await client.get("/metrics")).text
+    assert metric(text, "aiis_gateway_header_timeouts_total") == 0
+
+
+async def test_a_body_still_arriving_after_an_early_answer_is_not_slowloris(
+    engine: Engine, gateways: Make
+) -> None:
+    """A request refused before its body has arrived (a bad token): the client still sending
+    that body past header_timeout_s is not answered 408 nor counted as slowloris."""
+    gateway = await gateways(
+        engine.settings, tokens=TOKENS_ENV, header_timeout_s=0.3, body_timeout_s=30
+    )
+    sock = _raw(gateway)
+    sock.sendall(
+        f"POST /v1/tasks HTTP/1.1\r\nHost: 127.0.0.1:{gateway.port}\r\n"
+        "Authorization: Bearer wrong\r\nContent-Type: application/json\r\n"
+        "Content-Length: 100\r\n\r\n{".encode()
+    )
+
+    def read_for(seconds: float) -> bytes:
+        sock.settimeout(0.1)
+        data, end = b"", time.monotonic() + seconds
+        while time.monotonic() < end:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b" ")  # the body, slowly
+                continue
+            if not chunk:
+                break
+            data += chunk
+        return data
+
+    try:
+        got = await asyncio.to_thread(read_for, 1.0)
+    finally:
+        sock.close()
+    assert got.startswith(b"HTTP/1.1 401"), got[:80]
+    assert b"408" not in got, got
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        text = (await client.get("/metrics", headers={"Authorization": "Bearer tok-ops"})).text
+    assert metric(text, "aiis_gateway_header_timeouts_total") == 0
+
+
 async def test_sockets_over_the_cap_are_refused_and_counted(engine: Engine, gateways: Make) -> None:
     """With max_sockets=4, four idle sockets fill the gateway: a fifth connection gets 503 and
     is closed, and /metrics counts it once they are gone."""
