@@ -15,6 +15,12 @@ service, and measures it the way ``bench/openai_compat.py`` measures the service
 interleaved with the same request straight to the sandbox, added latency = the skeleton's
 percentile minus the direct path's. No validation, admission, PII screening, routing, breaker,
 limiter, metrics or audit: what it adds is what the hops themselves cost here.
+
+Three parts: (1) the sandbox and the load generator alone — their latency and the CPU they
+take, i.e. what the machine has left at each rate; (2) the skeleton beside the direct path;
+(3) the sandbox over HTTP/2 (a bare h2 client) beside HTTP/1.1, at rates up to 100 req/s:
+the service's worker calls providers over HTTP/2 while the skeleton and the direct path use
+HTTP/1.1, so this is the part of the service's added latency that is the sandbox's.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ import time
 import uuid
 from pathlib import Path
 
+import h2.config
+import h2.connection
+import h2.events
 import orjson
 import redis.asyncio as aioredis
 
@@ -37,6 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from openai_compat import (  # type: ignore[import-not-found]
     BODY,
     ROOT,
+    Pool,
     Samples,
     cpu_snapshot,
     load,
@@ -193,6 +203,96 @@ async def worker(redis_url: str, sandbox: str) -> None:
                 job.add_done_callback(tasks.discard)
 
 
+class BareH2(asyncio.Protocol):
+    """A bare HTTP/2 client on one connection (h2's state machine, no httpx, no pool): what the
+    sandbox's HTTP/2 server costs, apart from the worker's transport."""
+
+    def __init__(self) -> None:
+        config = h2.config.H2Configuration(client_side=True)
+        self.conn = h2.connection.H2Connection(config)
+        self.first: dict[int, asyncio.Future[float]] = {}
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a TCP transport: it writes
+        self.conn.initiate_connection()
+        self.conn.increment_flow_control_window(1 << 30)
+        transport.write(self.conn.data_to_send())
+
+    def data_received(self, data: bytes) -> None:
+        for event in self.conn.receive_data(data):
+            if isinstance(event, h2.events.DataReceived) and event.stream_id is not None:
+                chunk = event.data or b""
+                self.conn.acknowledge_received_data(
+                    event.flow_controlled_length or 0, event.stream_id
+                )
+                waiter = self.first.get(event.stream_id)
+                if waiter is not None and not waiter.done() and has_token(chunk):
+                    waiter.set_result(time.perf_counter())
+        assert self.transport is not None
+        self.transport.write(self.conn.data_to_send())
+
+    async def first_token(self, authority: str) -> float:
+        sid = self.conn.get_next_available_stream_id()
+        waiter = self.first[sid] = asyncio.get_running_loop().create_future()
+        start = time.perf_counter()
+        headers = [
+            (":method", "POST"), (":authority", authority), (":scheme", "http"),
+            (":path", "/openai/v1/chat/completions"),
+            ("authorization", "Bearer sandbox-openai-key"), ("content-type", "application/json"),
+        ]  # fmt: skip
+        self.conn.send_headers(sid, headers)
+        self.conn.send_data(sid, orjson.dumps(BODY), end_stream=True)
+        assert self.transport is not None
+        self.transport.write(self.conn.data_to_send())
+        try:
+            return await waiter - start
+        finally:
+            del self.first[sid]
+
+
+def has_token(data: bytes) -> bool:
+    return b'"content":"' in data.replace(b'"content":""', b"")
+
+
+async def h2_beside_h1(
+    rate: float, seconds: float, sandbox: str
+) -> tuple[list[float], list[float]]:
+    """Time to the first token from the sandbox over HTTP/2 (bare client) and HTTP/1.1 (the
+    load generator's client), interleaved in one process."""
+    authority = sandbox.removeprefix("http://")
+    host, port = authority.split(":")
+    _, bare = await asyncio.get_running_loop().create_connection(BareH2, host, int(port))
+    h1 = Pool(f"{sandbox}/openai/v1/chat/completions", "sandbox-openai-key")
+    over_h2: list[float] = []
+    over_h1: list[float] = []
+
+    async def one_h2() -> None:
+        over_h2.append(await bare.first_token(authority))
+
+    async def one_h1() -> None:
+        first, _ = await h1.call()
+        if first is not None:
+            over_h1.append(first)
+
+    await one_h2()
+    await one_h1()
+    over_h2.clear()
+    over_h1.clear()
+    tasks = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks += [asyncio.create_task(one_h2()), asyncio.create_task(one_h1())]
+    await asyncio.gather(*tasks)
+    h1.close()
+    assert bare.transport is not None
+    bare.transport.close()
+    return over_h2, over_h1
+
+
 def row(rate: float, name: str, s: Samples) -> str:
     return (
         f"{rate:>6.0f} {name:>8} {len(s.last):>6} {s.errors:>4} {pct(s.first, 0.5) * 1000:>8.1f}ms "
@@ -277,6 +377,20 @@ def main() -> None:
                 f"{added[1]:>8.1f}ms {added[2]:>7.1f}ms {added[3]:>7.1f}ms"
             )
             sys.stdout.flush()
+        print(
+            "3. the sandbox itself over HTTP/2 (a bare h2 client: the worker calls providers over "
+            "HTTP/2) beside HTTP/1.1 (the direct path's), first token, one process"
+        )
+        for rate in (r for r in rates if r <= 100):
+            over_h2, over_h1 = run_loop(h2_beside_h1(rate, args.seconds, sandbox))
+            gap = [(pct(over_h2, q) - pct(over_h1, q)) * 1000 for q in (0.5, 0.99)]
+            print(
+                f"{rate:>6.0f} HTTP/2 p50 {pct(over_h2, 0.5) * 1000:.1f}ms "
+                f"p99 {pct(over_h2, 0.99) * 1000:.1f}ms  "
+                f"HTTP/1.1 p50 {pct(over_h1, 0.5) * 1000:.1f}ms "
+                f"p99 {pct(over_h1, 0.99) * 1000:.1f}ms  "
+                f"HTTP/2 later by {gap[0]:.2f} / {gap[1]:.2f} ms"
+            )
     finally:
         for proc in reversed(procs):
             stop(proc)
