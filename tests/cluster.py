@@ -4,6 +4,7 @@ slots assigned by us (no redis-cli --cluster, no replicas)."""
 from __future__ import annotations
 
 import importlib.util
+import socket
 import time
 from pathlib import Path
 
@@ -100,10 +101,18 @@ def valkey_server() -> Path | None:
 
 
 def _cluster_port() -> int:
-    """A free port that leaves room for the cluster bus port (port + 10000 ≤ 65535)."""
-    while (port := free_port()) > 55535:
-        pass
-    return port
+    """A free port whose cluster bus port (port + 10000 ≤ 65535) is free too: a node whose bus
+    port another socket holds aborts at start ("Failed listening on port … (cluster)")."""
+    while True:
+        port = free_port()
+        if port > 55535:
+            continue
+        with socket.socket() as bus:
+            try:
+                bus.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
 
 
 def _ok(client: redis.Redis) -> bool:
