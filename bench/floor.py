@@ -49,6 +49,7 @@ from openai_compat import (  # type: ignore[import-not-found]
     Pool,
     Samples,
     cpu_snapshot,
+    has_token,
     load,
     pct,
     stop,
@@ -249,10 +250,6 @@ class BareH2(asyncio.Protocol):
             return await waiter - start
         finally:
             del self.first[sid]
-
-
-def has_token(data: bytes) -> bool:
-    return b'"content":"' in data.replace(b'"content":""', b"")
 
 
 async def h2_beside_h1(

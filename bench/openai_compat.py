@@ -107,6 +107,11 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def has_token(data: bytes) -> bool:
+    """Whether a chunk of a streamed chat completion holds a token (a non-empty content)."""
+    return b'"content":"' in data.replace(b'"content":""', b"")
+
+
 class Pool:
     """A few lines of HTTP/1.1 over asyncio streams, keep-alive: the load generator shares the
     cores with what it measures, and httpx costs several times more CPU per request."""
@@ -147,7 +152,7 @@ class Pool:
 
         def seen(data: bytes) -> None:
             nonlocal first, tail
-            if first is None and b'"content":"' in data.replace(b'"content":""', b""):
+            if first is None and has_token(data):
                 first = time.perf_counter() - start
             tail = (tail + data)[-32:]
 

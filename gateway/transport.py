@@ -73,8 +73,7 @@ def guarded_http(limits: SocketLimits) -> type[HttpToolsProtocol]:
         _header_timer: asyncio.TimerHandle | None = None
         _head_bytes = 0
         _hosts = 0
-        _in_message = False  # a request's bytes are arriving
-        _head_done = False  # ... and its headers are complete (its body may still come)
+        _body_due = False  # a request's headers are in, the end of its body is not
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             limits.connections = self.connections
@@ -93,7 +92,6 @@ def guarded_http(limits: SocketLimits) -> type[HttpToolsProtocol]:
 
         def on_message_begin(self) -> None:
             self._head_bytes, self._hosts = 0, 0
-            self._in_message, self._head_done = True, False
             super().on_message_begin()
 
         def on_url(self, url: bytes) -> None:
@@ -109,12 +107,12 @@ def guarded_http(limits: SocketLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             if self._hosts > 1 or (self._hosts == 0 and self.parser.get_http_version() != "1.0"):
                 raise HeadRefused("a request needs exactly one Host header (HTTP/1.1)")
-            self._head_done = True
+            self._body_due = True
             self._disarm()  # the headers are in (a WebSocket upgrade too)
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:
-            self._in_message = False
+            self._body_due = False
             super().on_message_complete()
 
         def on_response_complete(self) -> None:
@@ -143,7 +141,7 @@ def guarded_http(limits: SocketLimits) -> type[HttpToolsProtocol]:
                 return
             if self.cycle is not None and not self.cycle.response_complete:
                 return  # a response is under way: its end arms the timer again
-            if self._in_message and self._head_done:
+            if self._body_due:
                 self._arm()  # answered early, its body still arriving: the body timeout's case
                 return
             limits.header_timeouts += 1

@@ -261,9 +261,7 @@ async def test_slowloris_is_closed_after_the_header_timeout_and_counted(
         fresh.close()
         kept.close()
     assert all(a.startswith(b"HTTP/1.1 408") for a in answers), answers
-    async with httpx.AsyncClient(base_url=gateway.url) as client:
-        text = (await client.get("/metrics")).text
-    assert metric(text, "aiis_gateway_header_timeouts_total") == 2
+    assert await header_timeouts(gateway) == 2
 
 
 async def test_the_header_timeout_spares_websockets_and_long_responses(
@@ -289,6 +287,36 @@ async def test_the_header_timeout_spares_websockets_and_long_responses(
     assert metric(text, "aiis_gateway_header_timeouts_total") == 0
 
 
+def _host(gateway: Gateway) -> bytes:
+    return f"Host: 127.0.0.1:{gateway.port}\r\n".encode()
+
+
+def _read_for(sock: socket.socket, seconds: float, drip: bytes = b"") -> bytes:
+    """What the server sends within ``seconds`` (less if it closes), sending ``drip`` whenever
+    it is silent for 0.1 s (a body arriving slowly)."""
+    sock.settimeout(0.1)
+    data, end = b"", time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            chunk = sock.recv(65536)
+        except TimeoutError:
+            if drip:
+                sock.sendall(drip)
+            continue
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+async def header_timeouts(gateway: Gateway, token: str | None = None) -> float:
+    """``aiis_gateway_header_timeouts_total`` as /metrics reports it."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx.AsyncClient(base_url=gateway.url) as client:
+        text = (await client.get("/metrics", headers=headers)).text
+    return metric(text, "aiis_gateway_header_timeouts_total")
+
+
 def _send_and_read(sock: socket.socket, payload: bytes) -> bytes:
     """Send ``payload`` in 64 KiB pieces (stopping once the server closed), then read to the end."""
     view = memoryview(payload)
@@ -308,7 +336,7 @@ async def test_an_oversized_request_head_is_refused_and_others_are_served(
     connection is closed before it is read further: a 4 MiB URL or header cannot hold the
     gateway's memory or its loop, and the next client is served."""
     gateway = await gateways(engine.settings)
-    host = f"Host: 127.0.0.1:{gateway.port}\r\n".encode()
+    host = _host(gateway)
     huge = b"a" * (4 << 20)
     for head in (
         b"GET /healthz?" + huge + b" HTTP/1.1\r\n" + host + b"\r\n",
@@ -328,7 +356,7 @@ async def test_a_request_needs_exactly_one_host(engine: Engine, gateways: Make) 
     get a 400, as h11 answered. HTTP/1.0 may omit it: the parser lets it through, and the
     open mode's Host rule refuses it (403)."""
     gateway = await gateways(engine.settings)
-    host = f"Host: 127.0.0.1:{gateway.port}\r\n".encode()
+    host = _host(gateway)
     for head, status in (
         (b"GET /healthz HTTP/1.1\r\n" + host + b"Host: evil.example\r\n\r\n", b"400"),
         (b"GET /healthz HTTP/1.1\r\nX-a: b\r\n\r\n", b"400"),
@@ -349,28 +377,20 @@ async def test_a_pipelined_request_is_not_cut_by_the_header_timeout(
     a 408 written into it."""
     gateway = await gateways(engine.settings, header_timeout_s=0.3, sse_keepalive_s=0.2)
     task_id = await engine.client.submit("waits in the queue")
-    host = f"Host: 127.0.0.1:{gateway.port}\r\n".encode()
+    host = _host(gateway)
     sock = _raw(gateway)
     sock.sendall(
         b"GET /healthz HTTP/1.1\r\n" + host + b"\r\n"
         b"GET /v1/tasks/" + task_id.encode() + b"/events HTTP/1.1\r\n" + host + b"\r\n"
     )
 
-    def read_for(seconds: float) -> bytes:
-        data, end = b"", time.monotonic() + seconds
-        while time.monotonic() < end:
-            data += sock.recv(65536)
-        return data
-
     try:
-        got = await asyncio.to_thread(read_for, 1.2)
+        got = await asyncio.to_thread(_read_for, sock, 1.2)
     finally:
         sock.close()
     assert got.count(b"HTTP/1.1 200") == 2, got[:300]
     assert b"408" not in got and got.count(b"keepalive") >= 3, got[-300:]
-    async with httpx.AsyncClient(base_url=gateway.url) as client:
-        text = (await client.get("/metrics")).text
-    assert metric(text, "aiis_gateway_header_timeouts_total") == 0
+    assert await header_timeouts(gateway) == 0
 
 
 async def test_a_body_still_arriving_after_an_early_answer_is_not_slowloris(
@@ -388,29 +408,13 @@ async def test_a_body_still_arriving_after_an_early_answer_is_not_slowloris(
         "Content-Length: 100\r\n\r\n{".encode()
     )
 
-    def read_for(seconds: float) -> bytes:
-        sock.settimeout(0.1)
-        data, end = b"", time.monotonic() + seconds
-        while time.monotonic() < end:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                sock.sendall(b" ")  # the body, slowly
-                continue
-            if not chunk:
-                break
-            data += chunk
-        return data
-
     try:
-        got = await asyncio.to_thread(read_for, 1.0)
+        got = await asyncio.to_thread(_read_for, sock, 1.0, b" ")  # the body, slowly
     finally:
         sock.close()
     assert got.startswith(b"HTTP/1.1 401"), got[:80]
     assert b"408" not in got, got
-    async with httpx.AsyncClient(base_url=gateway.url) as client:
-        text = (await client.get("/metrics", headers={"Authorization": "Bearer tok-ops"})).text
-    assert metric(text, "aiis_gateway_header_timeouts_total") == 0
+    assert await header_timeouts(gateway, "tok-ops") == 0
 
 
 async def test_sockets_over_the_cap_are_refused_and_counted(engine: Engine, gateways: Make) -> None:
