@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     alert_error_window_s: float = Field(300.0, gt=0, le=86_400)
     alert_error_min_calls: int = Field(20, ge=1, le=1_000_000)
 
-    # the intake stream (`aiis intake`, docs/intake.md): "" = <namespace>:{intake}
+    # the intake stream (`aiis intake`, docs/intake.md): "" = <namespace>:intake
     intake_stream: str = Field("", max_length=200)
     intake_tenants: str = Field("", max_length=100_000)  # comma-separated allow-list; "" = any
     intake_batch: int = Field(256, ge=1, le=10_000)  # entries read (and admitted) at a time

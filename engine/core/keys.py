@@ -213,8 +213,14 @@ def followers_key(hash_tag_prefix: str, tenant: str, stored_key: str) -> str:
 
 
 def intake_key(namespace: str) -> str:
-    """The intake stream producers XADD to (``AIIS_INTAKE_STREAM`` overrides it): a hash tag of
-    its own, so it and its rejected stream share one cluster slot."""
+    """The intake stream producers XADD to, ``<namespace>:intake`` as DESIGN.md §4 names it
+    (``AIIS_INTAKE_STREAM`` overrides it)."""
+    return f"{namespace}:intake"
+
+
+def legacy_intake_key(namespace: str) -> str:
+    """The default intake stream of earlier releases, ``<namespace>:{intake}``: drained while
+    it exists, so an upgrade strands no entry (engine/runtime/intake.py)."""
     return f"{namespace}:{{intake}}"
 
 

@@ -1,6 +1,6 @@
 """``aiis intake``: the FastStream application that admits the intake stream (docs/intake.md).
 
-Producers in any language ``XADD`` a task to ``<namespace>:{intake}`` (``AIIS_INTAKE_STREAM``);
+Producers in any language ``XADD`` a task to ``<namespace>:intake`` (``AIIS_INTAKE_STREAM``);
 each consumer of the group ``admission`` reads a batch, runs every entry through exactly
 ``Client.submit``'s steps (``Client.submit_task``, concurrently, so the client group-commits
 them), writes the refused ones to ``<stream>:rejected`` and acknowledges the batch in one
@@ -10,6 +10,8 @@ and ``XACK`` is the same task. Entries left pending — their consumer died, Red
 mid-batch, or the queue was full — are reclaimed (``XAUTOCLAIM``, Redis 6.2) once idle for
 ``AIIS_INTAKE_RECLAIM_S``; a full queue's entry is retried so until its deadline, then refused
 with ``queue_full``. The stream is trimmed below the oldest entry any group still needs.
+Without ``AIIS_INTAKE_STREAM``, the default stream of earlier releases (``<namespace>:{intake}``)
+is drained too while it exists, so entries left there or still written there are admitted.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from redis.exceptions import ResponseError
 
 from engine.admission.stream import IntakeEntry, Rejection, parse_entry, rejection_for
 from engine.client import Client
-from engine.core.keys import INTAKE_GROUP, intake_key, intake_rejected_key
+from engine.core.keys import INTAKE_GROUP, intake_key, intake_rejected_key, legacy_intake_key
 from engine.core.store import translate_errors
 from engine.core.task import IntakeRef
 from engine.errors import EngineError, QueueFull, RedisCommandError, RedisUnavailable
@@ -82,11 +84,13 @@ class Outage:
 class Intake:
     """Admits intake entries; ``admit`` takes a batch as XREADGROUP or XAUTOCLAIM returns it."""
 
-    def __init__(self, client: Client, settings: Settings, consumer: str) -> None:
+    def __init__(
+        self, client: Client, settings: Settings, consumer: str, stream: str | None = None
+    ) -> None:
         self.client = client
         self.redis: aioredis.Redis = client.store.redis
         self.settings = settings
-        self.stream = stream_of(settings)
+        self.stream = stream or stream_of(settings)
         self.rejected = intake_rejected_key(self.stream)
         self.tenants = allowed_tenants(settings)
         self.consumer = consumer
@@ -227,12 +231,15 @@ class Intake:
                     self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=True
                 )
 
-    async def background(self) -> None:
-        """Reclaim and trim, every ``intake_reclaim_s / 2``, until cancelled."""
+    async def background(self, *, drain: bool = False) -> None:
+        """Reclaim and trim, every ``intake_reclaim_s / 2``, until cancelled; with ``drain``
+        (a stream no subscriber reads: the legacy one) also admit its new entries, once it
+        exists."""
         while True:
             try:
-                await self.reclaim_once()
-                await self.trim_once()
+                if not drain or await self._drain_once():
+                    await self.reclaim_once()
+                    await self.trim_once()
                 self.outage.ok()
                 await asyncio.sleep(self.settings.intake_reclaim_s / 2)
             except RedisUnavailable as exc:
@@ -240,6 +247,33 @@ class Intake:
             except EngineError as exc:
                 log.error("intake upkeep failed: %s", exc)
                 await asyncio.sleep(self.settings.intake_reclaim_s)
+
+    async def _drain_once(self) -> bool:
+        """Admit the entries not read yet of a stream no subscriber reads; False while it does
+        not exist (nothing to do, and no group created on a stream nobody writes)."""
+        with translate_errors():
+            if not await self.redis.exists(self.stream):
+                return False
+        await self.prepare()
+        while True:
+            with translate_errors():
+                reply: Any = await self.redis.xreadgroup(
+                    INTAKE_GROUP,
+                    self.consumer,
+                    {self.stream: ">"},
+                    count=self.settings.intake_batch,
+                )
+            entries = [e for _, batch in reply or [] for e in batch]
+            if not entries:
+                return True
+            log.warning(
+                "admitting %d entries from %s, the intake stream of earlier releases; "
+                "producers should XADD to %s (DESIGN.md)",
+                len(entries),
+                self.stream,
+                intake_key(self.settings.namespace),
+            )
+            await self.admit(entries)
 
 
 def _id(value: bytes | str) -> tuple[int, int]:
@@ -311,6 +345,10 @@ def build_app(settings: Settings, consumers: int = 1) -> tuple[FastStream, Intak
 
     async def after_startup() -> None:
         upkeep.append(asyncio.create_task(intake.background()))
+        if not settings.intake_stream:
+            legacy = legacy_intake_key(settings.namespace)
+            old = Intake(client, settings, f"{me}-legacy", stream=legacy)
+            upkeep.append(asyncio.create_task(old.background(drain=True)))
         log.info(
             "admitting %s with %d consumer(s) of group %r", intake.stream, consumers, INTAKE_GROUP
         )

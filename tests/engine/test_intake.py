@@ -132,6 +132,8 @@ async def test_redis_cli_and_faststream_producers_reach_succeeded_with_correlati
     workers.start(client)
     gateway = await make_gateway(settings, tokens=TOKENS_ENV)
     intake = await intake_app(settings)
+    design_name = f"{settings.namespace}:intake"  # DESIGN.md §4, the producers' contract
+    assert intake.stream == design_name
     try:
         async with ws_connect(
             f"ws://127.0.0.1:{gateway.port}/v1/ws",
@@ -140,7 +142,7 @@ async def test_redis_cli_and_faststream_producers_reach_succeeded_with_correlati
             assert (await request(ws, op="subscribe", tenant="acme"))["op"] == "subscribed"
             raw = client.store.redis
             await raw.xadd(
-                intake.stream,
+                design_name,
                 {"task": orjson.dumps({"input": "from redis-cli", "tenant": "acme"}),
                  "correlation_id": "order-42"},
             )  # fmt: skip
@@ -152,7 +154,7 @@ async def test_redis_cli_and_faststream_producers_reach_succeeded_with_correlati
             async with broker:
                 await broker.publish(
                     {"input": "from faststream", "tenant": "acme"},
-                    stream=intake.stream,
+                    stream=design_name,
                     correlation_id="fs-7",
                 )
             seen: dict[str, str] = {}  # correlation id -> task id
@@ -175,6 +177,44 @@ async def test_redis_cli_and_faststream_producers_reach_succeeded_with_correlati
     finally:
         await workers.stop_all()
         await client.aclose()
+
+
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
+async def test_entries_left_in_the_old_default_stream_are_admitted_after_an_upgrade(
+    topology: Topology, intake_app: Started, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Before this name followed DESIGN.md, the default stream was ``<ns>:{intake}``. Entries
+    left there by an upgrade, and entries old producers still write there, are admitted (a
+    bad one refused into that stream's own rejected stream), with a warning naming both
+    streams; nothing is stranded."""
+    settings = topology.settings(intake_reclaim_s=0.2)
+    client = Client.from_url(topology.url, settings)
+    await client.store.prepare()
+    old = f"{settings.namespace}:{{intake}}"
+    raw = client.store.redis
+    try:
+        await raw.xadd(old, {"task": orjson.dumps({"input": "left behind", "tenant": "acme"})})
+        await raw.xadd(old, {"task": b"{not json"})
+        intake = await intake_app(settings)
+        assert intake.stream == f"{settings.namespace}:intake"
+
+        async def inputs() -> set[str]:
+            return {str(e.data.input) for e in await _requested(client)}
+
+        await _wait(lambda: _has(inputs, {"left behind"}))
+        await raw.xadd(old, {"task": orjson.dumps({"input": "old producer", "tenant": "acme"})})
+        await _wait(lambda: _has(inputs, {"left behind", "old producer"}))
+        rejected = await client.store.entries(intake_rejected_key(old))
+        assert [f[b"code"] for _, f in rejected] == [b"bad_json"]
+        summary: Any = await raw.xpending(old, INTAKE_GROUP)
+        assert summary["pending"] == 0  # every entry acknowledged
+        assert f"{settings.namespace}:intake" in caplog.text and old in caplog.text
+    finally:
+        await client.aclose()
+
+
+async def _has(read: Callable[[], Awaitable[set[str]]], wanted: set[str]) -> bool:
+    return await read() == wanted
 
 
 async def test_an_entry_admitted_twice_is_one_task(
@@ -391,7 +431,7 @@ def test_asyncapi_describes_the_intake_both_formats_and_the_rejected_stream() ->
     from projections import asyncapi
 
     doc = orjson.dumps(asyncapi.build()).decode()
-    for name in ("IntakePlain", "IntakeFastStream", "IntakeRejected", "{intake}:rejected"):
+    for name in ("IntakePlain", "IntakeFastStream", "IntakeRejected", '"aiis:intake:rejected"'):
         assert name in doc
 
 
