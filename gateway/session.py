@@ -142,7 +142,9 @@ async def _submit_task(
         raw["tenant"] = who.tenant
     try:
         precheck(raw)
-        spec = validate_task(raw, ctx.settings)
+        # the deployment's limits (DESIGN.md §3.9), not this process's environment
+        await ctx.client.admission.ensure_loaded()
+        spec = validate_task(raw, ctx.client.admission.limits)
         submitted = await ctx.client.submit_outcome(spec)
     except InvalidTask as exc:
         ctx.counters.submits[(transport, "invalid")] += 1

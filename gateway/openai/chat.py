@@ -102,11 +102,12 @@ async def chat_completions(request: Request) -> Response:
             )
         task = _task(request, chat, route)
         size = sum(len(m["content"]) for m in task["input"])
-        if size > ctx.settings.max_prompt_chars:
+        await ctx.client.admission.ensure_loaded()
+        limit = ctx.client.admission.limits.max_prompt_chars  # the deployment's (DESIGN §3.9)
+        if size > limit:
             raise ProtocolError(
                 "too_large",
-                f"the messages hold {size} characters; "
-                f"the limit is {ctx.settings.max_prompt_chars}",
+                f"the messages hold {size} characters; the limit is {limit}",
                 status=413,
                 param="messages",
             )

@@ -7,7 +7,9 @@ import asyncio
 from collections.abc import Callable
 
 import httpx
+import openai
 import pytest
+from websockets.asyncio.client import connect as ws_connect
 
 from engine.admission.budget import BudgetExceeded
 from engine.admission.policy import set_config
@@ -15,7 +17,8 @@ from engine.client import Client
 from engine.core.events import TERMINAL_EVENTS
 from engine.errors import ConfigError, InvalidTask, QueueFull
 from tests.conftest import Engine, Workers
-from tests.gateway.conftest import MakeGateway
+from tests.gateway.conftest import MakeGateway, request
+from tests.gateway.openai_fixtures import make_stack
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -113,3 +116,42 @@ async def test_producer_without_partition_env_writes_where_workers_read(
                     break
     with pytest.raises(ConfigError, match="AIIS_PARTITIONS=4"):
         await real_client(namespace=ns, partitions=4).submit("refused")
+
+
+async def test_every_gateway_door_uses_the_deployments_size_limit_not_its_own_env(
+    redis_url: str,
+) -> None:
+    """A gateway whose environment says 20 characters, in a deployment raised to 1,000 by
+    ``aiis config set``: HTTP, WebSocket and the OpenAI route accept a 50-character prompt
+    (the task succeeds through the real worker and sandbox); lowered to 10, all three refuse
+    it, the OpenAI route with its 413."""
+    async for stack in make_stack(redis_url, max_prompt_chars=20):
+        ctx = stack.gateway.ctx
+        assert ctx is not None
+        redis, ns = stack.client.store.redis, stack.settings.namespace
+        prompt = "a fifty character prompt for the limit test......."
+        assert len(prompt) == 50
+        headers = {"Authorization": "Bearer tok-acme"}
+        sdk = openai.AsyncOpenAI(api_key="tok-acme", base_url=stack.base_url, max_retries=0)
+        chat = sdk.chat.completions.create
+        messages = [{"role": "user", "content": prompt}]
+        async with sdk, httpx.AsyncClient(base_url=stack.gateway.url, headers=headers) as http:
+            for limit in ("1000", "10"):
+                await set_config(redis, ns, "max_prompt_chars", limit)
+                await ctx.client.admission.live.refresh()
+                posted = await http.post("/v1/tasks", json={"input": prompt})
+                async with ws_connect(
+                    f"ws://127.0.0.1:{stack.gateway.port}/v1/ws", additional_headers=headers
+                ) as ws:
+                    sent = await request(ws, op="submit", ref="r1", task={"input": prompt})
+                if limit == "1000":
+                    assert posted.status_code == 202, posted.text
+                    assert sent["op"] == "accepted", sent
+                    answer = await chat(model="auto", messages=messages)  # type: ignore[arg-type]
+                    assert answer.choices[0].message.content
+                else:
+                    assert posted.status_code == 400 and "limit is 10" in posted.text
+                    assert sent["op"] == "error" and "limit is 10" in sent["message"]
+                    with pytest.raises(openai.APIStatusError) as large:
+                        await chat(model="auto", messages=messages)  # type: ignore[arg-type]
+                    assert large.value.status_code == 413 and "limit is 10" in large.value.message
