@@ -23,9 +23,13 @@ def _compose() -> dict[str, Any]:
 
 
 def test_compose_has_every_component_with_health_checks() -> None:
-    """Redis with AOF on a volume, two workers, projections and the gateway, all health-checked."""
+    """Redis with AOF on a volume, two workers, projections, ops, the intake (DESIGN.md §4: the
+    intake stream is admitted by `aiis intake`) and the gateway with its HTTP and gRPC ports,
+    all health-checked."""
     services = _compose()["services"]
-    assert {"redis", "worker", "projections", "gateway"} <= set(services)
+    assert {"redis", "worker", "projections", "ops", "intake", "gateway"} <= set(services)
+    assert services["intake"]["command"][0] == "intake"
+    assert "50051:50051" in services["gateway"]["ports"]
     redis = services["redis"]
     assert "--appendonly" in redis["command"] and "yes" in redis["command"]
     assert any(v.endswith(":/data") for v in redis["volumes"])
