@@ -39,7 +39,11 @@ def register(subparsers: Any) -> list[str]:
 
     watch = subparsers.add_parser("watch", help="follow events over the gateway")
     watch.add_argument("task_id", nargs="?", default=None, help="one task (default: a tenant)")
-    watch.add_argument("--since", default=None, help="resume after this event id")
+    watch.add_argument(
+        "--since",
+        default=None,
+        help="resume after this event id (a tenant on P > 1 partitions: P ids, comma-separated)",
+    )
     watch.add_argument("--tenant", default=None, help="tenant to follow (default: the token's)")
     watch.add_argument("--url", default=None, help="ws://host:port/v1/ws (default from AIIS_*)")
     watch.add_argument("--token", default=None, help="bearer token (AIIS_GATEWAY_CLIENT_TOKEN)")

@@ -332,7 +332,14 @@ class Session:
                 "forbidden", f"this token reads tenant {who.tenant!r} only", status=403
             )
         starts = await since.resolve(self.ctx.hub.store, target, command.since, word)
-        self._send(protocol.subscribed(target, command.ref))
+        extra = {}
+        if target.kind == "tenant":
+            # where this subscription starts in each partition (its since, or the hub's position
+            # now: nothing can be dispatched before it is registered below): a client resumes
+            # from these for a partition it has seen no event of
+            at = starts or self.ctx.hub.cursors
+            extra["cursors"] = [at.get(p, "0-0") for p in range(self.ctx.settings.partitions)]
+        self._send(protocol.subscribed(target, command.ref, **extra))
         if target.kind == "stats":
             self.ctx.stats.subscribers[self.outbox] = who
             self.ctx.stats.windows[self.outbox] = target.value  # the charts window ("": 15m)

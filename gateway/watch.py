@@ -50,19 +50,23 @@ class Watcher:
         out: TextIO = sys.stdout,
     ) -> None:
         self.url, self.token, self.task_id, self.tenant = url, token, task_id, tenant
-        self.since: str | list[str] | None = since
-        self.cursor: dict[int, str] = {}
+        # a tenant's since on P > 1 partitions is one id per partition: "id0,id1,…"
+        self.since: str | list[str] | None = since.split(",") if since and "," in since else since
+        self.cursor: dict[int, str] = {}  # partition -> the last event id printed
+        self.partitions = 0  # a tenant subscription's, from its `subscribed` reply
         self.as_json, self.out = as_json, out
         self.outcome: str | None = None
 
     def _since(self) -> str | list[str] | None:
         if not self.cursor:
             return self.since
-        if len(self.cursor) == 1 and 0 in self.cursor:
-            return self.cursor[0]
         if self.task_id is not None:
             return next(iter(self.cursor.values()))
-        return self.since  # P > 1 tenant resume needs every partition's id: keep the first
+        if self.partitions > 1:
+            return [self.cursor[p] for p in range(self.partitions)]
+        if set(self.cursor) == {0}:
+            return self.cursor[0]
+        return self.since  # a gateway that sends no cursors: P > 1 needs every partition's id
 
     async def run(self) -> int:
         for attempt in range(MAX_RECONNECTS + 1):
@@ -106,6 +110,12 @@ class Watcher:
                 msg = orjson.loads(raw)
                 if msg.get("op") == "error":
                     raise WatchError(f"{msg['code']}: {msg['message']}")
+                if msg.get("op") == "subscribed" and "cursors" in msg:
+                    # where the subscription starts in every partition: a partition without an
+                    # event yet resumes from there (the others from their last event printed)
+                    self.partitions = len(msg["cursors"])
+                    for p, start in enumerate(msg["cursors"]):
+                        self.cursor.setdefault(p, start)
                 if msg.get("op") != "event":
                     continue
                 env = msg["event"]
@@ -114,4 +124,8 @@ class Watcher:
                 print(line, file=self.out, flush=True)
                 if self.task_id and env["type"] in TERMINAL_EVENTS:
                     return 0 if env["type"] == "TaskSucceeded" else 1
+        if ws.close_code in RESUMABLE:
+            # a clean close (1001: the gateway restarts) ends the iteration without raising;
+            # the watch resumes all the same
+            raise ws.close_exc
         return 0

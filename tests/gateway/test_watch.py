@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 
+import pytest
+
+from engine.client import Client
+from engine.core.keys import partition_of
+from gateway.errors import WatchError
+from gateway.server import Gateway
+from gateway.settings import GatewaySettings
 from gateway.watch import Watcher
-from tests.conftest import Engine
+from projections.settings import ProjectionSettings
+from tests.conftest import TOPOLOGIES, Engine, Topology
 from tests.gateway.conftest import MakeGateway
 
 
@@ -23,3 +33,70 @@ async def test_watch_prints_a_tasks_events_and_resumes_after_since(
     out = io.StringIO()
     assert await Watcher(gateway.ws_url, None, task_id, None, ids[1], out=out).run() == 0
     assert [line.split()[0] for line in out.getvalue().splitlines()] == ids[2:]
+
+
+PROJ = ProjectionSettings()
+
+
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
+async def test_a_tenant_watch_resumes_across_a_gateway_restart_on_every_partition(
+    topology: Topology,
+) -> None:
+    """``aiis watch --tenant`` on a deployment of several partitions, live from its start: the
+    gateway restarts while tasks land in every partition; the watcher resumes with one id per
+    partition (from the ``cursors`` of ``subscribed`` for a partition it has no event of yet)
+    and prints every TaskRequested exactly once."""
+    settings = topology.settings(**({} if topology.cluster else {"partitions": 2}))
+    client = Client.from_url(topology.url, settings)
+    await client.store.prepare()
+    first = Gateway(
+        settings, GatewaySettings(tokens="", tokens_file=None), proj=PROJ, host="127.0.0.1", port=0
+    )
+    await first.start()
+    port = first.port
+    out = io.StringIO()
+    watcher = Watcher(first.ws_url, None, None, "acme", None, out=out)
+    watching = asyncio.create_task(watcher.run())
+    second: Gateway | None = None
+    ids: list[str] = []
+
+    async def printed(n: int) -> None:
+        async with asyncio.timeout(30):
+            while len(out.getvalue().splitlines()) < n:  # noqa: ASYNC110 - polls the output
+                await asyncio.sleep(0.02)
+
+    try:
+        hub = first.ctx.hub if first.ctx else None
+        assert hub is not None
+        async with asyncio.timeout(30):
+            while not hub.by_tenant.get("acme"):  # noqa: ASYNC110 - the watcher subscribed
+                await asyncio.sleep(0.02)
+        # one task first, in one partition only: the others have no event yet at the restart
+        ids.append(await client.submit("before", tenant="acme"))
+        await printed(1)
+        await first.stop()
+        for i in range(12):  # while no gateway runs: every partition gets some
+            ids.append(await client.submit(f"during {i}", tenant="acme"))
+        assert len({partition_of(t, settings.partitions) for t in ids}) == settings.partitions
+        second = Gateway(
+            settings,
+            GatewaySettings(tokens="", tokens_file=None),
+            proj=PROJ,
+            host="127.0.0.1",
+            port=port,
+        )
+        await second.start()
+        ids.append(await client.submit("after", tenant="acme"))
+        await printed(len(ids))
+        await asyncio.sleep(0.3)  # nothing printed twice either
+        lines = out.getvalue().splitlines()
+        # each task's TaskRequested once: none lost in the restart, none printed twice
+        assert sorted(line.split()[1] for line in lines) == sorted(t[:12] for t in ids)
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WatchError):
+            await watching
+        for gateway in (first, second):
+            if gateway is not None:
+                await gateway.stop()
+        await client.aclose()
