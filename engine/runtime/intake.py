@@ -95,15 +95,16 @@ class Intake:
         self.tenants = allowed_tenants(settings)
         self.consumer = consumer
         self.outage = Outage()
+        self._foreign = False  # the drained stream's name held another type (logged once)
         self.admitted = 0  # counters, for logs and tests
         self.refused = 0
 
-    async def prepare(self) -> None:
+    async def prepare(self, *, mkstream: bool = True) -> None:
         """The group, reading from the stream's start: entries added before the first
         ``aiis intake`` ran are admitted too."""
         with translate_errors():
             try:
-                await self.redis.xgroup_create(self.stream, INTAKE_GROUP, id="0", mkstream=True)
+                await self.redis.xgroup_create(self.stream, INTAKE_GROUP, id="0", mkstream=mkstream)
             except ResponseError as exc:
                 if "BUSYGROUP" not in str(exc):
                     raise
@@ -138,17 +139,21 @@ class Intake:
             raise failed
 
     async def _settle(self, done: list[bytes], refused: list[Rejection]) -> None:
+        """Record the refusals, then acknowledge the batch: an entry is acknowledged only once
+        its refusal is written (the two streams may sit on different cluster nodes, and a
+        pipeline would run the XACK even when the XADD failed, losing the refusal)."""
         with translate_errors():
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for r in refused:
-                    pipe.xadd(
-                        self.rejected,
-                        r.fields(),  # type: ignore[arg-type]
-                        maxlen=self.settings.intake_rejected_max_len,
-                        approximate=True,
-                    )
-                pipe.xack(self.stream, INTAKE_GROUP, *done)
-                await pipe.execute()
+            if refused:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for r in refused:
+                        pipe.xadd(
+                            self.rejected,
+                            r.fields(),  # type: ignore[arg-type]
+                            maxlen=self.settings.intake_rejected_max_len,
+                            approximate=True,
+                        )
+                    await pipe.execute()
+            await self.redis.xack(self.stream, INTAKE_GROUP, *done)
         for r in refused:
             log.info("entry %s refused: %s (%s): %s", r.intake_id, r.code, r.field, r.message)
 
@@ -249,12 +254,16 @@ class Intake:
                 await asyncio.sleep(self.settings.intake_reclaim_s)
 
     async def _drain_once(self) -> bool:
-        """Admit the entries not read yet of a stream no subscriber reads; False while it does
-        not exist (nothing to do, and no group created on a stream nobody writes)."""
+        """Admit the entries not read yet of a stream no subscriber reads; False while it is
+        not a stream (absent: nothing to do, and nothing created; another type: not ours)."""
         with translate_errors():
-            if not await self.redis.exists(self.stream):
-                return False
-        await self.prepare()
+            kind = await self.redis.type(self.stream)
+        if kind not in (b"stream", "stream"):
+            if kind not in (b"none", "none") and not self._foreign:
+                self._foreign = True
+                log.warning("%s is a %s, not a stream: not drained", self.stream, kind)
+            return False
+        await self.prepare(mkstream=False)  # an operator's DEL is not undone here
         while True:
             with translate_errors():
                 reply: Any = await self.redis.xreadgroup(

@@ -5,6 +5,7 @@ way redis-cli writes them, or a FastStream publisher — become tasks through ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -22,7 +23,8 @@ from engine.admission.stream import IntakeEntry, Rejection, parse_entry
 from engine.client import Client
 from engine.core import mapper
 from engine.core.events import TaskRequested
-from engine.core.keys import INTAKE_GROUP, intake_rejected_key
+from engine.core.keys import INTAKE_GROUP, intake_rejected_key, legacy_intake_key
+from engine.errors import RedisCommandError
 from engine.runtime.intake import Intake, build_app, stream_of
 from engine.settings import Settings
 from tests.conftest import TOPOLOGIES, Topology, Workers, fast_settings
@@ -505,3 +507,58 @@ async def _read_added(
         await raw.xadd(intake.stream, fields)  # type: ignore[arg-type]
     read: Any = await raw.xreadgroup(INTAKE_GROUP, "c1", {intake.stream: ">"}, count=len(added))
     return intake, read[0][1]
+
+
+async def test_a_refusal_that_cannot_be_recorded_leaves_its_entry_pending(
+    real_client: Callable[..., Client],
+) -> None:
+    """The rejected stream refuses the write (here a key of another type in its place; on a
+    cluster, its master failing over): the refused entry must stay pending, to be reclaimed
+    and refused again once it can be recorded, never acknowledged with its refusal lost. The
+    accepted entry of the same batch is acknowledged only after the refusals are written."""
+    client = real_client()
+    await client.store.prepare()
+    raw = client.store.redis
+    intake, entries = await _read_added(
+        client, [{"task": b"{not json"}, {"task": orjson.dumps({"input": "fine"})}]
+    )
+    await raw.set(intake.rejected, "in the way")
+    with pytest.raises(RedisCommandError):
+        await intake.admit(entries)
+    summary: Any = await raw.xpending(intake.stream, INTAKE_GROUP)
+    assert summary["pending"] == 2  # nothing acknowledged: both are reclaimed and settled again
+    await raw.delete(intake.rejected)
+    await intake.admit(entries)  # the redelivery: the accepted one is the same task
+    summary = await raw.xpending(intake.stream, INTAKE_GROUP)
+    assert summary["pending"] == 0
+    assert [f[b"code"] for _, f in await client.store.entries(intake.rejected)] == [b"bad_json"]
+    assert len(await _requested(client)) == 1
+
+
+async def test_the_old_default_stream_is_never_created_and_a_foreign_key_is_left_alone(
+    real_client: Callable[..., Client], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The drain of the old default stream creates nothing while it is absent (an operator's
+    DEL stays done), leaves a key of another type by that name alone with one warning, and
+    admits what a stream by that name holds once there is one."""
+    client = real_client(intake_reclaim_s=0.1)
+    await client.store.prepare()
+    raw = client.store.redis
+    old = legacy_intake_key(client.settings.namespace)
+    drain = asyncio.create_task(
+        Intake(client, client.settings, "c-old", stream=old).background(drain=True)
+    )
+    try:
+        await asyncio.sleep(0.3)
+        assert not await raw.exists(old)
+        await raw.set(old, "someone else's")
+        await asyncio.sleep(0.3)
+        assert await raw.get(old) == b"someone else's"
+        assert caplog.text.count("not a stream") == 1
+        await raw.delete(old)
+        await raw.xadd(old, {"task": orjson.dumps({"input": "late"})})
+        await _wait(lambda: _count(client, 1))
+    finally:
+        drain.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await drain
