@@ -54,6 +54,7 @@ class Watcher:
         self.since: str | list[str] | None = since.split(",") if since and "," in since else since
         self.cursor: dict[int, str] = {}  # partition -> the last event id printed
         self.partitions = 0  # a tenant subscription's, from its `subscribed` reply
+        self.subscribed = False  # the current session got its `subscribed`
         self.as_json, self.out = as_json, out
         self.outcome: str | None = None
 
@@ -69,19 +70,22 @@ class Watcher:
         return self.since  # a gateway that sends no cursors: P > 1 needs every partition's id
 
     async def run(self) -> int:
-        for attempt in range(MAX_RECONNECTS + 1):
+        attempt = 0  # failed tries since the last session that subscribed
+        while True:
+            self.subscribed = False
             try:
                 return await self._session()
             except ConnectionClosed as exc:
                 code = exc.rcvd.code if exc.rcvd else 1006
-                if code not in RESUMABLE or attempt == MAX_RECONNECTS:
+                if code not in RESUMABLE or attempt >= MAX_RECONNECTS:
                     raise WatchError(f"connection closed ({code})") from None
                 print(f"… connection closed ({code}); resuming", file=sys.stderr)
             except OSError as exc:
-                if attempt == MAX_RECONNECTS:
+                if attempt >= MAX_RECONNECTS:
                     raise WatchError(f"cannot reach the gateway at {self.url}: {exc}") from None
+            # a long watch outlives any number of restarts: only tries in a row are counted
+            attempt = 0 if self.subscribed else attempt + 1
             await asyncio.sleep(min(0.2 * 2**attempt, 5.0))
-        raise WatchError("gave up reconnecting")
 
     async def _session(self) -> int:
         headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
@@ -110,6 +114,8 @@ class Watcher:
                 msg = orjson.loads(raw)
                 if msg.get("op") == "error":
                     raise WatchError(f"{msg['code']}: {msg['message']}")
+                if msg.get("op") == "subscribed":
+                    self.subscribed = True
                 if msg.get("op") == "subscribed" and "cursors" in msg:
                     # where the subscription starts in every partition: a partition without an
                     # event yet resumes from there (the others from their last event printed)

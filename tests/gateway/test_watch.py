@@ -100,3 +100,42 @@ async def test_a_tenant_watch_resumes_across_a_gateway_restart_on_every_partitio
             if gateway is not None:
                 await gateway.stop()
         await client.aclose()
+
+
+async def test_a_watch_outlives_more_gateway_restarts_than_its_reconnect_limit(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reconnect limit counts failed tries in a row, not restarts over a watch's life: a
+    tenant watch survives more restarts than ``MAX_RECONNECTS`` and still prints every event."""
+    monkeypatch.setattr("gateway.watch.MAX_RECONNECTS", 2)
+    settings = engine.settings
+    gateway = Gateway(
+        settings, GatewaySettings(tokens="", tokens_file=None), proj=PROJ, host="127.0.0.1", port=0
+    )
+    await gateway.start()
+    port = gateway.port
+    out = io.StringIO()
+    watching = asyncio.create_task(Watcher(gateway.ws_url, None, None, "acme", None, out=out).run())
+    ids = []
+    try:
+        for restart in range(4):
+            ids.append(await engine.client.submit(f"r{restart}", tenant="acme"))
+            async with asyncio.timeout(30):
+                while len(out.getvalue().splitlines()) < len(ids):
+                    assert not watching.done(), watching.result()
+                    await asyncio.sleep(0.02)
+            await gateway.stop()
+            gateway = Gateway(
+                settings,
+                GatewaySettings(tokens="", tokens_file=None),
+                proj=PROJ,
+                host="127.0.0.1",
+                port=port,
+            )
+            await gateway.start()
+        assert not watching.done()
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WatchError):
+            await watching
+        await gateway.stop()
