@@ -10,6 +10,7 @@ import pytest
 
 from engine.client import Client
 from engine.core.keys import partition_of
+from engine.settings import Settings
 from gateway.errors import WatchError
 from gateway.server import Gateway
 from gateway.settings import GatewaySettings
@@ -38,6 +39,25 @@ async def test_watch_prints_a_tasks_events_and_resumes_after_since(
 PROJ = ProjectionSettings()
 
 
+async def _gateway(settings: Settings, port: int = 0) -> Gateway:
+    """An open-mode gateway started on ``port`` (0: any), as a restart brings one back."""
+    gateway = Gateway(
+        settings,
+        GatewaySettings(tokens="", tokens_file=None),
+        proj=PROJ,
+        host="127.0.0.1",
+        port=port,
+    )
+    await gateway.start()
+    return gateway
+
+
+async def _printed(out: io.StringIO, n: int) -> None:
+    async with asyncio.timeout(30):
+        while len(out.getvalue().splitlines()) < n:  # noqa: ASYNC110 - polls the output
+            await asyncio.sleep(0.02)
+
+
 @pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 async def test_a_tenant_watch_resumes_across_a_gateway_restart_on_every_partition(
     topology: Topology,
@@ -49,21 +69,13 @@ async def test_a_tenant_watch_resumes_across_a_gateway_restart_on_every_partitio
     settings = topology.settings(**({} if topology.cluster else {"partitions": 2}))
     client = Client.from_url(topology.url, settings)
     await client.store.prepare()
-    first = Gateway(
-        settings, GatewaySettings(tokens="", tokens_file=None), proj=PROJ, host="127.0.0.1", port=0
-    )
-    await first.start()
+    first = await _gateway(settings)
     port = first.port
     out = io.StringIO()
     watcher = Watcher(first.ws_url, None, None, "acme", None, out=out)
     watching = asyncio.create_task(watcher.run())
     second: Gateway | None = None
     ids: list[str] = []
-
-    async def printed(n: int) -> None:
-        async with asyncio.timeout(30):
-            while len(out.getvalue().splitlines()) < n:  # noqa: ASYNC110 - polls the output
-                await asyncio.sleep(0.02)
 
     try:
         hub = first.ctx.hub if first.ctx else None
@@ -73,21 +85,14 @@ async def test_a_tenant_watch_resumes_across_a_gateway_restart_on_every_partitio
                 await asyncio.sleep(0.02)
         # one task first, in one partition only: the others have no event yet at the restart
         ids.append(await client.submit("before", tenant="acme"))
-        await printed(1)
+        await _printed(out, 1)
         await first.stop()
         for i in range(12):  # while no gateway runs: every partition gets some
             ids.append(await client.submit(f"during {i}", tenant="acme"))
         assert len({partition_of(t, settings.partitions) for t in ids}) == settings.partitions
-        second = Gateway(
-            settings,
-            GatewaySettings(tokens="", tokens_file=None),
-            proj=PROJ,
-            host="127.0.0.1",
-            port=port,
-        )
-        await second.start()
+        second = await _gateway(settings, port)
         ids.append(await client.submit("after", tenant="acme"))
-        await printed(len(ids))
+        await _printed(out, len(ids))
         await asyncio.sleep(0.3)  # nothing printed twice either
         lines = out.getvalue().splitlines()
         # each task's TaskRequested once: none lost in the restart, none printed twice
@@ -109,10 +114,7 @@ async def test_a_watch_outlives_more_gateway_restarts_than_its_reconnect_limit(
     tenant watch survives more restarts than ``MAX_RECONNECTS`` and still prints every event."""
     monkeypatch.setattr("gateway.watch.MAX_RECONNECTS", 2)
     settings = engine.settings
-    gateway = Gateway(
-        settings, GatewaySettings(tokens="", tokens_file=None), proj=PROJ, host="127.0.0.1", port=0
-    )
-    await gateway.start()
+    gateway = await _gateway(settings)
     port = gateway.port
     out = io.StringIO()
     watching = asyncio.create_task(Watcher(gateway.ws_url, None, None, "acme", None, out=out).run())
@@ -120,19 +122,9 @@ async def test_a_watch_outlives_more_gateway_restarts_than_its_reconnect_limit(
     try:
         for restart in range(4):
             ids.append(await engine.client.submit(f"r{restart}", tenant="acme"))
-            async with asyncio.timeout(30):
-                while len(out.getvalue().splitlines()) < len(ids):
-                    assert not watching.done(), watching.result()
-                    await asyncio.sleep(0.02)
+            await _printed(out, len(ids))
             await gateway.stop()
-            gateway = Gateway(
-                settings,
-                GatewaySettings(tokens="", tokens_file=None),
-                proj=PROJ,
-                host="127.0.0.1",
-                port=port,
-            )
-            await gateway.start()
+            gateway = await _gateway(settings, port)
         assert not watching.done()
     finally:
         watching.cancel()
