@@ -157,18 +157,50 @@ class AuditLog:
             if not page:
                 break
             for eid, fields in page:
-                sid = eid.decode() if isinstance(eid, bytes) else str(eid)
-                raw = (fields or {}).get(b"e")
-                if raw is None:
-                    continue
-                data = orjson.loads(raw)
-                entry = AuditEntry.model_validate({**data, "id": sid})
-                if tenant is None or entry.tenant == tenant:
+                sid = _sid(eid)
+                entry = _entry(sid, fields)
+                if entry is not None and (tenant is None or entry.tenant == tenant):
                     out.append(entry)
                     if len(out) >= limit:
                         break
             start = f"({sid}"
         return out
+
+    async def length(self) -> int:
+        """Entries the (capped) stream holds."""
+        with translate_errors():
+            return int(await self.redis.xlen(self.key))
+
+    async def read_latest(self, limit: int = 100, tenant: str | None = None) -> list[AuditEntry]:
+        """The newest ``limit`` entries (optionally one tenant's), oldest first."""
+        end = "+"
+        out: list[AuditEntry] = []
+        while len(out) < limit:
+            with translate_errors():
+                page = await self.redis.xrevrange(self.key, end, "-", count=max(limit, 100))
+            if not page:
+                break
+            for eid, fields in page:
+                sid = _sid(eid)
+                entry = _entry(sid, fields)
+                if entry is not None and (tenant is None or entry.tenant == tenant):
+                    out.append(entry)
+                    if len(out) >= limit:
+                        break
+            end = f"({sid}"
+        out.reverse()
+        return out
+
+
+def _sid(eid: Any) -> str:
+    return eid.decode() if isinstance(eid, bytes) else str(eid)
+
+
+def _entry(sid: str, fields: Any) -> AuditEntry | None:
+    raw = (fields or {}).get(b"e")
+    if raw is None:
+        return None
+    return AuditEntry.model_validate({**orjson.loads(raw), "id": sid})
 
 
 # --- CLI -----------------------------------------------------------------------------------

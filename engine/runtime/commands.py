@@ -9,6 +9,7 @@ import getpass
 import logging
 import os
 import signal
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -272,8 +273,20 @@ async def _read_audit(args: argparse.Namespace, settings: Settings) -> int:
     redis = connect_for(settings, url=settings.redis_url)
     try:
         audit_log = AuditLog(redis, settings.namespace)
-        since = parse_since(args.since) if args.since else None
-        for e in await audit_log.read(since, max(1, min(args.limit, 100_000)), args.tenant):
+        limit = max(1, min(args.limit, 100_000))
+        note = ""
+        if args.since:  # a page forward from --since, and how to ask for the next one
+            entries = await audit_log.read(parse_since(args.since), limit + 1, args.tenant)
+            if len(entries) > limit:
+                entries = entries[:limit]
+                note = f"… more entries follow: aiis audit --since {entries[-1].id}"
+        else:  # the newest, and whether older ones were left out
+            entries = await audit_log.read_latest(limit + 1, args.tenant)
+            if len(entries) > limit:
+                entries = entries[1:]
+                left = "earlier" if args.tenant else f"{await audit_log.length() - limit} earlier"
+                note = f"… {left} entries not shown: --limit N shows more, --since 2h pages forward"
+        for e in entries:
             if args.json:
                 print(e.model_dump_json())
             else:
@@ -283,6 +296,8 @@ async def _read_audit(args: argparse.Namespace, settings: Settings) -> int:
                     f"{e.id} {when} {e.action.value:13} tenant={e.tenant} "
                     f"token={e.token_id or '-'} target={e.target or '-'} {e.outcome} {detail}"
                 )
+        if note:
+            print(note, file=sys.stderr)
     finally:
         await redis.aclose()
     return 0

@@ -112,3 +112,44 @@ async def test_cli_prints_entries(
     code = await asyncio.to_thread(audit_command, args, settings)
     out = capsys.readouterr().out
     assert code == 0 and '"action":"replay"' in out and '"target":"cost"' in out
+
+
+async def test_the_cli_shows_the_newest_entries_and_says_what_it_left_out(
+    redis_url: str, namespace: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Over ``--limit`` entries: ``aiis audit`` shows the newest (what an operator looking at
+    the log wants after a busy hour) and says on stderr that earlier ones exist; with
+    ``--since`` it pages forward from there and prints the command for the next page."""
+    import asyncio
+
+    from engine.runtime.connection import connect
+
+    client = connect(redis_url)
+    try:
+        log = AuditLog(client, namespace)
+        for i in range(7):
+            await log.record(Action.SUBMIT, tenant="acme", target=f"task-{i}")
+        await log.record(Action.CONFIG_CHANGE, tenant="ops", target="budgets")
+        assert [e.target for e in await log.read_latest(3)] == ["task-5", "task-6", "budgets"]
+        assert [e.target for e in await log.read_latest(2, tenant="acme")] == ["task-5", "task-6"]
+        all_ids = [e.id for e in await log.read()]
+    finally:
+        await client.aclose()
+    parser = argparse.ArgumentParser()
+    register_audit(parser.add_subparsers(dest="command"))
+    settings = Settings(redis_url=redis_url, namespace=namespace)
+
+    async def run(*argv: str) -> tuple[list[str], str]:
+        args = parser.parse_args(["audit", "--json", *argv])
+        assert await asyncio.to_thread(audit_command, args, settings) == 0
+        captured = capsys.readouterr()
+        return captured.out.splitlines(), captured.err
+
+    out, err = await run("--limit", "3")
+    assert ['"target":"budgets"' in line for line in out] == [False, False, True]
+    assert "5 earlier entries not shown" in err and "--limit" in err
+    out, err = await run("--limit", "3", "--since", "1h")
+    assert ['"target":"task-0"' in line for line in out] == [True, False, False]
+    assert f"aiis audit --since {all_ids[2]}" in err
+    out, err = await run("--limit", "3", "--since", all_ids[5])
+    assert len(out) == 2 and err == ""
