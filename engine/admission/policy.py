@@ -101,9 +101,16 @@ def _limit_parser(name: str) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             return adapter.validate_python(orjson.loads(text.strip() or "null"), strict=True)
-        except (orjson.JSONDecodeError, ValidationError) as exc:
-            bounds = ", ".join(str(m) for m in field.metadata)
-            raise ConfigError(f"{name}: expected a whole number ({bounds}); {exc}") from None
+        except orjson.JSONDecodeError:
+            why = f"expected a whole number, got {text.strip()[:40]!r}"
+        except ValidationError as exc:  # one line, for the CLI and the audit entry's reason
+            error = exc.errors()[0]
+            bound = (error.get("ctx") or {}).get("ge", (error.get("ctx") or {}).get("le"))
+            why = {
+                "greater_than_equal": f"must be at least {bound}",
+                "less_than_equal": f"must be at most {bound}",
+            }.get(error["type"], f"expected a whole number, got {text.strip()[:40]!r}")
+        raise ConfigError(f"{name}: {why}")
 
     return parse
 

@@ -77,3 +77,20 @@ async def test_refused_change_is_audited_with_its_reason(redis_url: str, namespa
         await redis.aclose()
     refused = [e for e in entries if e.outcome == "error" and e.target == "budgets"]
     assert refused and "expected a number of USD" in str(refused[0].detail.get("reason"))
+
+
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("-5", "at least 1"), ("100000001", "at most 100000000"), ("1.5", "a whole number"),
+     ("lots", "a whole number")],
+)  # fmt: skip
+def test_a_bad_limit_is_refused_in_one_line_that_says_why(
+    redis_url: str, namespace: str, value: str, says: str
+) -> None:
+    """``config set queue_max_depth -5``: exit 1 with one line naming the bound, no
+    validation-library dump."""
+    out = aiis(redis_url, namespace, "set", "queue_max_depth", value)
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], out.stderr
+    assert "pydantic" not in out.stderr
