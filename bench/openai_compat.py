@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -64,6 +65,7 @@ class Samples:
     first: list[float] = field(default_factory=list)
     last: list[float] = field(default_factory=list)
     errors: int = 0
+    why: Counter[str] = field(default_factory=Counter)  # error kind -> count
     in_flight: int = 0
     peak: int = 0
 
@@ -131,8 +133,13 @@ class Pool:
     async def call(self) -> tuple[float | None, bytes]:
         """(seconds to the first token, the body's tail); raises OSError/ValueError."""
         start = time.perf_counter()
-        if self.idle:
+        while self.idle:
             reader, writer = self.idle.pop()
+            if not (reader.at_eof() or writer.is_closing()):
+                break
+            # the server closed it while idle (its keep-alive timeout), as HTTP clients check
+            # before reusing one (httpcore does): a new connection instead of a failed request
+            writer.close()
         else:
             reader, writer = await asyncio.open_connection(self.host, self.port, limit=1 << 20)
         writer.write(self.request)
@@ -183,11 +190,13 @@ async def one(pool: Pool, out: Samples) -> None:
         first, tail = await pool.call()
         if first is None or not tail.rstrip().endswith(b"[DONE]"):
             out.errors += 1
+            out.why["no token" if first is None else "no [DONE]"] += 1
             return
         out.first.append(first)
         out.last.append(time.perf_counter() - start)
-    except (OSError, ValueError, asyncio.IncompleteReadError):
+    except (OSError, ValueError, asyncio.IncompleteReadError) as exc:
         out.errors += 1
+        out.why[f"{type(exc).__name__}: {str(exc)[:60]}"] += 1
     finally:
         out.in_flight -= 1
 
@@ -330,6 +339,9 @@ def main() -> None:
                         f"{(pct(via.last, 0.5) - pct(direct.last, 0.5)) * 1000:>7.1f}ms "
                         f"{(pct(via.last, 0.99) - pct(direct.last, 0.99)) * 1000:>7.1f}ms"
                     )
+                    if via.why or direct.why:
+                        kinds = {"gateway": dict(via.why), "direct": dict(direct.why)}
+                        print(f"{count:>5} {rate:>6.0f} {'errors':>8} {kinds}")
                     print(f"{count:>5} {rate:>6.0f} {'metric':>8} {overhead(gateway)}")
                     spent = {k: cpu1[k] - cpu0[k] for k in cpu0}
                     parts = "  ".join(f"{k} {v / pairs * 1000:.2f}" for k, v in spent.items())
