@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 
@@ -30,6 +31,7 @@ from engine.core.keys import PartitionKeys
 from engine.core.logreader import LogReader
 from engine.core.store import Store
 from engine.errors import EngineError, EventDecodeError
+from gateway import protocol
 from gateway.outbox import Item, Outbox
 from gateway.protocol import StreamId, Target, parse_id
 from gateway.settings import GatewaySettings
@@ -43,7 +45,7 @@ Listener = Callable[[Item], None]
 class Subscription:
     """One subscribe request of one connection: its filter, outbox and per-partition cursor."""
 
-    __slots__ = ("finished", "last", "max_pending", "outbox", "pending", "target")
+    __slots__ = ("finished", "last", "max_pending", "outbox", "pending", "positions", "target")
 
     def __init__(self, target: Target, outbox: Outbox, max_pending: int) -> None:
         self.target = target
@@ -52,6 +54,7 @@ class Subscription:
         self.pending: list[Item] | None = None
         self.max_pending = max_pending
         self.finished = False  # a task subscription ends after the task's terminal event
+        self.positions = False  # told the hub's position now and then (WebSocket tenant subs)
 
     def matches(self, fields: dict[bytes, bytes]) -> bool:
         if self.target.kind == "task":
@@ -104,6 +107,8 @@ class Hub:
         self.connected = False
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._positions_due = 0.0  # monotonic time the next cursors frames may go out
+        self._positions_told: dict[int, str] = {}
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -157,7 +162,29 @@ class Hub:
                     self.dispatch(item)
                     self._remember(item)
                 self.cursors[partition] = entries[-1][0].decode()
+            self._tell_positions()
             await asyncio.sleep(0)  # let writers run between batches
+
+    def _tell_positions(self) -> None:
+        """Every ``cursors_interval_s`` while the log moves: each live tenant subscription that
+        asked for it hears the hub's position in every partition. Everything up to it was
+        dispatched (in order, into the same outbox), so a client resumes there without a gap,
+        also in a partition where its tenant has had no event for long (the log below its
+        start may be archived and trimmed by then)."""
+        now = time.monotonic()
+        if now < self._positions_due or self.cursors == self._positions_told:
+            return
+        self._positions_due = now + self.gw.cursors_interval_s
+        self._positions_told = dict(self.cursors)
+        ids = [self.cursors[p] for p in sorted(self.cursors)]
+        frames: dict[str, str] = {}
+        for tenant, subs in self.by_tenant.items():
+            for sub in subs:
+                if sub.positions and sub.pending is None and not sub.finished:
+                    frame = frames.get(tenant) or frames.setdefault(
+                        tenant, protocol.cursors(tenant, ids)
+                    )
+                    sub.outbox.put(frame)
 
     def _remember(self, item: Item) -> None:
         p = item.partition

@@ -194,6 +194,12 @@ def subscribed(target: Target, ref: Ref, **extra: Any) -> str:
     return dump({"op": "subscribed", **target_fields(target), "ref": ref, **extra})
 
 
+def cursors(tenant: str, ids: list[str]) -> str:
+    """Where a tenant subscription stands in every partition (index = partition): every event
+    of the tenant up to these ids was sent before this frame."""
+    return dump({"op": "cursors", "tenant": tenant, "cursors": ids})
+
+
 def unsubscribed(target: Target, ref: Ref) -> str:
     return dump({"op": "unsubscribed", **target_fields(target), "ref": ref})
 

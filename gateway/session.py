@@ -345,6 +345,7 @@ class Session:
             self.ctx.stats.windows[self.outbox] = target.value  # the charts window ("": 15m)
             return
         sub = Subscription(target, self.outbox, self.ctx.gw.send_queue)
+        sub.positions = target.kind == "tenant"
         self.subs[target] = sub
         await self.ctx.hub.subscribe(sub, starts)
 

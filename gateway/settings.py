@@ -50,6 +50,9 @@ class GatewaySettings(BaseSettings):
 
     # per-subscriber send buffer: over either limit the subscriber is closed with 1013
     send_queue: int = Field(1024, ge=1, le=1_000_000)
+    # how often a WebSocket tenant subscription hears where the hub is in every partition
+    # (`cursors` frames: a quiet partition's resume point follows the log)
+    cursors_interval_s: float = Field(10.0, gt=0, le=3600)
     send_queue_bytes: int = Field(16 * 1024 * 1024, ge=1024, le=1024 * 1024 * 1024)
 
     # the shared log reader

@@ -122,6 +122,9 @@ class Watcher:
                     self.partitions = len(msg["cursors"])
                     for p, start in enumerate(msg["cursors"]):
                         self.cursor.setdefault(p, start)
+                if msg.get("op") == "cursors" and self.partitions == len(msg["cursors"]):
+                    # the hub's position: every event of ours before it was printed already
+                    self.cursor.update(enumerate(msg["cursors"]))
                 if msg.get("op") != "event":
                     continue
                 env = msg["event"]

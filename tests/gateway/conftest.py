@@ -56,7 +56,7 @@ async def request(ws: ClientConnection, **msg: Any) -> dict[str, Any]:
     await ws.send(orjson.dumps(msg))
     while True:
         reply = await recv(ws)
-        if reply["op"] not in ("event", "stats"):
+        if reply["op"] not in ("event", "stats", "cursors"):
             return reply
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -39,11 +41,11 @@ async def test_watch_prints_a_tasks_events_and_resumes_after_since(
 PROJ = ProjectionSettings()
 
 
-async def _gateway(settings: Settings, port: int = 0) -> Gateway:
+async def _gateway(settings: Settings, port: int = 0, **overrides: Any) -> Gateway:
     """An open-mode gateway started on ``port`` (0: any), as a restart brings one back."""
     gateway = Gateway(
         settings,
-        GatewaySettings(tokens="", tokens_file=None),
+        GatewaySettings(tokens="", tokens_file=None, **overrides),
         proj=PROJ,
         host="127.0.0.1",
         port=port,
@@ -125,6 +127,53 @@ async def test_a_watch_outlives_more_gateway_restarts_than_its_reconnect_limit(
             await _printed(out, len(ids))
             await gateway.stop()
             gateway = await _gateway(settings, port)
+        assert not watching.done()
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WatchError):
+            await watching
+        await gateway.stop()
+
+
+async def test_a_quiet_partitions_resume_point_follows_the_log_so_trimming_does_not_stop_it(
+    real_client: Callable[..., Client],
+) -> None:
+    """The gateway tells a tenant subscription where it is in every partition now and then
+    (``cursors`` frames), so a watch whose tenant is quiet in a partition resumes there from a
+    recent point: the log trimmed below the watch's start (as archiving does) and a gateway
+    restart later, the watch goes on and prints what comes, instead of ``since_too_old``."""
+    client = real_client(partitions=2)
+    await client.store.prepare()
+    settings = client.settings
+    for i in range(4):  # both partitions' logs hold entries before the watch starts
+        await client.submit(f"earlier {i}", tenant="other")
+    gateway = await _gateway(settings, cursors_interval_s=0.05)
+    port = gateway.port
+    out = io.StringIO()
+    watcher = Watcher(gateway.ws_url, None, None, "acme", None, out=out)
+    watching = asyncio.create_task(watcher.run())
+    try:
+        hub = gateway.ctx.hub if gateway.ctx else None
+        assert hub is not None
+        async with asyncio.timeout(30):
+            while not hub.by_tenant.get("acme"):  # noqa: ASYNC110 - the watcher subscribed
+                await asyncio.sleep(0.02)
+        ids = [await client.submit("acme's one", tenant="acme")]
+        quiet = 1 - partition_of(ids[0], 2)
+        others = [await client.submit(f"other {i}", tenant="other") for i in range(4)]
+        assert any(partition_of(t, 2) == quiet for t in others)  # the quiet one moves on
+        await _printed(out, 1)
+        log = client.store.keys(quiet).log
+        last = (await client.store.redis.xrevrange(log, count=1))[0][0].decode()
+        async with asyncio.timeout(30):  # the watch hears where the quiet partition is
+            while watcher.cursor.get(quiet) != last:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
+        await client.store.redis.xtrim(log, minid=last)  # archived and trimmed below it
+        await gateway.stop()
+        gateway = await _gateway(settings, port, cursors_interval_s=0.05)
+        while partition_of(ids[-1], 2) != quiet:
+            ids.append(await client.submit("acme again", tenant="acme"))
+        await _printed(out, len(ids))
         assert not watching.done()
     finally:
         watching.cancel()
