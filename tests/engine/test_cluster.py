@@ -56,15 +56,20 @@ async def test_tasks_spread_over_partitions_survive_a_killed_worker(
                 *(client.submit(f"t{i}", params={"script": ["sleep:0.5", "ok"]}) for i in range(60))
             )
 
-            async def some_started() -> bool:
+            doomed = f"-{workers[0].pid}-"  # its consumer name: <host>-<pid>-<random>
+
+            async def some_started() -> bool:  # by the worker about to be killed
                 events = await log_events(client)
-                return sum(e["type"] == "TaskStarted" for e in events) >= 10
+                mine = [e for e in events if e["type"] == "TaskStarted"]
+                return sum(doomed in e["data"]["worker"] for e in mine) >= 5
 
             await wait_for(some_started)
             workers[0].send_signal(signal.SIGKILL)
             await wait_terminal(client, list(ids), timeout=60)
             events = await log_events(client)
             assert terminal_counts(events) == {i: 1 for i in ids}
+            # the killed worker held calls, and they were reclaimed
+            assert any(e["type"] == "TaskStarted" and e["data"]["reclaimed"] for e in events)
             per_partition = [
                 len(await client.store.entries(client.store.keys(p).log)) for p in range(4)
             ]

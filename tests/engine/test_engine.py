@@ -453,3 +453,39 @@ async def test_a_cancelled_watch_always_ends(real_client: Callable[..., Client])
             running.cancel()
             await asyncio.wait({running}, timeout=2)
     assert stuck == 0
+
+
+class Counting:
+    """A provider that counts the calls running at once (each 0.1 s) and keeps the peak."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    async def process(self, request: ProviderRequest, sink: ProgressSink) -> ProviderResult:
+        self.now += 1
+        self.peak = max(self.peak, self.now)
+        try:
+            await asyncio.sleep(0.1)
+        finally:
+            self.now -= 1
+        return ProviderResult(provider="counting", model="m", text=request.prompt)
+
+    async def aclose(self) -> None:
+        return None
+
+
+async def test_a_worker_never_runs_more_calls_than_its_limit_and_reaches_it(
+    real_client: Callable[..., Client], workers: Workers
+) -> None:
+    """DESIGN.md §3.6 (bounded in-flight calls): 40 tasks queued at once through one worker of
+    concurrency 4, on the real redis-server: never more than 4 provider calls at a time, and 4
+    are reached (the limit holds without starving the pool); every task succeeds."""
+    client = real_client()
+    await client.store.prepare()
+    ids = [await client.submit(f"t{i}") for i in range(40)]
+    provider = Counting()
+    workers.start(client, provider, concurrency=4)
+    await wait_terminal(client, ids)
+    assert provider.peak == 4
+    assert [(await client.get(t)).status for t in ids] == [Status.SUCCEEDED] * len(ids)

@@ -17,7 +17,7 @@ import pytest
 from engine.client import Client
 from engine.core.events import Status
 from engine.runtime.embedded import EmbeddedRedis, free_port
-from tests.conftest import fast_settings
+from tests.conftest import TOPOLOGIES, Topology, fast_settings
 from tests.engine.helpers import events_of, log_events, terminal_counts, wait_for, wait_terminal
 
 pytestmark = pytest.mark.slow
@@ -97,6 +97,46 @@ async def test_sigkilled_worker_tasks_finish_on_another_worker(
             restarts = [e["data"] for e in mine if e["type"] == "TaskStarted"]
             assert restarts[1]["reclaimed"] is True
             assert restarts[0]["worker"] != restarts[1]["worker"]
+
+
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
+async def test_a_frozen_worker_woken_after_its_tasks_were_reclaimed_writes_nothing(
+    topology: Topology, procs: Procs
+) -> None:
+    """DESIGN.md §3.3 with real processes: a worker frozen mid-call (SIGSTOP) loses its leases;
+    another worker reclaims and finishes the tasks. The first is woken (SIGCONT) only after
+    its calls were due to end, so its outbox sends their results before it can learn that the
+    leases are gone: the commit script's fencing token refuses them. One terminal event per
+    task, attempt 2's, and nothing of attempt 1 after the reclaim."""
+    settings = topology.settings()
+    extra = {"AIIS_PARTITIONS": str(settings.partitions)}
+    if topology.cluster:
+        extra["AIIS_REDIS_CLUSTER"] = "1"
+    env = _env(topology.url, settings.namespace, **extra)
+    async with Client.from_url(topology.url, settings) as client:
+        frozen = procs.worker(env)
+        ids = [await client.submit(f"t{i}", params={"script": ["sleep:2", "ok"]}) for i in range(4)]
+        await wait_for(lambda: _started(client, ids))
+        frozen.send_signal(signal.SIGSTOP)
+        calls_end = time.monotonic() + 2.5
+        try:
+            procs.worker(env)
+            await wait_terminal(client, ids)
+            await asyncio.sleep(calls_end - time.monotonic())
+        finally:
+            frozen.send_signal(signal.SIGCONT)
+        await asyncio.sleep(1.5)  # its results are committed, and refused
+        assert frozen.poll() is None  # fenced out, not crashed
+        events = await log_events(client)
+        assert terminal_counts(events) == {i: 1 for i in ids}
+        for task_id in ids:
+            mine = [e for e in events if e["task_id"] == task_id]
+            assert mine[-1]["type"] == "TaskSucceeded" and mine[-1]["data"]["attempt"] == 2
+            reclaim = next(
+                n for n, e in enumerate(mine)
+                if e["type"] == "TaskStarted" and e["data"]["attempt"] == 2
+            )  # fmt: skip
+            assert all(e["data"].get("attempt") != 1 for e in mine[reclaim:])
 
 
 async def test_sigterm_drains_in_flight_work(redis_url: str, procs: Procs) -> None:
