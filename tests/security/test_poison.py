@@ -106,6 +106,7 @@ async def make_gateway() -> AsyncIterator[MakeGateway]:
         await gateway.stop()
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 @pytest.mark.parametrize("form", ["bad_ts", "not_utf8", "succeeded_list", "unknown_type"])
 async def test_gateway_keeps_serving_and_restarts_after_a_poison_entry(
     engine: Engine, make_gateway: MakeGateway, form: str
@@ -117,7 +118,8 @@ async def test_gateway_keeps_serving_and_restarts_after_a_poison_entry(
     before = tolerant.count("hub") + tolerant.count("stats")
     async with ws_connect(gateway.ws_url) as ws:
         assert (await request(ws, op="subscribe", tenant="*"))["op"] == "subscribed"
-        await xadd_poison(engine.client, form)
+        for partition in range(engine.settings.partitions):  # on a cluster, read apart
+            await xadd_poison(engine.client, form, partition)
         task_id = await engine.client.submit("after the poison")
         types = []
         while not types or types[-1] not in TERMINAL_EVENTS:
@@ -139,6 +141,7 @@ async def test_gateway_keeps_serving_and_restarts_after_a_poison_entry(
         assert created.status_code == 202
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 async def test_sse_and_watch_skip_a_poison_entry_of_their_own_task(
     engine: Engine, make_gateway: MakeGateway
 ) -> None:
@@ -171,6 +174,7 @@ async def test_sse_and_watch_skip_a_poison_entry_of_their_own_task(
     assert events.count("TaskSucceeded") == 1  # the empty-data one is no terminal for SSE
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 async def test_grpc_watch_skips_a_poison_entry_of_its_task(engine: Engine) -> None:
     """gRPC WatchTask (Client.watch underneath) skips malformed entries naming its task and
     streams the task's real events to its real terminal one."""
@@ -262,6 +266,7 @@ async def test_ops_keeps_handling_after_a_poison_entry(
 # --- projections, replay, archive ----------------------------------------------------------
 
 
+@pytest.mark.parametrize(*TOPOLOGIES, indirect=True)
 @pytest.mark.parametrize(
     "form",
     ["unknown_type", "succeeded_list", "succeeded_empty", "provider_object", "not_utf8", "bad_ts"],
@@ -278,7 +283,8 @@ async def test_projections_fold_past_a_poison_entry_and_replay_verifies(
     runner = asyncio.create_task(run_projections(engine.client.store.redis, settings, stop, proj))
     try:
         await engine.client.submit("before")
-        await xadd_poison(engine.client, form)
+        for partition in range(settings.partitions):  # on a cluster, read apart
+            await xadd_poison(engine.client, form, partition)
         ids = [await engine.client.submit(f"t{i}") for i in range(5)]
 
         async def folded() -> bool:
