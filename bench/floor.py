@@ -51,6 +51,7 @@ from openai_compat import (  # type: ignore[import-not-found]
     cpu_snapshot,
     has_token,
     load,
+    open_loop,
     pct,
     stop,
     wait_http,
@@ -276,14 +277,7 @@ async def h2_beside_h1(
     await one_h1()
     over_h2.clear()
     over_h1.clear()
-    tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks += [asyncio.create_task(one_h2()), asyncio.create_task(one_h1())]
-    await asyncio.gather(*tasks)
+    await open_loop(rate, seconds, lambda: [one_h2(), one_h1()])
     h1.close()
     assert bare.transport is not None
     bare.transport.close()

@@ -33,8 +33,10 @@ import tempfile
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -201,6 +203,21 @@ async def one(pool: Pool, out: Samples) -> None:
         out.in_flight -= 1
 
 
+async def open_loop(
+    rate: float, seconds: float, calls: Callable[[], list[Coroutine[Any, Any, None]]]
+) -> None:
+    """Start ``calls()`` every 1/rate s for ``seconds`` whatever the earlier ones do (open
+    loop), then wait for all of them."""
+    tasks: list[asyncio.Task[None]] = []
+    start = time.perf_counter()
+    for i in range(int(rate * seconds)):
+        delay = start + i / rate - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks += [asyncio.create_task(call) for call in calls()]
+    await asyncio.gather(*tasks)
+
+
 async def load(
     rate: float, seconds: float, gateway: str | None, sandbox: str
 ) -> tuple[Samples, Samples]:
@@ -213,14 +230,7 @@ async def load(
     for _ in range(3):  # warm up: connections, the worker's provider connection
         for pool, _ in pools:
             await one(pool, Samples())
-    tasks = []
-    start = time.perf_counter()
-    for i in range(int(rate * seconds)):
-        delay = start + i / rate - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks += [asyncio.create_task(one(pool, out)) for pool, out in pools]
-    await asyncio.gather(*tasks)
+    await open_loop(rate, seconds, lambda: [one(pool, out) for pool, out in pools])
     for pool, _ in pools:
         pool.close()
     return via, direct

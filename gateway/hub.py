@@ -177,13 +177,11 @@ class Hub:
         self._positions_due = now + self.gw.cursors_interval_s
         self._positions_told = dict(self.cursors)
         ids = [self.cursors[p] for p in sorted(self.cursors)]
-        frames: dict[str, str] = {}
         for tenant, subs in self.by_tenant.items():
-            for sub in subs:
-                if sub.positions and sub.pending is None and not sub.finished:
-                    frame = frames.get(tenant) or frames.setdefault(
-                        tenant, protocol.cursors(tenant, ids)
-                    )
+            told = [s for s in subs if s.positions and s.pending is None and not s.finished]
+            if told:
+                frame = protocol.cursors(tenant, ids)
+                for sub in told:
                     sub.outbox.put(frame)
 
     def _remember(self, item: Item) -> None:

@@ -114,18 +114,19 @@ class Watcher:
                 msg = orjson.loads(raw)
                 if msg.get("op") == "error":
                     raise WatchError(f"{msg['code']}: {msg['message']}")
-                if msg.get("op") == "subscribed":
+                op = msg.get("op")
+                if op == "subscribed":
                     self.subscribed = True
-                if msg.get("op") == "subscribed" and "cursors" in msg:
                     # where the subscription starts in every partition: a partition without an
                     # event yet resumes from there (the others from their last event printed)
-                    self.partitions = len(msg["cursors"])
-                    for p, start in enumerate(msg["cursors"]):
+                    starts = msg.get("cursors", [])
+                    self.partitions = len(starts) or self.partitions
+                    for p, start in enumerate(starts):
                         self.cursor.setdefault(p, start)
-                if msg.get("op") == "cursors" and self.partitions == len(msg["cursors"]):
+                elif op == "cursors" and self.partitions == len(msg["cursors"]):
                     # the hub's position: every event of ours before it was printed already
                     self.cursor.update(enumerate(msg["cursors"]))
-                if msg.get("op") != "event":
+                if op != "event":
                     continue
                 env = msg["event"]
                 self.cursor[msg.get("partition", 0)] = env["id"]

@@ -149,22 +149,7 @@ class AuditLog:
     ) -> list[AuditEntry]:
         """Entries after stream id ``since`` (exclusive; from the start when None), oldest
         first, at most ``limit``; optionally only one tenant's."""
-        start = f"({since}" if since else "-"
-        out: list[AuditEntry] = []
-        while len(out) < limit:
-            with translate_errors():
-                page = await self.redis.xrange(self.key, start, "+", count=max(limit, 100))
-            if not page:
-                break
-            for eid, fields in page:
-                sid = _sid(eid)
-                entry = _entry(sid, fields)
-                if entry is not None and (tenant is None or entry.tenant == tenant):
-                    out.append(entry)
-                    if len(out) >= limit:
-                        break
-            start = f"({sid}"
-        return out
+        return await self._scan(f"({since}" if since else "-", limit, tenant, newest=False)
 
     async def length(self) -> int:
         """Entries the (capped) stream holds."""
@@ -173,11 +158,21 @@ class AuditLog:
 
     async def read_latest(self, limit: int = 100, tenant: str | None = None) -> list[AuditEntry]:
         """The newest ``limit`` entries (optionally one tenant's), oldest first."""
-        end = "+"
+        return list(reversed(await self._scan("+", limit, tenant, newest=True)))
+
+    async def _scan(
+        self, bound: str, limit: int, tenant: str | None, *, newest: bool
+    ) -> list[AuditEntry]:
+        """At most ``limit`` entries (of ``tenant``) from ``bound`` on: forward, or backward
+        from the newest (``newest``), in that order."""
         out: list[AuditEntry] = []
         while len(out) < limit:
+            count = max(limit, 100)
             with translate_errors():
-                page = await self.redis.xrevrange(self.key, end, "-", count=max(limit, 100))
+                if newest:
+                    page = await self.redis.xrevrange(self.key, bound, "-", count=count)
+                else:
+                    page = await self.redis.xrange(self.key, bound, "+", count=count)
             if not page:
                 break
             for eid, fields in page:
@@ -187,8 +182,7 @@ class AuditLog:
                     out.append(entry)
                     if len(out) >= limit:
                         break
-            end = f"({sid}"
-        out.reverse()
+            bound = f"({sid}"
         return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -54,6 +54,28 @@ async def _gateway(settings: Settings, port: int = 0, **overrides: Any) -> Gatew
     return gateway
 
 
+@contextlib.asynccontextmanager
+async def _tenant_watch(
+    gateway: Gateway, tenant: str
+) -> AsyncIterator[tuple[Watcher, io.StringIO, asyncio.Task[int]]]:
+    """``aiis watch --tenant`` running in the background, subscribed on ``gateway``: (the
+    watcher, what it printed, its task). Stopped on exit."""
+    out = io.StringIO()
+    watcher = Watcher(gateway.ws_url, None, None, tenant, None, out=out)
+    watching = asyncio.create_task(watcher.run())
+    try:
+        hub = gateway.ctx.hub if gateway.ctx else None
+        assert hub is not None
+        async with asyncio.timeout(30):
+            while not hub.by_tenant.get(tenant):  # noqa: ASYNC110 - the watcher subscribed
+                await asyncio.sleep(0.02)
+        yield watcher, out, watching
+    finally:
+        watching.cancel()
+        with contextlib.suppress(asyncio.CancelledError, WatchError):
+            await watching
+
+
 async def _printed(out: io.StringIO, n: int) -> None:
     async with asyncio.timeout(30):
         while len(out.getvalue().splitlines()) < n:  # noqa: ASYNC110 - polls the output
@@ -73,36 +95,25 @@ async def test_a_tenant_watch_resumes_across_a_gateway_restart_on_every_partitio
     await client.store.prepare()
     first = await _gateway(settings)
     port = first.port
-    out = io.StringIO()
-    watcher = Watcher(first.ws_url, None, None, "acme", None, out=out)
-    watching = asyncio.create_task(watcher.run())
     second: Gateway | None = None
     ids: list[str] = []
-
     try:
-        hub = first.ctx.hub if first.ctx else None
-        assert hub is not None
-        async with asyncio.timeout(30):
-            while not hub.by_tenant.get("acme"):  # noqa: ASYNC110 - the watcher subscribed
-                await asyncio.sleep(0.02)
-        # one task first, in one partition only: the others have no event yet at the restart
-        ids.append(await client.submit("before", tenant="acme"))
-        await _printed(out, 1)
-        await first.stop()
-        for i in range(12):  # while no gateway runs: every partition gets some
-            ids.append(await client.submit(f"during {i}", tenant="acme"))
-        assert len({partition_of(t, settings.partitions) for t in ids}) == settings.partitions
-        second = await _gateway(settings, port)
-        ids.append(await client.submit("after", tenant="acme"))
-        await _printed(out, len(ids))
-        await asyncio.sleep(0.3)  # nothing printed twice either
-        lines = out.getvalue().splitlines()
-        # each task's TaskRequested once: none lost in the restart, none printed twice
-        assert sorted(line.split()[1] for line in lines) == sorted(t[:12] for t in ids)
+        async with _tenant_watch(first, "acme") as (_, out, _):
+            # one task first, in one partition only: the others have no event yet at the restart
+            ids.append(await client.submit("before", tenant="acme"))
+            await _printed(out, 1)
+            await first.stop()
+            for i in range(12):  # while no gateway runs: every partition gets some
+                ids.append(await client.submit(f"during {i}", tenant="acme"))
+            assert len({partition_of(t, settings.partitions) for t in ids}) == settings.partitions
+            second = await _gateway(settings, port)
+            ids.append(await client.submit("after", tenant="acme"))
+            await _printed(out, len(ids))
+            await asyncio.sleep(0.3)  # nothing printed twice either
+            lines = out.getvalue().splitlines()
+            # each task's TaskRequested once: none lost in the restart, none printed twice
+            assert sorted(line.split()[1] for line in lines) == sorted(t[:12] for t in ids)
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WatchError):
-            await watching
         for gateway in (first, second):
             if gateway is not None:
                 await gateway.stop()
@@ -118,20 +129,16 @@ async def test_a_watch_outlives_more_gateway_restarts_than_its_reconnect_limit(
     settings = engine.settings
     gateway = await _gateway(settings)
     port = gateway.port
-    out = io.StringIO()
-    watching = asyncio.create_task(Watcher(gateway.ws_url, None, None, "acme", None, out=out).run())
     ids = []
     try:
-        for restart in range(4):
-            ids.append(await engine.client.submit(f"r{restart}", tenant="acme"))
-            await _printed(out, len(ids))
-            await gateway.stop()
-            gateway = await _gateway(settings, port)
-        assert not watching.done()
+        async with _tenant_watch(gateway, "acme") as (_, out, watching):
+            for restart in range(4):
+                ids.append(await engine.client.submit(f"r{restart}", tenant="acme"))
+                await _printed(out, len(ids))
+                await gateway.stop()
+                gateway = await _gateway(settings, port)
+            assert not watching.done()
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WatchError):
-            await watching
         await gateway.stop()
 
 
@@ -149,34 +156,24 @@ async def test_a_quiet_partitions_resume_point_follows_the_log_so_trimming_does_
         await client.submit(f"earlier {i}", tenant="other")
     gateway = await _gateway(settings, cursors_interval_s=0.05)
     port = gateway.port
-    out = io.StringIO()
-    watcher = Watcher(gateway.ws_url, None, None, "acme", None, out=out)
-    watching = asyncio.create_task(watcher.run())
     try:
-        hub = gateway.ctx.hub if gateway.ctx else None
-        assert hub is not None
-        async with asyncio.timeout(30):
-            while not hub.by_tenant.get("acme"):  # noqa: ASYNC110 - the watcher subscribed
-                await asyncio.sleep(0.02)
-        ids = [await client.submit("acme's one", tenant="acme")]
-        quiet = 1 - partition_of(ids[0], 2)
-        others = [await client.submit(f"other {i}", tenant="other") for i in range(4)]
-        assert any(partition_of(t, 2) == quiet for t in others)  # the quiet one moves on
-        await _printed(out, 1)
-        log = client.store.keys(quiet).log
-        last = (await client.store.redis.xrevrange(log, count=1))[0][0].decode()
-        async with asyncio.timeout(30):  # the watch hears where the quiet partition is
-            while watcher.cursor.get(quiet) != last:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-        await client.store.redis.xtrim(log, minid=last)  # archived and trimmed below it
-        await gateway.stop()
-        gateway = await _gateway(settings, port, cursors_interval_s=0.05)
-        while partition_of(ids[-1], 2) != quiet:
-            ids.append(await client.submit("acme again", tenant="acme"))
-        await _printed(out, len(ids))
-        assert not watching.done()
+        async with _tenant_watch(gateway, "acme") as (watcher, out, watching):
+            ids = [await client.submit("acme's one", tenant="acme")]
+            quiet = 1 - partition_of(ids[0], 2)
+            others = [await client.submit(f"other {i}", tenant="other") for i in range(4)]
+            assert any(partition_of(t, 2) == quiet for t in others)  # the quiet one moves on
+            await _printed(out, 1)
+            log = client.store.keys(quiet).log
+            last = (await client.store.redis.xrevrange(log, count=1))[0][0].decode()
+            async with asyncio.timeout(30):  # the watch hears where the quiet partition is
+                while watcher.cursor.get(quiet) != last:  # noqa: ASYNC110
+                    await asyncio.sleep(0.02)
+            await client.store.redis.xtrim(log, minid=last)  # archived and trimmed below it
+            await gateway.stop()
+            gateway = await _gateway(settings, port, cursors_interval_s=0.05)
+            while partition_of(ids[-1], 2) != quiet:
+                ids.append(await client.submit("acme again", tenant="acme"))
+            await _printed(out, len(ids))
+            assert not watching.done()
     finally:
-        watching.cancel()
-        with contextlib.suppress(asyncio.CancelledError, WatchError):
-            await watching
         await gateway.stop()
